@@ -1,0 +1,189 @@
+"""Sub-command bodies: parse-free functions taking the argparse namespace."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from bloodmnist.config import build_config, from_dict
+from bloodmnist.errors import BloodMNISTError
+
+
+def _train_config(args: argparse.Namespace):
+    flags = {
+        # absolute, so the saved config (and --resume) works from any directory
+        "data.path": str(Path(args.data).expanduser().resolve()) if args.data else None,
+        "train.epochs": args.epochs,
+        "train.seed": args.seed,
+        "runtime.device": args.device,
+        "runtime.precision": args.precision,
+        "model.pretrained": args.pretrained,
+        "data.subset": args.subset,
+    }
+    return build_config(args.config, flags, args.set)
+
+
+def _shared_run_dir(rt, out: str | None, cfg) -> Path:
+    """Rank 0 creates the run folder; under torchrun every rank learns its path."""
+    from bloodmnist.training.rundir import new_run_dir
+
+    path = None
+    if rt.is_main:
+        path = new_run_dir(out or cfg.runtime.out, cfg.runtime.name, explicit=out is not None)
+    if rt.distributed:
+        import torch.distributed as dist
+
+        box = [str(path) if path else None]
+        dist.broadcast_object_list(box, src=0)
+        path = Path(box[0])
+    return path
+
+
+def _resume_state(args: argparse.Namespace):
+    """Load RUN_DIR/checkpoints/last.pt; the run's own config wins, only --epochs may change."""
+    from bloodmnist.training.checkpoint import load_checkpoint
+
+    run_dir = Path(args.resume)
+    if not run_dir.is_dir():
+        raise BloodMNISTError(f"--resume: run folder {run_dir} does not exist")
+    clash = [
+        f"--{k}"
+        for k in ("config", "data", "out", "seed", "pretrained", "subset")
+        if getattr(args, k)
+    ] + (["--set"] if args.set else [])
+    if clash:
+        raise BloodMNISTError(f"--resume continues the run's saved config; drop {' '.join(clash)}")
+    state = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+    cfg = from_dict(state["config"])
+    if args.epochs is not None:
+        cfg.train.epochs = args.epochs
+    if args.device or args.precision:
+        cfg.runtime.device = args.device or cfg.runtime.device
+        cfg.runtime.precision = args.precision or cfg.runtime.precision
+    return run_dir, state, cfg
+
+
+def train(args: argparse.Namespace) -> int:
+    from bloodmnist.runtime import cleanup, setup_runtime
+    from bloodmnist.training.run import train_run
+
+    resume = None
+    if args.resume:
+        run_dir, resume, cfg = _resume_state(args)
+    else:
+        cfg = _train_config(args)
+    rt = setup_runtime(cfg.runtime.device, cfg.runtime.precision, cfg.runtime.threads)
+    try:
+        if resume is None:
+            run_dir = _shared_run_dir(rt, args.out, cfg)
+        summary = train_run(cfg, rt, run_dir, progress=not args.quiet, resume=resume)
+        if rt.is_main:
+            print(
+                json.dumps(
+                    {
+                        "run_dir": str(run_dir),
+                        "test_acc": summary["test_acc"],
+                        "test_acc_tta": summary["test_acc_tta"],
+                    }
+                )
+            )
+    finally:
+        cleanup(rt)
+    return 0
+
+
+def _find_checkpoint(target: Path) -> Path:
+    if target.is_dir():
+        ckpt = target / "checkpoints" / "best.pt"
+        if not ckpt.is_file():
+            raise BloodMNISTError(f"{target} has no checkpoints/best.pt; is it a run folder?")
+        return ckpt
+    return target
+
+
+def evaluate(args: argparse.Namespace) -> int:
+    from bloodmnist.data.source import load_data
+    from bloodmnist.evaluation.final import evaluate_split
+    from bloodmnist.model.resnet import build_model
+    from bloodmnist.runtime import setup_runtime
+    from bloodmnist.training.checkpoint import load_checkpoint, load_model_weights
+
+    ckpt_path = _find_checkpoint(Path(args.target))
+    if args.json and Path(args.json).exists():
+        raise BloodMNISTError(f"{args.json} already exists; choose a new --json file")
+    state = load_checkpoint(ckpt_path)
+    cfg = from_dict(state["config"])
+    rt = setup_runtime(args.device or cfg.runtime.device, args.precision or cfg.runtime.precision)
+    data, info = load_data(args.data or cfg.data.path, cfg.data.size, cfg.model.num_classes, None)
+    model = build_model(cfg.model.num_classes)
+    load_model_weights(model, state, ckpt_path)
+    model = model.to(rt.device)
+    result = evaluate_split(model, data, args.split, cfg, rt, tta=args.tta)
+    out = {
+        "checkpoint": str(ckpt_path),
+        "epoch": state["epoch"],
+        "split": args.split,
+        "data": info.path,
+        "data_md5": info.md5,
+        "n": result["metrics"]["n"],
+    }
+    for key, label in (("metrics", ""), ("metrics_tta", "_tta")):
+        if key in result:
+            m = result[key]
+            out.update(
+                {
+                    f"acc{label}": m["acc"],
+                    f"macro_f1{label}": m["macro_f1"],
+                    f"auc{label}": m["auc"],
+                }
+            )
+    out["per_class"] = result.get("metrics_tta", result["metrics"])["per_class"]
+    text = json.dumps(out, indent=2)
+    print(text)
+    if args.json:
+        Path(args.json).write_text(text + "\n", encoding="utf-8")
+    return 0
+
+
+def report(args: argparse.Namespace) -> int:
+    from bloodmnist.reporting.report import build_reports
+
+    paths = build_reports(Path(args.run_dir))
+    for name, path in paths.items():
+        print(f"{name}: {path}")
+    return 0
+
+
+def data(args: argparse.Namespace) -> int:
+    from bloodmnist import CLASS_NAMES
+    from bloodmnist.data.download import verify_file
+    from bloodmnist.data.npz import describe, load_npz
+    from bloodmnist.data.source import resolve_data
+
+    if args.action == "download":
+        info = resolve_data(None, args.size)
+        print(json.dumps(info.as_dict(), indent=2))
+        return 0
+    info = resolve_data(args.data, args.size, progress=sys.stderr.isatty())
+    ds = load_npz(info.path)
+    if args.action == "verify":
+        check = verify_file(info.path, args.size)
+        print(
+            json.dumps(
+                {
+                    **check,
+                    "valid_npz": True,
+                    "sizes": {s: len(ds.split(s)) for s in ("train", "val", "test")},
+                },
+                indent=2,
+            )
+        )
+        return 0
+    print(
+        json.dumps(
+            {**describe(ds, CLASS_NAMES), "md5": info.md5, "official": info.official}, indent=2
+        )
+    )
+    return 0

@@ -1,0 +1,280 @@
+"""One Config dataclass tree. Defaults are the reference recipe; YAML files and `--set` override.
+
+Precedence (lowest to highest): dataclass defaults, `--config FILE.yaml`, dedicated CLI flags
+(`--epochs`, `--seed`, ...), `--set key=value`. The resolved tree is saved in every run folder and
+checkpoint, so a run can be repeated from its `config.yaml` alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bloodmnist.errors import ConfigError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+TORCHVISION_RESNET18_URL = "https://download.pytorch.org/models/resnet18-f37072fd.pth"
+
+
+@dataclass
+class DataConfig:
+    path: str | None = None  # local npz; None downloads the official file into the cache
+    size: int = 28
+    subset: int | None = None  # keep the first N samples of every split (smoke runs)
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+
+@dataclass
+class AugmentConfig:
+    hflip: float = 0.5
+    vflip: float = 0.0
+    rotation: float = 10.0  # degrees, uniform in [-r, r]
+    brightness: float = 0.2
+    contrast: float = 0.2
+    saturation: float = 0.2
+    crop_scale: tuple[float, float] = (0.9, 1.0)
+    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    mixup_alpha: float = 0.001
+
+
+@dataclass
+class ModelConfig:
+    arch: str = "resnet18"
+    num_classes: int = 8
+    pretrained: str = "auto"  # auto | none | PATH to a torchvision-layout state_dict
+    pretrained_url: str = TORCHVISION_RESNET18_URL
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 0.008
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    batch_size: int = 128  # global batch (split across ranks under torchrun)
+
+
+@dataclass
+class ScheduleConfig:
+    cosine_epochs: int = 33  # cosine annealing drives epochs 1..cosine_epochs
+    t_max: int = 90
+    eta_min: float = 1e-4
+    plateau_factor: float = 0.5  # then ReduceLROnPlateau on validation accuracy
+    plateau_patience: int = 3
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 60
+    early_stop_patience: int = 15
+    seed: int = 42
+    deterministic: bool = True
+    sync_bn: bool = False
+    label_smoothing: float = 0.0
+
+
+@dataclass
+class EvalConfig:
+    tta: bool = True
+    batch_size: int = 512
+    tta_translate: float = 2.0  # pixels
+    tta_scale: float = 1.1
+    tta_blur_sigma: float = 0.4
+    tta_noise_std: float = 0.01  # in [0,1] pixel units, from a seeded generator
+    tta_seed: int = 0
+
+
+@dataclass
+class RuntimeConfig:
+    device: str = "auto"  # auto | cpu | cuda
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16
+    threads: int = 0  # 0: all cores this process may use
+    out: str = "runs"
+    name: str = "resnet18"
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict (tuples become lists) for YAML, JSON and checkpoints."""
+        return _plain(asdict(self))
+
+
+def _plain(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_plain(v) for v in obj]
+    return obj
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    """Check/convert one value against its annotation; raise ConfigError naming the key."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], key)
+    if origin is tuple:
+        if not isinstance(value, list | tuple) or len(value) != len(args):
+            raise ConfigError(
+                f"config key '{key}' must be a list of {len(args)} numbers, got {value!r}"
+            )
+        return tuple(_coerce(v, a, key) for v, a in zip(value, args, strict=True))
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"config key '{key}' must be true or false, got {value!r}")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ConfigError(f"config key '{key}' must be an integer, got {value!r}")
+    if hint is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            if not math.isfinite(float(value)):
+                raise ConfigError(f"config key '{key}' must be a finite number, got {value!r}")
+            return float(value)
+        raise ConfigError(f"config key '{key}' must be a number, got {value!r}")
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"config key '{key}' must be a string, got {value!r}")
+    return value
+
+
+def _merge(obj: Any, updates: dict[str, Any], prefix: str = "") -> None:
+    """Apply a nested dict of updates onto a dataclass in place, validating every key."""
+    if not isinstance(updates, dict):
+        raise ConfigError(f"config section '{prefix.rstrip('.')}' must be a mapping")
+    hints = _hints(type(obj))
+    names = {f.name for f in fields(obj)}
+    for key, value in updates.items():
+        dotted = f"{prefix}{key}"
+        if key not in names:
+            raise ConfigError(f"unknown config key '{dotted}' (known: {', '.join(sorted(names))})")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            _merge(current, value, prefix=f"{dotted}.")
+        else:
+            setattr(obj, key, _coerce(value, hints[key], dotted))
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Parse one `--set key.sub=value`; the value is read as YAML (numbers, bools, lists)."""
+    if "=" not in text:
+        raise ConfigError(f"--set expects key=value, got {text!r}")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {key}: cannot parse value {raw!r} ({exc})") from None
+    if isinstance(value, str) and value.lower() in {"nan", ".nan", "inf", "-inf"}:
+        value = float(value.lstrip("."))
+    return key.strip(), value
+
+
+def nest(dotted: dict[str, Any]) -> dict[str, Any]:
+    """Turn {'optim.lr': 0.1} into {'optim': {'lr': 0.1}}."""
+    out: dict[str, Any] = {}
+    for key, value in dotted.items():
+        node = out
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    return out
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML config file into a dict, with one-line errors."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p}")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        msg = str(exc).replace("\n", " ")
+        raise ConfigError(f"config file {p} is not valid YAML: {msg}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {p} must hold a mapping of sections, got {type(data)}")
+    return data
+
+
+def build_config(
+    yaml_path: str | Path | None = None,
+    flags: dict[str, Any] | None = None,
+    overrides: list[str] | None = None,
+) -> Config:
+    """Resolve defaults <- YAML <- dedicated flags (dotted keys) <- `--set` overrides."""
+    cfg = Config()
+    if yaml_path is not None:
+        _merge(cfg, load_yaml(yaml_path))
+    if flags:
+        _merge(cfg, nest({k: v for k, v in flags.items() if v is not None}))
+    if overrides:
+        _merge(cfg, nest(dict(parse_override(o) for o in overrides)))
+    validate(cfg)
+    return cfg
+
+
+def from_dict(data: dict[str, Any]) -> Config:
+    """Rebuild a Config from its saved dict (config.yaml or a checkpoint)."""
+    cfg = Config()
+    _merge(cfg, data)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    """Cross-field checks that types alone cannot express."""
+    checks = [
+        (cfg.optim.lr > 0, "optim.lr must be > 0"),
+        (cfg.optim.batch_size > 0, "optim.batch_size must be > 0"),
+        (cfg.train.epochs > 0, "train.epochs must be > 0"),
+        (cfg.data.size in (28, 64, 128, 224), "data.size must be one of 28, 64, 128, 224"),
+        (cfg.data.subset is None or cfg.data.subset > 0, "data.subset must be > 0"),
+        (cfg.runtime.device in ("auto", "cpu", "cuda"), "runtime.device must be auto|cpu|cuda"),
+        (
+            cfg.runtime.precision in ("auto", "fp32", "bf16", "fp16"),
+            "runtime.precision must be auto|fp32|bf16|fp16",
+        ),
+        (0 <= cfg.augment.hflip <= 1 and 0 <= cfg.augment.vflip <= 1, "flip p must be in [0,1]"),
+        (cfg.augment.mixup_alpha >= 0, "augment.mixup_alpha must be >= 0"),
+        (0 < cfg.augment.crop_scale[0] <= cfg.augment.crop_scale[1] <= 1, "bad augment.crop_scale"),
+        (cfg.model.num_classes > 1, "model.num_classes must be > 1"),
+    ]
+    for ok, msg in checks:
+        if not ok:
+            raise ConfigError(msg)
+
+
+def save_yaml(cfg: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")

@@ -1,0 +1,127 @@
+"""Load and validate BloodMNIST-format npz files (official or user-supplied)."""
+
+from __future__ import annotations
+
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from bloodmnist.errors import DataError
+
+SPLITS = ("train", "val", "test")
+REQUIRED_KEYS = tuple(f"{s}_{k}" for s in SPLITS for k in ("images", "labels"))
+FIX = "use the official bloodmnist.npz (bloodmnist data download) or fix the file"
+
+
+@dataclass
+class Split:
+    images: np.ndarray  # (N, H, W, 3) uint8
+    labels: np.ndarray  # (N,) int64
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass
+class Dataset:
+    train: Split
+    val: Split
+    test: Split
+    path: Path
+    num_classes: int
+
+    def split(self, name: str) -> Split:
+        return {"train": self.train, "val": self.val, "test": self.test}[name]
+
+    @property
+    def image_size(self) -> int:
+        return int(self.train.images.shape[1])
+
+
+def _fail(path: Path, what: str) -> DataError:
+    return DataError(f"{path}: {what}; {FIX}")
+
+
+def _read_arrays(path: Path) -> dict[str, np.ndarray]:
+    if not path.is_file():
+        raise DataError(
+            f"data file not found: {path}; pass --data FILE.npz or run 'bloodmnist data download'"
+        )
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            missing = [k for k in REQUIRED_KEYS if k not in npz.files]
+            if missing:
+                raise _fail(path, f"missing key '{missing[0]}' (needs {', '.join(REQUIRED_KEYS)})")
+            return {k: npz[k] for k in REQUIRED_KEYS}
+    except DataError:
+        raise
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise _fail(path, f"not a readable npz archive ({reason})") from None
+
+
+def _check_split(path: Path, name: str, images: np.ndarray, labels: np.ndarray, k: int) -> Split:
+    key = f"{name}_images"
+    if images.dtype != np.uint8:
+        raise _fail(path, f"key '{key}' has dtype {images.dtype}, expected uint8 pixels 0..255")
+    if images.ndim == 3:  # grayscale (N,H,W): replicate to RGB so one model fits all
+        images = np.repeat(images[..., None], 3, axis=-1)
+    if images.ndim != 4:
+        raise _fail(path, f"key '{key}' has shape {images.shape}, expected (N,H,W,3) or (N,H,W)")
+    if images.shape[-1] != 3:
+        raise _fail(path, f"key '{key}' has {images.shape[-1]} channels, expected 3 (RGB)")
+    if images.shape[1] != images.shape[2]:
+        raise _fail(path, f"key '{key}' images are {images.shape[1]}x{images.shape[2]}, not square")
+    if len(images) == 0:
+        raise _fail(path, f"split '{name}' is empty (key '{key}' has 0 images)")
+    lab = np.asarray(labels)
+    if lab.ndim == 2 and lab.shape[1] == 1:
+        lab = lab[:, 0]
+    if lab.ndim != 1 or not np.issubdtype(lab.dtype, np.integer):
+        raise _fail(
+            path,
+            f"key '{name}_labels' must be integers of shape (N,) or (N,1), "
+            f"got {lab.dtype} {labels.shape}",
+        )
+    if len(lab) != len(images):
+        raise _fail(path, f"key '{name}_labels' has {len(lab)} labels for {len(images)} images")
+    if lab.min() < 0 or lab.max() >= k:
+        raise _fail(
+            path,
+            f"key '{name}_labels' has labels outside 0..{k - 1} (min {lab.min()}, max {lab.max()})",
+        )
+    return Split(images=np.ascontiguousarray(images), labels=lab.astype(np.int64))
+
+
+def load_npz(path: str | Path, num_classes: int = 8, subset: int | None = None) -> Dataset:
+    """Read and validate every split; `subset` keeps the first N samples of each split.
+
+    Raises DataError with one line naming the file and the offending key.
+    """
+    p = Path(path)
+    arrays = _read_arrays(p)
+    splits = {
+        s: _check_split(p, s, arrays[f"{s}_images"], arrays[f"{s}_labels"], num_classes)
+        for s in SPLITS
+    }
+    sizes = {s.images.shape[1:] for s in splits.values()}
+    if len(sizes) != 1:
+        raise _fail(p, f"splits have different image shapes {sorted(sizes)}")
+    if subset is not None:
+        splits = {k: Split(v.images[:subset], v.labels[:subset]) for k, v in splits.items()}
+    return Dataset(path=p, num_classes=num_classes, **splits)
+
+
+def describe(ds: Dataset, class_names: tuple[str, ...]) -> dict:
+    """Per-split sizes and class counts, for `bloodmnist data info` and the log."""
+    out: dict = {"path": str(ds.path), "image_size": ds.image_size, "splits": {}}
+    for name in SPLITS:
+        sp = ds.split(name)
+        counts = np.bincount(sp.labels, minlength=ds.num_classes)
+        out["splits"][name] = {
+            "n": len(sp),
+            "per_class": {c: int(n) for c, n in zip(class_names, counts, strict=False)},
+        }
+    return out

@@ -1,0 +1,89 @@
+"""Batched class probabilities, plain and with the 7-view test-time augmentation.
+
+The reference TTA adds unseeded noise and clamps tensors that are already normalised (so the clamp
+cuts real signal). Here every view is made in [0,1] pixel space, clamped there, then normalised,
+and the noise comes from a generator seeded per sample index, so TTA results do not depend on
+batch size, device or run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+import torchvision.transforms.v2.functional as TF
+from torch import nn
+
+from bloodmnist.config import EvalConfig
+from bloodmnist.data.augment import warp
+from bloodmnist.data.loader import Normalizer
+from bloodmnist.runtime import Runtime
+
+View = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def _affine(x: torch.Tensor, scale: float, shift_px: float) -> torch.Tensor:
+    """Zoom by `scale` about the centre and move content by (shift_px, shift_px) pixels."""
+    n, _, h, w = x.shape
+    mat = torch.zeros(n, 2, 3, device=x.device)
+    mat[:, 0, 0] = 1 / scale
+    mat[:, 1, 1] = 1 / scale
+    mat[:, 0, 2] = -2 * shift_px / w  # content moves right/down, as torchvision's translate
+    mat[:, 1, 2] = -2 * shift_px / h
+    return warp(x, mat)
+
+
+def seeded_noise(shape: tuple[int, ...], index: torch.Tensor, seed: int) -> torch.Tensor:
+    """Gaussian noise whose value for sample i depends only on (seed, i)."""
+    gen = torch.Generator()
+    out = torch.empty((len(index), *shape))
+    for row, i in enumerate(index.tolist()):
+        gen.manual_seed(seed * 1_000_003 + i)
+        out[row] = torch.randn(shape, generator=gen)
+    return out
+
+
+def tta_views(cfg: EvalConfig) -> list[tuple[str, View]]:
+    """The reference's 7 CPU views: identity, h-flip, translate, zoom, blur, noise, v-flip."""
+    sigma = cfg.tta_blur_sigma
+
+    def noise(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        eps = seeded_noise(tuple(x.shape[1:]), idx, cfg.tta_seed).to(x.device)
+        return (x + cfg.tta_noise_std * eps).clamp(0, 1)
+
+    return [
+        ("identity", lambda x, i: x),
+        ("hflip", lambda x, i: x.flip(3)),
+        ("translate", lambda x, i: _affine(x, 1.0, cfg.tta_translate)),
+        ("zoom", lambda x, i: _affine(x, cfg.tta_scale, 0.0)),
+        ("blur", lambda x, i: TF.gaussian_blur(x, kernel_size=[3, 3], sigma=[sigma, sigma])),
+        ("noise", noise),
+        ("vflip", lambda x, i: x.flip(2)),
+    ]
+
+
+@torch.no_grad()
+def predict_probs(
+    model: nn.Module,
+    images: torch.Tensor,
+    rt: Runtime,
+    normalize: Normalizer,
+    batch_size: int = 512,
+    tta: EvalConfig | None = None,
+) -> np.ndarray:
+    """Softmax probabilities (N, C) for images in [0,1] (N,3,H,W); TTA averages the views."""
+    model.eval()
+    views = tta_views(tta) if tta is not None else [("identity", lambda x, i: x)]
+    chunks = []
+    for start in range(0, len(images), batch_size):
+        x = images[start : start + batch_size].to(rt.device)
+        idx = torch.arange(start, start + len(x))
+        acc = None
+        for _, view in views:
+            with rt.autocast():
+                logits = model(normalize(view(x, idx)))
+            p = torch.softmax(logits.float(), dim=1)
+            acc = p if acc is None else acc + p
+        chunks.append((acc / len(views)).cpu())
+    return torch.cat(chunks).numpy().astype(np.float32)

@@ -1,0 +1,102 @@
+"""report.xlsx from a run folder, written with openpyxl only (no pandas)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from openpyxl import Workbook
+from openpyxl.styles import Font
+from openpyxl.utils import get_column_letter
+from openpyxl.worksheet.worksheet import Worksheet
+
+from bloodmnist.reporting.run_files import (
+    class_names,
+    history_columns,
+    load_history,
+    load_manifest,
+    load_predictions,
+    load_summary,
+    load_test_metrics,
+)
+
+BOLD = Font(bold=True)
+# Nested metric dicts get their own sheets; in the key/value sheet they would be unreadable blobs.
+NESTED_SUMMARY_KEYS = ("test", "test_tta")
+
+
+def _cell_value(value: Any) -> Any:
+    """Numbers, strings and booleans as-is; None blank; containers as compact JSON text."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if hasattr(value, "item"):  # numpy scalar
+        return value.item()
+    return json.dumps(value, default=str)
+
+
+def _write_table(ws: Worksheet, header: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+    """Header in bold, frozen below it, then rows; columns sized to their longest text."""
+    ws.append(list(header))
+    for cell in ws[1]:
+        cell.font = BOLD
+    for row in rows:
+        ws.append([_cell_value(v) for v in row])
+    ws.freeze_panes = "A2"
+    for idx, col in enumerate(ws.iter_cols(values_only=True), start=1):
+        width = max(len(str(v)) if v is not None else 0 for v in col)
+        ws.column_dimensions[get_column_letter(idx)].width = min(max(10, width + 2), 60)
+
+
+def _per_class_rows(plain: dict, tta: dict) -> list[list[Any]]:
+    rows = []
+    for p, t in zip(plain["per_class"], tta["per_class"], strict=True):
+        rows.append(
+            [p["class"], p["precision"], p["recall"], p["f1"]]
+            + [t["precision"], t["recall"], t["f1"], p["support"]]
+        )
+    return rows
+
+
+def write_excel(run_dir: Path) -> Path:
+    """Write ``run_dir/report.xlsx`` (summary, history, per_class, confusion, manifest sheets)."""
+    run_dir = Path(run_dir)
+    summary = load_summary(run_dir)
+    history = load_history(run_dir)
+    preds = load_predictions(run_dir)
+    plain = load_test_metrics(summary, preds, tta=False)
+    tta = load_test_metrics(summary, preds, tta=True)
+
+    wb = Workbook()
+    ws = wb.active
+    ws.title = "summary"
+    items = [(k, v) for k, v in summary.items() if k not in NESTED_SUMMARY_KEYS]
+    _write_table(ws, ["key", "value"], items)
+
+    columns = history_columns(history, run_dir)
+    _write_table(
+        wb.create_sheet("history"), columns, ([r.get(c) for c in columns] for r in history)
+    )
+
+    per_class_header = ["class", "precision", "recall", "f1"]
+    per_class_header += ["precision_tta", "recall_tta", "f1_tta", "support"]
+    _write_table(wb.create_sheet("per_class"), per_class_header, _per_class_rows(plain, tta))
+
+    names = class_names(preds)
+    ws = wb.create_sheet("confusion")
+    _write_table(
+        ws,
+        ["true \\ predicted (TTA)", *names],
+        ([name, *row] for name, row in zip(names, tta["confusion"], strict=True)),
+    )
+    for cell in ws["A"]:
+        cell.font = BOLD
+
+    _write_table(wb.create_sheet("manifest"), ["key", "value"], load_manifest(run_dir).items())
+
+    path = run_dir / "report.xlsx"
+    tmp = path.with_name(path.name + ".tmp")
+    wb.save(tmp)
+    tmp.replace(path)  # never leave a half-written workbook where a reader expects a report
+    return path

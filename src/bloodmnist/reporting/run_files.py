@@ -1,0 +1,125 @@
+"""Read the files a training run leaves in its folder, with one-line errors for missing ones.
+
+Shared by figures, Excel and HTML reports so they all see the same parsed data.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bloodmnist import CLASS_NAMES
+from bloodmnist.errors import BloodMNISTError
+from bloodmnist.evaluation.metrics import compute_metrics
+
+REQUIRED_FILES = ("summary.json", "history.csv", "predictions.npz")
+PREDICTION_KEYS = ("test_labels", "test_probs", "test_probs_tta")
+FIGURES_DIR = "figures"
+
+
+def require_file(run_dir: Path, name: str) -> Path:
+    """Path of ``run_dir/name``, or a BloodMNISTError naming the missing file."""
+    path = Path(run_dir) / name
+    if not path.is_file():
+        raise BloodMNISTError(
+            f"run folder {run_dir} has no {name}; reports need a finished (or evaluated) run"
+        )
+    return path
+
+
+def check_run_dir(run_dir: Path) -> None:
+    """Fail early, before any output is written, if a required run file is missing."""
+    if not Path(run_dir).is_dir():
+        raise BloodMNISTError(f"run folder {run_dir} does not exist")
+    for name in REQUIRED_FILES:
+        require_file(run_dir, name)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise BloodMNISTError(f"{path} is not readable JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise BloodMNISTError(f"{path} should hold a JSON object, not {type(data).__name__}")
+    return data
+
+
+def load_summary(run_dir: Path) -> dict[str, Any]:
+    """The run's summary.json as a dict."""
+    return _read_json(require_file(run_dir, "summary.json"))
+
+
+def load_manifest(run_dir: Path) -> dict[str, Any]:
+    """manifest.json as a dict; optional, so an empty dict when absent."""
+    path = Path(run_dir) / "manifest.json"
+    return _read_json(path) if path.is_file() else {}
+
+
+def parse_number(text: str) -> int | float | str:
+    """``"3"`` -> 3, ``"0.5"`` -> 0.5, anything else (e.g. empty) stays a string."""
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+def load_history(run_dir: Path) -> list[dict[str, int | float | str]]:
+    """history.csv rows with numeric cells converted to int/float."""
+    path = require_file(run_dir, "history.csv")
+    with path.open(newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    return [{k: parse_number((v or "").strip()) for k, v in row.items()} for row in rows]
+
+
+def history_columns(history: list[dict[str, Any]], run_dir: Path) -> list[str]:
+    """Column names in file order (also for a history with a header but no rows)."""
+    if history:
+        return list(history[0])
+    with require_file(run_dir, "history.csv").open(newline="", encoding="utf-8") as fh:
+        return next(csv.reader(fh), [])
+
+
+def load_predictions(run_dir: Path) -> dict[str, np.ndarray]:
+    """predictions.npz as a dict of arrays; checks the keys every report needs."""
+    path = require_file(run_dir, "predictions.npz")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            data = {key: npz[key] for key in npz.files}
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+        raise BloodMNISTError(f"{path} is not a readable .npz file: {exc}") from exc
+    missing = [key for key in PREDICTION_KEYS if key not in data]
+    if missing:
+        raise BloodMNISTError(f"{path} lacks array(s) {', '.join(missing)}")
+    return data
+
+
+def class_names(preds: dict[str, np.ndarray]) -> list[str]:
+    """Class names stored with the predictions, falling back to the package's label order."""
+    names = preds.get("class_names")
+    return [str(n) for n in names] if names is not None else list(CLASS_NAMES)
+
+
+def load_test_metrics(summary: dict[str, Any], preds: dict[str, np.ndarray], tta: bool) -> dict:
+    """Full test metrics from summary ("test"/"test_tta"), recomputed if the summary lacks them."""
+    key = "test_tta" if tta else "test"
+    stored = summary.get(key)
+    if isinstance(stored, dict) and "per_class" in stored and "confusion" in stored:
+        return stored
+    probs = preds["test_probs_tta" if tta else "test_probs"]
+    return compute_metrics(preds["test_labels"], probs, class_names(preds))
+
+
+def is_from_scratch(summary: dict[str, Any]) -> bool:
+    """True when the summary says no pretrained weights were used."""
+    value = summary.get("pretrained")
+    if value is None or value is False:
+        return True
+    return str(value).strip().lower() in {"none", "false", "no", "", "scratch", "from_scratch"}

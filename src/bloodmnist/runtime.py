@@ -1,0 +1,175 @@
+"""Device, precision, threads, seeding, distributed setup and environment: decided here, once.
+
+Nothing else in the package reads environment variables; callers receive a `Runtime` (or the
+paths from `home_dir()` / `mirror_url()`) and pass what they need down.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import platform
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Runtime:
+    device: torch.device
+    precision: str  # fp32 | bf16 | fp16 (resolved, never "auto")
+    channels_last: bool
+    threads: int
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+    backend: str | None = None  # gloo | nccl under torchrun
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """The one autocast helper: bf16/fp16 where chosen, a no-op for fp32."""
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
+        return torch.autocast(device_type=self.device.type, dtype=dtype)
+
+    def describe(self) -> str:
+        extra = f", rank {self.rank}/{self.world_size} ({self.backend})" if self.distributed else ""
+        return (
+            f"device={self.device} precision={self.precision} "
+            f"channels_last={self.channels_last} threads={self.threads}{extra}"
+        )
+
+
+def home_dir() -> Path:
+    """Cache folder for datasets: $BLOODMNIST_HOME or ~/.cache/bloodmnist."""
+    return Path(os.environ.get("BLOODMNIST_HOME", "~/.cache/bloodmnist")).expanduser()
+
+
+def mirror_url() -> str | None:
+    """Base URL of a BloodMNIST mirror ($BLOODMNIST_URL), or None for the official Zenodo record."""
+    return os.environ.get("BLOODMNIST_URL") or None
+
+
+def weights_dir() -> Path:
+    """Where pretrained weights are cached: torch hub's checkpoints folder (honours $TORCH_HOME)."""
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def cpu_has_fast_bf16() -> bool:
+    """True on CPUs with AVX512-BF16 or AMX, where bf16 autocast beats fp32.
+
+    On AVX2-only CPUs oneDNN emulates bf16 and is about 10x slower than fp32 (measured), so
+    `auto` must not choose it there.
+    """
+    try:
+        flags = Path("/proc/cpuinfo").read_text(errors="ignore")
+    except OSError:
+        return False
+    return any(f in flags for f in (" avx512_bf16", " amx_bf16", " amx_tile"))
+
+
+def _resolve_device(requested: str, local_rank: int) -> torch.device:
+    if requested == "cuda" or (requested == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            from bloodmnist.errors import BloodMNISTError
+
+            raise BloodMNISTError("--device cuda was requested but no CUDA GPU is available")
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
+
+
+def _resolve_precision(requested: str, device: torch.device) -> str:
+    if requested != "auto":
+        return requested
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if cpu_has_fast_bf16() else "fp32"
+
+
+def _dist_env() -> tuple[int, int, int]:
+    """(rank, local_rank, world_size) as set by torchrun; (0, 0, 1) otherwise."""
+    return (
+        int(os.environ.get("RANK", 0)),
+        int(os.environ.get("LOCAL_RANK", 0)),
+        int(os.environ.get("WORLD_SIZE", 1)),
+    )
+
+
+def setup_runtime(device: str = "auto", precision: str = "auto", threads: int = 0) -> Runtime:
+    """Decide device, precision, threads and the process group for this process."""
+    rank, local_rank, world_size = _dist_env()
+    dev = _resolve_device(device, local_rank)
+    prec = _resolve_precision(precision, dev)
+    if dev.type == "cpu":
+        n = threads or max(1, len(os.sched_getaffinity(0)) // max(1, _local_world(world_size)))
+        torch.set_num_threads(n)
+    else:
+        torch.cuda.set_device(dev)
+        n = torch.get_num_threads()
+    backend = None
+    if world_size > 1:
+        import torch.distributed as dist
+
+        backend = "nccl" if dev.type == "cuda" else "gloo"
+        if not dist.is_initialized():
+            dist.init_process_group(backend=backend)
+    # channels_last pays off on CUDA and on CPU (oneDNN), fp32 and bf16 alike (measured).
+    return Runtime(dev, prec, True, n, rank, local_rank, world_size, backend)
+
+
+def _local_world(world_size: int) -> int:
+    return int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
+
+
+def seed_everything(seed: int, deterministic: bool = True) -> None:
+    """Seed Python, NumPy and torch; make kernels deterministic where torch can."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+
+
+def host_info(rt: Runtime) -> dict[str, object]:
+    """CPU/GPU description for the manifest."""
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text(errors="ignore").splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    info: dict[str, object] = {
+        "hostname": platform.node(),
+        "platform": platform.platform(),
+        "cpu": cpu,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cpu_fast_bf16": cpu_has_fast_bf16(),
+        "cores_available": len(os.sched_getaffinity(0)),
+        "torch_threads": rt.threads,
+        "gpu": torch.cuda.get_device_name(rt.device) if rt.device.type == "cuda" else None,
+    }
+    return info
+
+
+def cleanup(rt: Runtime) -> None:
+    if rt.distributed:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()

@@ -1,0 +1,85 @@
+"""One training epoch and one validation pass: the hot loop, kept short and sync-free."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bloodmnist.data.augment import mixup
+from bloodmnist.data.loader import TrainBatches
+from bloodmnist.runtime import Runtime
+
+
+@dataclass
+class EpochStats:
+    loss: float
+    acc: float
+    samples: int
+
+
+class DivergenceError(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+def _all_reduce(t: torch.Tensor, rt: Runtime) -> torch.Tensor:
+    if rt.distributed:
+        import torch.distributed as dist
+
+        dist.all_reduce(t)
+    return t
+
+
+def train_one_epoch(
+    model: nn.Module,
+    batches: TrainBatches,
+    optimizer: torch.optim.Optimizer,
+    rt: Runtime,
+    epoch: int,
+    gen: torch.Generator,
+    rng: np.random.Generator,
+    mixup_alpha: float,
+    label_smoothing: float = 0.0,
+    check_stop: Callable[[], None] | None = None,
+) -> EpochStats:
+    """Train for one epoch. Loss/accuracy accumulate on the device; one host sync at the end."""
+    model.train()
+    # [loss sum, correct, samples] on the device: no .item() per step.
+    totals = torch.zeros(3, dtype=torch.float64, device=rt.device)
+    for x, y in batches.epoch(epoch, gen):
+        x, y_b, lam = mixup(x, y, mixup_alpha, rng, gen)
+        with rt.autocast():
+            logits = model(x)
+        logits = logits.float()
+        loss = lam * F.cross_entropy(logits, y, label_smoothing=label_smoothing)
+        if lam < 1.0:
+            loss = loss + (1 - lam) * F.cross_entropy(logits, y_b, label_smoothing=label_smoothing)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if check_stop is not None:
+            check_stop()  # a flag test, no device sync
+        n = y.shape[0]
+        totals += torch.stack(
+            [
+                loss.detach().double() * n,
+                (logits.argmax(1) == y).sum().double(),
+                y.new_tensor(n).double(),
+            ]
+        )
+    loss_sum, correct, samples = _all_reduce(totals, rt).tolist()
+    mean_loss = loss_sum / max(samples, 1)
+    if not math.isfinite(mean_loss):
+        raise DivergenceError(f"training loss is {mean_loss} in epoch {epoch}")
+    return EpochStats(loss=mean_loss, acc=correct / max(samples, 1), samples=int(samples))
+
+
+def nll(probs: np.ndarray, labels: np.ndarray) -> float:
+    """Mean negative log-likelihood of the true class (validation loss from probabilities)."""
+    p = probs[np.arange(len(labels)), labels]
+    return float(-np.log(np.clip(p, 1e-12, None)).mean())

@@ -1,0 +1,233 @@
+"""`bloodmnist train`: set up, train, test once on the best checkpoint, write the run folder."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from bloodmnist.config import Config, save_yaml
+from bloodmnist.data.npz import describe
+from bloodmnist.data.source import load_data
+from bloodmnist.errors import TrainingStopped
+from bloodmnist.evaluation.final import evaluate_split, save_predictions, summary_metrics
+from bloodmnist.model.resnet import build_model, resolve_pretrained
+from bloodmnist.reporting.report import build_reports
+from bloodmnist.runtime import Runtime, host_info, seed_everything, weights_dir
+from bloodmnist.training.checkpoint import load_checkpoint, load_model_weights
+from bloodmnist.training.loop import DivergenceError
+from bloodmnist.training.rundir import RunLock, build_manifest, setup_logging, write_json
+from bloodmnist.training.signals import GracefulStop, StopRequested
+from bloodmnist.training.trainer import Trainer, TrainState
+
+log = logging.getLogger("bloodmnist")
+
+
+def prepare_model(cfg: Config, rt: Runtime) -> tuple[nn.Module, dict[str, Any]]:
+    """Build the adapted ResNet-18 (with ImageNet weights where available), on the device."""
+    state, info = resolve_pretrained(cfg.model.pretrained, cfg.model.pretrained_url, weights_dir())
+    if info.used:
+        log.info("pretrained: %s", info.message)
+    elif cfg.model.pretrained == "auto":
+        log.warning("pretrained: %s", info.message)
+    else:
+        log.info("pretrained: %s", info.message)
+    model = build_model(cfg.model.num_classes, state)
+    if rt.distributed and cfg.train.sync_bn:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    memory = torch.channels_last if rt.channels_last else torch.preserve_format
+    model = model.to(rt.device, memory_format=memory)
+    return model, {
+        "requested": info.requested,
+        "used": info.used,
+        "source": info.source,
+        "message": info.message,
+    }
+
+
+def _wrap_ddp(model: nn.Module, rt: Runtime) -> nn.Module:
+    if not rt.distributed:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    ids = [rt.device.index] if rt.device.type == "cuda" else None
+    return DistributedDataParallel(model, device_ids=ids)
+
+
+def train_run(
+    cfg: Config,
+    rt: Runtime,
+    run_dir: Path,
+    progress: bool = True,
+    resume: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Run the recipe into `run_dir` (already created) and return summary.json's content.
+
+    `resume` is a loaded last.pt: training continues after its epoch with all its state.
+    """
+    lock = RunLock(run_dir) if rt.is_main else None
+    if lock:
+        lock.acquire()
+    try:
+        setup_logging(run_dir if rt.is_main else None, verbose=rt.is_main)
+        return _train_locked(cfg, rt, run_dir, progress, resume)
+    finally:
+        if lock:
+            lock.release()
+
+
+def _write_setup_files(
+    cfg: Config,
+    rt: Runtime,
+    run_dir: Path,
+    data,
+    data_info,
+    pretrained: dict[str, Any],
+    resumed: bool,
+) -> None:
+    manifest_path = run_dir / "manifest.json"
+    if resumed and manifest_path.is_file():
+        manifest = json.loads(manifest_path.read_text())
+        manifest.setdefault("resumed", []).append(build_manifest({})["started"])
+    else:
+        save_yaml(cfg, run_dir / "config.yaml")
+        manifest = build_manifest(
+            {
+                "data": {**data_info.as_dict(), **describe(data, _names(cfg))},
+                "runtime": rt.describe(),
+                "device": str(rt.device),
+                "precision": rt.precision,
+                "world_size": rt.world_size,
+                "host": host_info(rt),
+                "pretrained": pretrained,
+            }
+        )
+    write_json(manifest_path, manifest)
+
+
+def _train_locked(
+    cfg: Config, rt: Runtime, run_dir: Path, progress: bool, resume: dict[str, Any] | None
+) -> dict[str, Any]:
+    seed_everything(cfg.train.seed, cfg.train.deterministic)
+    log.info("run folder: %s", run_dir)
+    log.info("runtime: %s", rt.describe())
+    data, data_info = load_data(
+        cfg.data.path, cfg.data.size, cfg.model.num_classes, cfg.data.subset, progress
+    )
+    log.info(
+        "data: %s (MD5 %s) train/val/test = %d/%d/%d",
+        data_info.path,
+        data_info.md5,
+        len(data.train),
+        len(data.val),
+        len(data.test),
+    )
+    if resume is None:
+        model, pretrained = prepare_model(cfg, rt)
+    else:  # weights come from last.pt; keep what the first start recorded
+        model, pretrained = prepare_model(
+            replace(cfg, model=replace(cfg.model, pretrained="none")), rt
+        )
+        pretrained = resume.get("pretrained", pretrained)
+    if rt.is_main:
+        _write_setup_files(cfg, rt, run_dir, data, data_info, pretrained, resume is not None)
+    trainer = Trainer(cfg, rt, run_dir, data, _wrap_ddp(model, rt), pretrained)
+    if resume is not None:
+        trainer.restore(resume)
+        log.info(
+            "resumed after epoch %d (best val_acc %.4f at epoch %d)",
+            trainer.state.epoch,
+            trainer.state.best_val_acc,
+            trainer.state.best_epoch,
+        )
+    base = {
+        "device": str(rt.device),
+        "precision": rt.precision,
+        "pretrained": "imagenet" if pretrained["used"] else "none",
+        "trained_from_scratch": not pretrained["used"],
+        "seed": cfg.train.seed,
+        "data_md5": data_info.md5,
+        "data_official": data_info.official,
+        "world_size": rt.world_size,
+    }
+    state = _fit_guarded(trainer, run_dir, rt, base)
+    best_path = run_dir / "checkpoints" / "best.pt"
+    load_model_weights(model, load_checkpoint(best_path, map_location=rt.device), best_path)
+    t0 = time.perf_counter()
+    result = evaluate_split(model, data, "test", cfg, rt, tta=cfg.eval.tta)
+    metrics = summary_metrics(result)
+    summary = {
+        "status": "completed",
+        **{k: v for k, v in metrics.items() if k not in ("test", "test_tta")},
+        **_state_fields(state),
+        "test_eval_seconds": round(time.perf_counter() - t0, 2),
+        **base,
+        "test": metrics["test"],
+        "test_tta": metrics["test_tta"],
+    }
+    if rt.is_main:
+        save_predictions(run_dir / "predictions.npz", result, data)
+        write_json(run_dir / "summary.json", summary)
+        build_reports(run_dir)
+        log.info("test: %s", _headline(summary))
+        log.info("reports: %s, %s", run_dir / "report.html", run_dir / "report.xlsx")
+    return summary
+
+
+def _headline(summary: dict[str, Any]) -> str:
+    parts = []
+    for key, label in (("test_acc", "acc"), ("test_macro_f1", "macro-F1"), ("test_auc", "AUC")):
+        tta = summary.get(f"{key}_tta")
+        parts.append(
+            f"{label} {summary[key]:.4f}" + (f" (TTA {tta:.4f})" if tta is not None else "")
+        )
+    return "  ".join(parts)
+
+
+def _state_fields(state: TrainState) -> dict[str, Any]:
+    return {
+        "best_val_acc": state.best_val_acc,
+        "best_epoch": state.best_epoch,
+        "epochs_run": state.epoch,
+        "stopped_early": state.stopped_early,
+        "train_seconds": round(state.train_seconds, 2),
+    }
+
+
+def _fit_guarded(trainer: Trainer, run_dir: Path, rt: Runtime, base: dict[str, Any]) -> TrainState:
+    """fit() with signal handling; an interrupted or diverged run leaves a summary saying so."""
+    with GracefulStop() as stop:
+        trainer.check_stop = stop.check
+        try:
+            return trainer.fit()
+        except StopRequested as exc:
+            status, code = "interrupted", 128 + exc.signum
+            msg = (
+                f"interrupted by {exc}; epoch {trainer.state.epoch + 1} was abandoned. "
+                f"Continue with: bloodmnist train --resume {run_dir}"
+            )
+        except DivergenceError as exc:
+            status, code = "diverged", 3
+            msg = (
+                f"stopped: {exc}; best checkpoint kept at {run_dir / 'checkpoints' / 'best.pt'}"
+                " (lower optim.lr or check the data)"
+            )
+    if rt.is_main:
+        write_json(
+            run_dir / "summary.json",
+            {"status": status, "message": msg, **_state_fields(trainer.state), **base},
+        )
+    log.error(msg)
+    raise TrainingStopped(msg, code)
+
+
+def _names(cfg: Config) -> tuple[str, ...]:
+    from bloodmnist import CLASS_NAMES
+
+    return CLASS_NAMES[: cfg.model.num_classes]

@@ -1,0 +1,205 @@
+"""The run folder: creation, lock file, log file, manifest and small atomic writers."""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import json
+import logging
+import os
+import platform
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from bloodmnist.errors import BloodMNISTError, RunLockedError
+
+log = logging.getLogger("bloodmnist")
+LOCK_NAME = "run.lock"
+
+
+def new_run_dir(out: str | Path, name: str, explicit: bool) -> Path:
+    """`explicit`: --out names the run folder itself; else runs/<YYYYmmdd-HHMMSS>-<name>/."""
+    base = Path(out)
+    path = base if explicit else base / f"{dt.datetime.now():%Y%m%d-%H%M%S}-{name}"
+    if path.exists() and any(p.name != LOCK_NAME for p in path.iterdir()):
+        raise BloodMNISTError(
+            f"run folder {path} is not empty; pick a new --out, or continue it with --resume {path}"
+        )
+    try:
+        (path / "checkpoints").mkdir(parents=True, exist_ok=True)
+        (path / "figures").mkdir(exist_ok=True)
+        probe = path / ".write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        raise BloodMNISTError(
+            f"cannot write to run folder {path} ({exc.strerror}); choose a writable --out"
+        ) from None
+    return path
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0 only checks existence: nothing is killed
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class RunLock:
+    """Exclusive lock on a run folder: O_EXCL lock file holding host and pid.
+
+    A second process refuses with a clear error; a lock left by a dead process on this host is
+    taken over with a message.
+    """
+
+    def __init__(self, run_dir: Path):
+        self.path = run_dir / LOCK_NAME
+        self.held = False
+
+    def acquire(self) -> None:
+        me = {"pid": os.getpid(), "host": socket.gethostname()}
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                self._check_stale()
+                continue
+            with os.fdopen(fd, "w") as fh:
+                json.dump(me, fh)
+            self.held = True
+            return
+        raise RunLockedError(f"could not lock {self.path}")
+
+    def _check_stale(self) -> None:
+        try:
+            owner = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            owner = {}
+        pid, host = owner.get("pid"), owner.get("host")
+        if isinstance(pid, int) and host == socket.gethostname() and not _pid_alive(pid):
+            log.warning("taking over stale lock %s (process %d is gone)", self.path, pid)
+            self.path.unlink(missing_ok=True)
+            return
+        raise RunLockedError(
+            f"run folder {self.path.parent} is in use by process {pid} on {host}; wait for it to "
+            f"finish or use another --out (delete {self.path} only if that process is gone)"
+        )
+
+    def release(self) -> None:
+        if self.held:
+            self.path.unlink(missing_ok=True)
+            self.held = False
+
+    def __enter__(self) -> RunLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def setup_logging(run_dir: Path | None, verbose: bool = True) -> None:
+    """Console + train.log handlers on the package logger."""
+    logger = logging.getLogger("bloodmnist")
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    for h in list(logger.handlers):
+        logger.removeHandler(h)
+        h.close()
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S")
+    if verbose:
+        console = logging.StreamHandler(sys.stderr)
+        console.setFormatter(fmt)
+        logger.addHandler(console)
+    if run_dir is not None:
+        fh = logging.FileHandler(run_dir / "train.log", encoding="utf-8")
+        fh.setFormatter(fmt)
+        logger.addHandler(fh)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False, allow_nan=False) + "\n")
+
+
+HISTORY_COLUMNS = (
+    "epoch",
+    "train_loss",
+    "train_acc",
+    "val_loss",
+    "val_acc",
+    "val_auc",
+    "lr",
+    "seconds",
+)
+
+
+def write_history(path: Path, rows: list[dict[str, Any]]) -> None:
+    """Rewrite history.csv whole (atomic) so it always matches the last checkpoint."""
+    lines = [",".join(HISTORY_COLUMNS)]
+    for row in rows:
+        lines.append(",".join(_fmt(row[c]) for c in HISTORY_COLUMNS))
+    atomic_write_text(path, "\n".join(lines) + "\n")
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.6g}" if isinstance(v, float) else str(v)
+
+
+def read_history(path: Path) -> list[dict[str, Any]]:
+    with open(path, newline="", encoding="utf-8") as fh:
+        return [
+            {k: (int(v) if k == "epoch" else float(v)) for k, v in row.items()}
+            for row in csv.DictReader(fh)
+        ]
+
+
+def _git_commit() -> str | None:
+    src = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(src), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def build_manifest(extra: dict[str, Any]) -> dict[str, Any]:
+    """Versions, git commit, command line and host facts; `extra` adds data/device/pretrained."""
+    import numpy
+    import torch
+    import torchvision
+
+    from bloodmnist import __version__
+
+    return {
+        "bloodmnist": __version__,
+        "git_commit": _git_commit(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "numpy": numpy.__version__,
+        "command": sys.argv,
+        "started": dt.datetime.now().isoformat(timespec="seconds"),
+        **extra,
+    }

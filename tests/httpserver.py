@@ -1,0 +1,124 @@
+"""A scriptable HTTP server on 127.0.0.1 for download tests (real sockets, no mocks).
+
+Each path gets a body and a script: one behaviour per request, the last one repeating. E.g.
+``server.serve("/f.npz", data, [STATUS_503, OK])`` answers 503 once, then the bytes.
+Requests are counted per path (query strings ignored).
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+import threading
+from collections import Counter
+from collections.abc import Sequence
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlsplit
+
+OK = "ok"  # the full body
+STATUS_503 = "503"  # 503 Service Unavailable
+TRUNCATE = "truncate"  # full Content-Length, half the body, then a clean close
+WRONG = "wrong"  # other bytes of the same length
+RESET = "reset"  # half the body, then a TCP reset (RST)
+STALL = "stall"  # headers and half the body, then silence for `stall_seconds`
+BEHAVIOURS = (OK, STATUS_503, TRUNCATE, WRONG, RESET, STALL)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: TestHTTPServer
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server naming)
+        path = urlsplit(self.path).path
+        behaviour, body = self.server.next_behaviour(path)
+        if behaviour is None:
+            self.send_error(404)
+            return
+        if behaviour == STATUS_503:
+            self.send_error(503)
+            return
+        if behaviour == WRONG:
+            body = bytes(b ^ 0xFF for b in body)
+        self.send_response(200)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if behaviour in (OK, WRONG):
+            self.wfile.write(body)
+            return
+        self.wfile.write(body[: len(body) // 2])
+        self.wfile.flush()
+        self.close_connection = True
+        if behaviour == STALL:
+            # Wakes early when the server stops, so teardown never waits for the full stall.
+            self.server.stopping.wait(self.server.stall_seconds)
+        elif behaviour == RESET:
+            # Linger 0 makes close() send RST instead of FIN.
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.connection.close()
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+        pass  # keep test output clean
+
+
+class TestHTTPServer(ThreadingHTTPServer):
+    """Threaded server on an ephemeral port; use as a context manager."""
+
+    daemon_threads = True
+    __test__ = False  # not a pytest test class
+
+    def __init__(self, stall_seconds: float = 30.0) -> None:
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.stall_seconds = stall_seconds
+        self.stopping = threading.Event()
+        self.counts: Counter[str] = Counter()
+        self._routes: dict[str, tuple[bytes, list[str]]] = {}
+        self._lock = threading.Lock()
+        # A short poll interval keeps shutdown (and so each test's teardown) fast.
+        self._thread = threading.Thread(
+            target=self.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
+        )
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+    def url(self, path: str) -> str:
+        return self.base_url + path
+
+    def serve(self, path: str, body: bytes, script: Sequence[str] = (OK,)) -> str:
+        """Register ``path``; returns its full URL."""
+        unknown = set(script) - set(BEHAVIOURS)
+        if unknown or not script:
+            raise ValueError(f"bad script {script!r}")
+        with self._lock:
+            self._routes[path] = (body, list(script))
+        return self.url(path)
+
+    def next_behaviour(self, path: str) -> tuple[str | None, bytes]:
+        with self._lock:
+            self.counts[path] += 1
+            if path not in self._routes:
+                return None, b""
+            body, script = self._routes[path]
+            return (script.pop(0) if len(script) > 1 else script[0]), body
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        pass  # resets and client timeouts are intended here
+
+    def __enter__(self) -> TestHTTPServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stopping.set()
+        self.shutdown()
+        self.server_close()
+        self._thread.join(timeout=5)
+
+
+def closed_port_url(path: str = "/") -> str:
+    """A URL on 127.0.0.1 where nothing listens (port bound then released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}{path}"

@@ -1,0 +1,234 @@
+"""Reports are rebuilt from a synthetic run folder alone: figures, report.xlsx and report.html."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from openpyxl import load_workbook
+from PIL import Image
+
+from bloodmnist import CLASS_NAMES, NUM_CLASSES
+from bloodmnist.errors import BloodMNISTError
+from bloodmnist.evaluation.metrics import compute_metrics
+from bloodmnist.reporting.html import write_html
+from bloodmnist.reporting.report import build_reports
+
+EPOCHS = 6
+FIGURES = ("confusion_matrix", "training_curves", "sample_predictions", "dataset_samples")
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def _write_history(path: Path, rng: np.random.Generator) -> None:
+    header = "epoch,train_loss,train_acc,val_loss,val_acc,val_auc,lr,seconds".split(",")
+    with path.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(header)
+        for e in range(1, EPOCHS + 1):
+            loss = 1.8 / e + rng.uniform(0, 0.05)
+            acc = 1 - 0.6 / e
+            lr = 1e-3 * 0.5 * (1 + np.cos(np.pi * (e - 1) / EPOCHS))
+            row = [e, loss, acc, loss * 1.1, acc - 0.02, min(0.99, acc + 0.05), lr, 12.5]
+            writer.writerow([f"{v:.6g}" if isinstance(v, float) else v for v in row])
+
+
+def _images(rng: np.random.Generator, labels: np.ndarray) -> np.ndarray:
+    """Noise tinted by class so the grids are visibly non-uniform."""
+    base = rng.integers(0, 120, size=(len(labels), 28, 28, 3))
+    tint = (np.array(labels)[:, None] * 30 % 255).astype(np.int64)
+    base[..., 0] += tint[:, :, None].reshape(-1, 1, 1)
+    return np.clip(base, 0, 255).astype(np.uint8)
+
+
+def make_run(run_dir: Path, seed: int = 0, pretrained: str = "none") -> dict:
+    """A run folder like the trainer writes; returns the summary."""
+    rng = np.random.default_rng(seed)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    n, k = 240, NUM_CLASSES
+    labels = rng.integers(0, k, size=n)
+    noise = rng.normal(size=(n, k))
+    probs = _softmax(noise + 2.0 * np.eye(k)[labels])
+    probs_tta = _softmax(noise + 2.5 * np.eye(k)[labels])
+    ds_labels = np.repeat(np.arange(k), 3)
+    np.savez(
+        run_dir / "predictions.npz",
+        test_labels=labels.astype(np.int64),
+        test_probs=probs,
+        test_probs_tta=probs_tta,
+        sample_images=_images(rng, labels[:32]),
+        sample_labels=labels[:32].astype(np.int64),
+        dataset_images=_images(rng, ds_labels),
+        dataset_labels=ds_labels.astype(np.int64),
+        class_names=np.array(CLASS_NAMES),
+    )
+    _write_history(run_dir / "history.csv", rng)
+    plain = compute_metrics(labels, probs, CLASS_NAMES)
+    tta = compute_metrics(labels, probs_tta, CLASS_NAMES)
+    summary = {
+        "test_acc": plain["acc"],
+        "test_acc_tta": tta["acc"],
+        "test_macro_f1": plain["macro_f1"],
+        "test_macro_f1_tta": tta["macro_f1"],
+        "test_auc": plain["auc"],
+        "test_auc_tta": tta["auc"],
+        "best_val_acc": 0.88,
+        "best_epoch": 5,
+        "epochs_run": EPOCHS,
+        "train_seconds": 75.0,
+        "device": "cpu",
+        "precision": "bf16",
+        "pretrained": pretrained,
+        "seed": seed,
+        "data_md5": "7053d0359d879ad8a5505303e11de1dc",
+        "status": "completed",
+        "test": plain,
+        "test_tta": tta,
+    }
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    manifest = {
+        "python": "3.11.2",
+        "torch": "2.4.0",
+        "host": "<script>alert(1)</script>",  # must come out escaped
+        "weights": "https://download.pytorch.org/models/resnet18.pth",  # text, not a link
+    }
+    (run_dir / "manifest.json").write_text(json.dumps(manifest))
+    (run_dir / "config.yaml").write_text("seed: 0\nmodel:\n  pretrained: none\n")
+    (run_dir / "train.log").write_text("epoch 1 ...\n")
+    return summary
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, dict[str, Path]]:
+    """Build the reports once; rendering figures is the slow part."""
+    run_dir = tmp_path_factory.mktemp("run")
+    summary = make_run(run_dir)
+    return run_dir, summary, build_reports(run_dir)
+
+
+def _distinct_colours(img: Image.Image) -> tuple[int, float]:
+    """(number of distinct RGB colours, share of the most common one)."""
+    rgb = np.asarray(img.convert("RGB")).reshape(-1, 3).astype(np.int64)
+    packed = (rgb[:, 0] << 16) | (rgb[:, 1] << 8) | rgb[:, 2]  # 1-D unique is far faster
+    counts = np.bincount(np.unique(packed, return_inverse=True)[1])
+    return len(counts), counts.max() / counts.sum()
+
+
+def test_figures(built: tuple[Path, dict, dict[str, Path]]) -> None:
+    run_dir, _, paths = built
+    for name in FIGURES:
+        path = run_dir / "figures" / f"{name}.png"
+        assert path.is_file() and paths[f"figure:{name}"] == path
+        with Image.open(path) as img:
+            assert img.format == "PNG"
+            assert img.width >= 400 and img.height >= 300, (name, img.size)
+            n_colours, top = _distinct_colours(img)
+        assert n_colours > 10 and top < 0.98, (name, n_colours, top)
+
+
+def test_excel(built: tuple[Path, dict, dict[str, Path]]) -> None:
+    run_dir, summary, paths = built
+    assert paths["excel"] == run_dir / "report.xlsx"
+    wb = load_workbook(paths["excel"], read_only=True)
+    assert wb.sheetnames == ["summary", "history", "per_class", "confusion", "manifest"]
+    kv = {row[0]: row[1] for row in wb["summary"].iter_rows(min_row=2, values_only=True)}
+    assert kv["test_acc"] == summary["test_acc"]
+    assert kv["epochs_run"] == EPOCHS
+    history = list(wb["history"].iter_rows(values_only=True))
+    assert history[0][0] == "epoch" and len(history) - 1 == EPOCHS
+    assert all(isinstance(v, (int, float)) for v in history[1])  # numbers, not text
+    per_class = list(wb["per_class"].iter_rows(values_only=True))
+    assert len(per_class) == 1 + NUM_CLASSES and per_class[1][0] == CLASS_NAMES[0]
+    confusion = list(wb["confusion"].iter_rows(values_only=True))
+    assert [list(r[1:]) for r in confusion[1:]] == summary["test_tta"]["confusion"]
+    assert list(confusion[0][1:]) == list(CLASS_NAMES)
+    manifest = {r[0]: r[1] for r in wb["manifest"].iter_rows(min_row=2, values_only=True)}
+    assert manifest["torch"] == "2.4.0"
+    wb.close()
+
+
+def test_html(built: tuple[Path, dict, dict[str, Path]]) -> None:
+    run_dir, summary, paths = built
+    text = paths["html"].read_text(encoding="utf-8")
+    assert text.count("data:image/png;base64,") == 4
+    assert f"{summary['test_acc']:.4f}" in text and f"{summary['test_auc_tta']:.4f}" in text
+    assert not re.search(r"""(?:src|href)\s*=\s*["']?\s*(?:https?:)?//""", text, re.I)
+    assert "<script" not in text.lower() and "&lt;script&gt;" in text
+    assert "<link" not in text.lower()
+    assert "Trained from scratch (no ImageNet weights)" in text
+    assert "7053d0359d879ad8a5505303e11de1dc" in text and "completed" in text
+    for name in CLASS_NAMES:
+        assert name in text
+
+
+def test_html_pretrained_has_no_scratch_note(
+    built: tuple[Path, dict, dict[str, Path]], tmp_path: Path
+) -> None:
+    run_dir = tmp_path / "run"
+    shutil.copytree(built[0], run_dir)  # figures come along, so only the HTML is rebuilt
+    summary = json.loads((run_dir / "summary.json").read_text())
+    summary["pretrained"] = "imagenet"
+    (run_dir / "summary.json").write_text(json.dumps(summary))
+    text = write_html(run_dir).read_text(encoding="utf-8")
+    assert "Trained from scratch" not in text
+
+
+@pytest.mark.parametrize("missing", ["summary.json", "history.csv", "predictions.npz"])
+def test_missing_file_is_one_clear_error(
+    built: tuple[Path, dict, dict[str, Path]], tmp_path: Path, missing: str
+) -> None:
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    for name in ("summary.json", "history.csv", "predictions.npz", "manifest.json"):
+        if name != missing:
+            shutil.copy(built[0] / name, run_dir / name)
+    with pytest.raises(BloodMNISTError, match=re.escape(missing)) as info:
+        build_reports(run_dir)
+    assert "\n" not in str(info.value)
+    assert not (run_dir / "figures").exists()  # nothing written before the check
+
+
+def _chromium() -> str | None:
+    if Path("/usr/bin/chromium").is_file():
+        return "/usr/bin/chromium"
+    return shutil.which("chromium")
+
+
+def test_html_renders_in_headless_chromium(
+    built: tuple[Path, dict, dict[str, Path]], tmp_path: Path
+) -> None:
+    browser = _chromium()
+    if browser is None:
+        pytest.skip("chromium not installed (apt-get install chromium) - cannot render report.html")
+    shot = tmp_path / "report.png"
+    cmd = [
+        browser,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--window-size=1280,2000",
+        f"--screenshot={shot}",
+        built[2]["html"].resolve().as_uri(),
+    ]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
+    assert shot.is_file(), f"no screenshot (rc={result.returncode}): {result.stderr[-2000:]}"
+    with Image.open(shot) as img:
+        assert img.size == (1280, 2000)
+        n_colours, top = _distinct_colours(img)
+    assert n_colours > 50, n_colours
+    assert top < 0.9, f"screenshot is {top:.0%} one colour"
