@@ -16,12 +16,19 @@ from PIL import Image
 
 from bloodmnist import CLASS_NAMES, NUM_CLASSES
 from bloodmnist.errors import BloodMNISTError
+from bloodmnist.evaluation.calibration import ece
 from bloodmnist.evaluation.metrics import compute_metrics
 from bloodmnist.reporting.html import write_html
 from bloodmnist.reporting.report import build_reports
 
 EPOCHS = 6
-FIGURES = ("confusion_matrix", "training_curves", "sample_predictions", "dataset_samples")
+FIGURES = (
+    "confusion_matrix",
+    "training_curves",
+    "sample_predictions",
+    "dataset_samples",
+    "reliability_diagram",
+)
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:
@@ -139,7 +146,14 @@ def test_excel(built: tuple[Path, dict, dict[str, Path]]) -> None:
     run_dir, summary, paths = built
     assert paths["excel"] == run_dir / "report.xlsx"
     wb = load_workbook(paths["excel"], read_only=True)
-    assert wb.sheetnames == ["summary", "history", "per_class", "confusion", "manifest"]
+    assert wb.sheetnames == [
+        "summary",
+        "history",
+        "per_class",
+        "calibration",
+        "confusion",
+        "manifest",
+    ]
     kv = {row[0]: row[1] for row in wb["summary"].iter_rows(min_row=2, values_only=True)}
     assert kv["test_acc"] == summary["test_acc"]
     assert kv["epochs_run"] == EPOCHS
@@ -151,6 +165,12 @@ def test_excel(built: tuple[Path, dict, dict[str, Path]]) -> None:
     confusion = list(wb["confusion"].iter_rows(values_only=True))
     assert [list(r[1:]) for r in confusion[1:]] == summary["test_tta"]["confusion"]
     assert list(confusion[0][1:]) == list(CLASS_NAMES)
+    calib = list(wb["calibration"].iter_rows(values_only=True))
+    preds = np.load(run_dir / "predictions.npz")
+    assert [r[0] for r in calib[1:]] == ["plain", "TTA"]
+    assert calib[2][1] == pytest.approx(ece(preds["test_probs_tta"], preds["test_labels"]))
+    assert calib[1][2] == pytest.approx(summary["test"]["nll"], rel=1e-5)
+    assert calib[1][4] is None  # no temperature fitted in this run
     manifest = {r[0]: r[1] for r in wb["manifest"].iter_rows(min_row=2, values_only=True)}
     assert manifest["torch"] == "2.4.0"
     wb.close()
@@ -159,7 +179,7 @@ def test_excel(built: tuple[Path, dict, dict[str, Path]]) -> None:
 def test_html(built: tuple[Path, dict, dict[str, Path]]) -> None:
     run_dir, summary, paths = built
     text = paths["html"].read_text(encoding="utf-8")
-    assert text.count("data:image/png;base64,") == 4
+    assert text.count("data:image/png;base64,") == len(FIGURES)
     assert f"{summary['test_acc']:.4f}" in text and f"{summary['test_auc_tta']:.4f}" in text
     assert not re.search(r"""(?:src|href)\s*=\s*["']?\s*(?:https?:)?//""", text, re.I)
     assert "<script" not in text.lower() and "&lt;script&gt;" in text

@@ -44,6 +44,7 @@ class AugmentConfig:
     crop_scale: tuple[float, float] = (0.9, 1.0)
     crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
     mixup_alpha: float = 0.001
+    rot90: bool = False  # random k*90 deg turns; with both flips: the dihedral group (fast recipe)
 
 
 @dataclass
@@ -59,16 +60,21 @@ class OptimConfig:
     lr: float = 0.008
     momentum: float = 0.9
     weight_decay: float = 5e-4
+    nesterov: bool = False
     batch_size: int = 128  # global batch (split across ranks under torchrun)
 
 
 @dataclass
 class ScheduleConfig:
+    kind: str = "two_phase"  # two_phase (reference) | onecycle (per-step, peak LR = optim.lr)
     cosine_epochs: int = 33  # cosine annealing drives epochs 1..cosine_epochs
     t_max: int = 90
     eta_min: float = 1e-4
     plateau_factor: float = 0.5  # then ReduceLROnPlateau on validation accuracy
     plateau_patience: int = 3
+    pct_start: float = 0.25  # onecycle: share of the steps spent warming up
+    div_factor: float = 25.0  # onecycle: start LR = optim.lr / div_factor
+    final_div_factor: float = 1e4  # onecycle: final LR = start LR / final_div_factor
 
 
 @dataclass
@@ -79,6 +85,8 @@ class TrainConfig:
     deterministic: bool = True
     sync_bn: bool = False
     label_smoothing: float = 0.0
+    # EMA of weights and BN buffers per step (0 = off); validation, best.pt and test use the EMA
+    ema_decay: float = 0.0
 
 
 @dataclass
@@ -90,6 +98,8 @@ class EvalConfig:
     tta_blur_sigma: float = 0.4
     tta_noise_std: float = 0.01  # in [0,1] pixel units, from a seeded generator
     tta_seed: int = 0
+    # fit a softmax temperature on validation (best.pt) and report test calibration before/after
+    temperature_scaling: bool = False
 
 
 @dataclass
@@ -129,6 +139,13 @@ def _hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
+def _float_or_text(text: str) -> float | str:
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
 def _coerce(value: Any, hint: Any, key: str) -> Any:
     """Check/convert one value against its annotation; raise ConfigError naming the key."""
     origin = typing.get_origin(hint)
@@ -155,6 +172,8 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
             return int(value)
         raise ConfigError(f"config key '{key}' must be an integer, got {value!r}")
     if hint is float:
+        if isinstance(value, str):  # PyYAML (YAML 1.1) reads 1e-4, without a dot, as text
+            value = _float_or_text(value)
         if isinstance(value, int | float) and not isinstance(value, bool):
             if not math.isfinite(float(value)):
                 raise ConfigError(f"config key '{key}' must be a finite number, got {value!r}")
@@ -229,15 +248,37 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
+RECIPES = ("reference", "fast")
+
+
+def recipe_dict(name: str) -> dict[str, Any]:
+    """A named recipe's settings: `reference` is the dataclass defaults; the others are YAML files
+    shipped inside the package (bloodmnist/configs/<name>.yaml)."""
+    if name == "reference":
+        return {}
+    if name not in RECIPES:
+        raise ConfigError(f"unknown recipe '{name}' (known: {', '.join(RECIPES)})")
+    from importlib.resources import files
+
+    text = (files("bloodmnist") / "configs" / f"{name}.yaml").read_text(encoding="utf-8")
+    return yaml.safe_load(text) or {}
+
+
 def build_config(
     yaml_path: str | Path | None = None,
     flags: dict[str, Any] | None = None,
     overrides: list[str] | None = None,
+    recipe: str = "reference",
 ) -> Config:
-    """Resolve defaults <- YAML <- dedicated flags (dotted keys) <- `--set` overrides."""
+    """Resolve defaults <- recipe <- YAML <- dedicated flags (dotted keys) <- `--set` overrides."""
     cfg = Config()
+    _merge(cfg, recipe_dict(recipe))
     if yaml_path is not None:
-        _merge(cfg, load_yaml(yaml_path))
+        data = load_yaml(yaml_path)
+        try:
+            _merge(cfg, data)
+        except ConfigError as exc:  # name the file: the key alone may not say where it came from
+            raise ConfigError(f"config file {yaml_path}: {exc}") from None
     if flags:
         _merge(cfg, nest({k: v for k, v in flags.items() if v is not None}))
     if overrides:
@@ -270,6 +311,9 @@ def validate(cfg: Config) -> None:
         (cfg.augment.mixup_alpha >= 0, "augment.mixup_alpha must be >= 0"),
         (0 < cfg.augment.crop_scale[0] <= cfg.augment.crop_scale[1] <= 1, "bad augment.crop_scale"),
         (cfg.model.num_classes > 1, "model.num_classes must be > 1"),
+        (cfg.schedule.kind in ("two_phase", "onecycle"), "schedule.kind: two_phase|onecycle"),
+        (0 < cfg.schedule.pct_start < 1, "schedule.pct_start must be in (0,1)"),
+        (0 <= cfg.train.ema_decay < 1, "train.ema_decay must be in [0,1)"),
     ]
     for ok, msg in checks:
         if not ok:

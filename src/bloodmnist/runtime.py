@@ -7,17 +7,26 @@ paths from `home_dir()` / `mirror_url()`) and pass what they need down.
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import logging
 import os
 import platform
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# Backstop for a rank that waits on a peer which died or hangs: collectives fail after this long
+# instead of never. Generous, because rank 0 may download data or weights while the others wait
+# (torchrun itself stops the other workers as soon as one exits with an error).
+DIST_TIMEOUT = dt.timedelta(minutes=30)
 
 
 @dataclass
@@ -126,7 +135,7 @@ def setup_runtime(device: str = "auto", precision: str = "auto", threads: int = 
 
         backend = "nccl" if dev.type == "cuda" else "gloo"
         if not dist.is_initialized():
-            dist.init_process_group(backend=backend)
+            dist.init_process_group(backend=backend, timeout=DIST_TIMEOUT)
     # channels_last pays off on CUDA and on CPU (oneDNN), fp32 and bf16 alike (measured).
     return Runtime(dev, prec, True, n, rank, local_rank, world_size, backend)
 
@@ -165,6 +174,60 @@ def host_info(rt: Runtime) -> dict[str, object]:
         "gpu": torch.cuda.get_device_name(rt.device) if rt.device.type == "cuda" else None,
     }
     return info
+
+
+def broadcast_object(rt: Runtime, obj: T) -> T:
+    """Rank 0's `obj` on every rank (picklable objects; a no-op for one process)."""
+    if not rt.distributed:
+        return obj
+    import torch.distributed as dist
+
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def gather_objects(rt: Runtime, obj: T) -> list[T]:
+    """Every rank's `obj`, in rank order, on every rank."""
+    if not rt.distributed:
+        return [obj]
+    import torch.distributed as dist
+
+    out: list[Any] = [None] * rt.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def from_main(rt: Runtime, fn: Callable[[], T], share: bool = True) -> T | None:
+    """Run `fn` on rank 0 only; every rank gets its result (`share`) or raises its error.
+
+    Without this, an error on rank 0 (run folder not empty, lock held, bad checkpoint) would
+    leave the other ranks waiting in their next collective until the timeout.
+    """
+    from bloodmnist.errors import BloodMNISTError
+
+    if not rt.distributed:
+        return fn()
+    result, failure = None, None
+    if rt.is_main:
+        try:
+            result = fn()
+        except BaseException as exc:
+            code = exc.exit_code if isinstance(exc, BloodMNISTError) else 1
+            broadcast_object(rt, (str(exc) or type(exc).__name__, code))
+            raise
+    failure = broadcast_object(rt, failure)
+    if failure is not None:  # only reached on ranks > 0: rank 0 re-raised its own error
+        err = BloodMNISTError(f"{failure[0]} (reported by rank 0)")
+        err.exit_code = failure[1]
+        raise err
+    return broadcast_object(rt, result) if share else result
+
+
+def main_first(rt: Runtime, fn: Callable[[], T]) -> T:
+    """Run `fn` on rank 0, then on the other ranks (caches: one download, not world_size)."""
+    result = from_main(rt, fn, share=False)
+    return result if rt.is_main else fn()  # type: ignore[return-value]
 
 
 def cleanup(rt: Runtime) -> None:

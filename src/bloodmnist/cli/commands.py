@@ -22,23 +22,17 @@ def _train_config(args: argparse.Namespace):
         "model.pretrained": args.pretrained,
         "data.subset": args.subset,
     }
-    return build_config(args.config, flags, args.set)
+    return build_config(args.config, flags, args.set, recipe=args.recipe or "reference")
 
 
 def _shared_run_dir(rt, out: str | None, cfg) -> Path:
-    """Rank 0 creates the run folder; under torchrun every rank learns its path."""
+    """Rank 0 creates the run folder; under torchrun every rank learns its path (or its error)."""
+    from bloodmnist.runtime import from_main
     from bloodmnist.training.rundir import new_run_dir
 
-    path = None
-    if rt.is_main:
-        path = new_run_dir(out or cfg.runtime.out, cfg.runtime.name, explicit=out is not None)
-    if rt.distributed:
-        import torch.distributed as dist
-
-        box = [str(path) if path else None]
-        dist.broadcast_object_list(box, src=0)
-        path = Path(box[0])
-    return path
+    return from_main(
+        rt, lambda: new_run_dir(out or cfg.runtime.out, cfg.runtime.name, explicit=out is not None)
+    )
 
 
 def _resume_state(args: argparse.Namespace):
@@ -50,7 +44,7 @@ def _resume_state(args: argparse.Namespace):
         raise BloodMNISTError(f"--resume: run folder {run_dir} does not exist")
     clash = [
         f"--{k}"
-        for k in ("config", "data", "out", "seed", "pretrained", "subset")
+        for k in ("config", "recipe", "data", "out", "seed", "pretrained", "subset")
         if getattr(args, k)
     ] + (["--set"] if args.set else [])
     if clash:
@@ -66,16 +60,19 @@ def _resume_state(args: argparse.Namespace):
 
 
 def train(args: argparse.Namespace) -> int:
-    from bloodmnist.runtime import cleanup, setup_runtime
-    from bloodmnist.training.run import train_run
-
     resume = None
     if args.resume:
         run_dir, resume, cfg = _resume_state(args)
     else:
         cfg = _train_config(args)
+    # Heavy imports (torchvision, reporting) only now: a bad config fails in a fraction of a second
+    from bloodmnist.runtime import cleanup, setup_runtime
+    from bloodmnist.training.run import train_run
+    from bloodmnist.training.trainer import per_rank_batch
+
     rt = setup_runtime(cfg.runtime.device, cfg.runtime.precision, cfg.runtime.threads)
     try:
+        per_rank_batch(cfg.optim.batch_size, rt.world_size)  # before any folder is made
         if resume is None:
             run_dir = _shared_run_dir(rt, args.out, cfg)
         summary = train_run(cfg, rt, run_dir, progress=not args.quiet, resume=resume)
@@ -104,19 +101,23 @@ def _find_checkpoint(target: Path) -> Path:
 
 
 def evaluate(args: argparse.Namespace) -> int:
-    from bloodmnist.data.source import load_data
-    from bloodmnist.evaluation.final import evaluate_split
-    from bloodmnist.model.resnet import build_model
-    from bloodmnist.runtime import setup_runtime
     from bloodmnist.training.checkpoint import load_checkpoint, load_model_weights
 
     ckpt_path = _find_checkpoint(Path(args.target))
     if args.json and Path(args.json).exists():
         raise BloodMNISTError(f"{args.json} already exists; choose a new --json file")
-    state = load_checkpoint(ckpt_path)
+    state = load_checkpoint(ckpt_path)  # a bad checkpoint fails before the heavy imports
+    from bloodmnist.data.source import load_data
+    from bloodmnist.evaluation.final import evaluate_split
+    from bloodmnist.model.resnet import build_model
+    from bloodmnist.runtime import setup_runtime
+
     cfg = from_dict(state["config"])
     rt = setup_runtime(args.device or cfg.runtime.device, args.precision or cfg.runtime.precision)
-    data, info = load_data(args.data or cfg.data.path, cfg.data.size, cfg.model.num_classes, None)
+    # Without --data, evaluate exactly what the run saw (its --subset too), so the numbers match
+    # summary.json; an explicit --data file is evaluated whole.
+    subset = None if args.data else cfg.data.subset
+    data, info = load_data(args.data or cfg.data.path, cfg.data.size, cfg.model.num_classes, subset)
     model = build_model(cfg.model.num_classes)
     load_model_weights(model, state, ckpt_path)
     model = model.to(rt.device)

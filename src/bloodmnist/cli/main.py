@@ -17,6 +17,13 @@ def _add_runtime(p: argparse.ArgumentParser) -> None:
 def _train_parser(sub) -> None:
     p = sub.add_parser("train", help="train the adapted ResNet-18 (reference recipe by default)")
     p.add_argument("--config", metavar="FILE.yaml", help="YAML config (sections as in config.yaml)")
+    p.add_argument(
+        "--recipe",
+        choices=["reference", "fast"],
+        default=None,
+        help="base settings under --config/flags/--set: reference (default) or fast (one-cycle "
+        "LR, dihedral flips, label smoothing, EMA; a short run for small CPUs)",
+    )
     p.add_argument("--data", metavar="FILE.npz", help="local BloodMNIST npz (never modified)")
     p.add_argument("--out", metavar="DIR", help="run folder (default runs/<time>-<name>/)")
     p.add_argument("--epochs", type=int)
@@ -61,6 +68,70 @@ def _data_parser(sub) -> None:
     p.add_argument("--data", metavar="FILE.npz", help="check this file instead of the cache")
 
 
+def _predict_parser(sub) -> None:
+    p = sub.add_parser("predict", help="classify image files with a checkpoint or .onnx model")
+    p.add_argument("model", metavar="MODEL", help="run folder, .pt checkpoint or exported .onnx")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="files, folders (recursive), globs")
+    p.add_argument(
+        "--out", metavar="FILE.csv|FILE.json", help="new results file (default: CSV on stdout)"
+    )
+    p.add_argument("--tta", action="store_true", help="average the 7 TTA views (PyTorch models)")
+    p.add_argument("--top-k", type=int, default=3, metavar="K")
+    p.add_argument(
+        "--preprocess",
+        choices=["auto", "medmnist", "resize", "none"],
+        default="auto",
+        help="medmnist: BloodMNIST recipe for raw smear crops; auto: medmnist for images larger "
+        "than twice the input size, else resize",
+    )
+    p.add_argument("--batch-size", type=int, default=64, metavar="N")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_runtime(p)
+
+
+def _export_parser(sub) -> None:
+    p = sub.add_parser("export", help="export a checkpoint to ONNX after a parity check")
+    p.add_argument("model", metavar="RUN_DIR_OR_CHECKPOINT")
+    p.add_argument("--format", choices=["onnx"], default="onnx")
+    p.add_argument("--out", metavar="FILE.onnx", help="new file (default RUN_DIR/model.onnx)")
+    p.add_argument("--data", metavar="FILE.npz", help="test images for the parity check")
+    p.add_argument("--parity-images", type=int, default=1024, metavar="N")
+
+
+def _study_parser(sub) -> None:
+    p = sub.add_parser(
+        "study",
+        help="train one run per seed, then mean ± std, bootstrap CIs and a study report",
+        description="Any other option is passed to every seed's `bloodmnist train` "
+        "(e.g. --data, --epochs, --subset, --set KEY=VALUE).",
+        allow_abbrev=False,  # --seed must not silently become --seeds
+    )
+    p.add_argument("--seeds", metavar="S1,S2,...", help="seeds, one training each (e.g. 42,43,44)")
+    p.add_argument("--jobs", type=int, default=1, help="seeds trained in parallel (default 1)")
+    p.add_argument("--out", metavar="DIR", help="study folder (default runs/<time>-study/)")
+    p.add_argument("--resume", metavar="STUDY_DIR", help="continue an unfinished study")
+    _add_bootstrap(p)
+
+
+def _add_bootstrap(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (default 1000)")
+    p.add_argument("--boot-seed", type=int, default=0, help="bootstrap RNG seed (default 0)")
+
+
+def _compare_parser(sub) -> None:
+    p = sub.add_parser("compare", help="paired comparison of two runs or studies on one test set")
+    p.add_argument("a", metavar="RUN_OR_STUDY_A")
+    p.add_argument("b", metavar="RUN_OR_STUDY_B")
+    p.add_argument(
+        "--variant",
+        choices=["auto", "plain", "tta"],
+        default="auto",
+        help="test predictions to compare (auto: TTA when both have it)",
+    )
+    p.add_argument("--json", metavar="FILE", help="also write the result to FILE (new file)")
+    _add_bootstrap(p)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="bloodmnist",
@@ -72,18 +143,30 @@ def build_parser() -> argparse.ArgumentParser:
     _evaluate_parser(sub)
     _report_parser(sub)
     _data_parser(sub)
+    _predict_parser(sub)
+    _export_parser(sub)
+    _study_parser(sub)
+    _compare_parser(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    from bloodmnist.cli import commands
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command != "study":  # only study forwards unknown options (to train)
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.train_args = extra
+    from bloodmnist.cli import commands, infer_commands, study_commands
 
     handler = {
         "train": commands.train,
         "evaluate": commands.evaluate,
         "report": commands.report,
         "data": commands.data,
+        "predict": infer_commands.predict,
+        "export": infer_commands.export,
+        "study": study_commands.study,
+        "compare": study_commands.compare,
     }[args.command]
     try:
         return handler(args)
@@ -93,6 +176,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"bloodmnist {args.command}: interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:  # disk full, permissions, read-only folders: the OS's reason, one line
+        where = f" {exc.filename}" if exc.filename else ""
+        print(
+            f"bloodmnist {args.command}: error:{where} {exc.strerror or exc}; check free space "
+            "and permissions",
+            file=sys.stderr,
+        )
+        return 1
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@ ratio 3/4-4/3, horizontal flip, rotation +-10 deg with black fill, colour jitter
 contrast and saturation), but the geometry of a whole batch is one `affine_grid` + `grid_sample`
 (crop, flip and rotation composed into a single resampling, so pixels are interpolated once) and
 the colour ops are a few tensor expressions. Every random draw comes from an explicit generator,
-so a (seed, epoch) pair fixes the augmentation exactly.
+so a (seed, epoch) pair fixes the augmentation exactly. `rot90` (fast recipe) adds a random
+multiple of 90 degrees to the same matrix: with both flips, the dihedral group at no extra cost.
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ def geometry_matrices(n: int, cfg: AugmentConfig, gen: torch.Generator, device: 
     fx = torch.where(torch.rand(n, generator=gen, device=device) < cfg.hflip, -1.0, 1.0)
     fy = torch.where(torch.rand(n, generator=gen, device=device) < cfg.vflip, -1.0, 1.0)
     theta = _uniform(n, -cfg.rotation, cfg.rotation, gen, device) * (math.pi / 180)
+    if cfg.rot90:  # drawn only when on, so the reference recipe's random stream is unchanged
+        theta = theta + torch.randint(0, 4, (n,), generator=gen, device=device) * (math.pi / 2)
     cos, sin = torch.cos(theta), torch.sin(theta)
     mat = torch.empty(n, 2, 3, device=device)
     mat[:, 0, 0] = cos * w * fx

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,15 +51,20 @@ def _read_arrays(path: Path) -> dict[str, np.ndarray]:
             f"data file not found: {path}; pass --data FILE.npz or run 'bloodmnist data download'"
         )
     try:
-        with np.load(path, allow_pickle=False) as npz:
+        obj = np.load(path, allow_pickle=False)
+        if not isinstance(obj, np.lib.npyio.NpzFile):  # a bare .npy array under an .npz name
+            raise _fail(path, "holds a single array, not an npz archive of train/val/test keys")
+        with obj as npz:
             missing = [k for k in REQUIRED_KEYS if k not in npz.files]
             if missing:
                 raise _fail(path, f"missing key '{missing[0]}' (needs {', '.join(REQUIRED_KEYS)})")
             return {k: npz[k] for k in REQUIRED_KEYS}
     except DataError:
         raise
-    except (zipfile.BadZipFile, EOFError, OSError, ValueError) as exc:
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if not zipfile.is_zipfile(path):  # numpy's own reason ("pickled data") misleads here
+            reason = "no zip archive found; truncated or another format"
         raise _fail(path, f"not a readable npz archive ({reason})") from None
 
 

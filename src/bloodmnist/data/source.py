@@ -8,7 +8,6 @@ from pathlib import Path
 
 from bloodmnist.data.download import fetch_dataset, file_md5, official_md5
 from bloodmnist.data.npz import Dataset, load_npz
-from bloodmnist.runtime import home_dir, mirror_url
 
 log = logging.getLogger("bloodmnist")
 
@@ -29,6 +28,9 @@ def resolve_data(path: str | None, size: int, progress: bool = True) -> DataInfo
     """A `--data` file is used as is (read only); otherwise fetch/verify the official file."""
     expected = official_md5(size)
     if path is None:
+        # imported here: runtime pulls in torch, which `bloodmnist data verify FILE` never needs
+        from bloodmnist.runtime import home_dir, mirror_url
+
         p = fetch_dataset(size, cache_dir=home_dir(), base_url=mirror_url(), progress=progress)
         return DataInfo(str(p), expected, expected, True, False)
     p = Path(path).expanduser()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +14,12 @@ from bloodmnist import CLASS_NAMES
 from bloodmnist.config import Config
 from bloodmnist.data.loader import Normalizer, to_tensor
 from bloodmnist.data.npz import Dataset
+from bloodmnist.evaluation.calibration import (
+    apply_temperature,
+    calibration_metrics,
+    fit_temperature,
+    logits_from_probs,
+)
 from bloodmnist.evaluation.metrics import compute_metrics
 from bloodmnist.evaluation.predict import predict_probs
 from bloodmnist.runtime import Runtime
@@ -50,20 +58,30 @@ def dataset_samples(data: Dataset, per_class: int = DATASET_SAMPLES_PER_CLASS):
 
 
 def save_predictions(path: Path, result: dict[str, Any], data: Dataset) -> None:
-    """predictions.npz: everything the reports need, so they rebuild without the model."""
+    """predictions.npz: everything the reports need, so they rebuild without the model.
+
+    Written to a temp file and renamed: a full disk never leaves a truncated predictions.npz.
+    """
     ds_images, ds_labels = dataset_samples(data)
     probs_tta = result.get("probs_tta", result["probs"])
-    np.savez_compressed(
-        path,
-        test_labels=result["labels"].astype(np.int64),
-        test_probs=result["probs"].astype(np.float32),
-        test_probs_tta=probs_tta.astype(np.float32),
-        sample_images=data.test.images[:SAMPLE_IMAGES],
-        sample_labels=data.test.labels[:SAMPLE_IMAGES],
-        dataset_images=ds_images,
-        dataset_labels=ds_labels,
-        class_names=np.array(CLASS_NAMES[: data.num_classes]),
-    )
+    arrays = {
+        "test_labels": result["labels"].astype(np.int64),
+        "test_probs": result["probs"].astype(np.float32),
+        "test_probs_tta": probs_tta.astype(np.float32),
+        "sample_images": data.test.images[:SAMPLE_IMAGES],
+        "sample_labels": data.test.labels[:SAMPLE_IMAGES],
+        "dataset_images": ds_images,
+        "dataset_labels": ds_labels,
+        "class_names": np.array(CLASS_NAMES[: data.num_classes]),
+    }
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.savez_compressed(fh, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def summary_metrics(result: dict[str, Any]) -> dict[str, Any]:
@@ -78,6 +96,42 @@ def summary_metrics(result: dict[str, Any]) -> dict[str, Any]:
         "test_auc": plain["auc"],
         "test_auc_tta": tta["auc"] if tta else None,
         "test_n": plain["n"],
+        **calibration_summary(result),
         "test": plain,
         "test_tta": tta,
     }
+
+
+def calibration_summary(result: dict[str, Any]) -> dict[str, float | None]:
+    """test_ece, test_nll, test_brier and their _tta twins (None when TTA was off)."""
+    out: dict[str, float | None] = {}
+    for key, suffix in (("probs", ""), ("probs_tta", "_tta")):
+        probs = result.get(key)
+        values = calibration_metrics(probs, result["labels"]) if probs is not None else {}
+        for name in ("ece", "nll", "brier"):
+            out[f"test_{name}{suffix}"] = values.get(name)
+    return out
+
+
+def temperature_scaling(
+    model: nn.Module, data: Dataset, cfg: Config, rt: Runtime, test: dict[str, Any]
+) -> dict[str, Any]:
+    """Fit T on the validation split only, apply it to the test probabilities, report both.
+
+    log(p) of the softmax output are valid logits (softmax is shift-invariant), so no logits need
+    storing. TTA gets its own T, fitted on validation TTA probabilities. Accuracy is unchanged
+    (argmax is invariant to T), so only the calibration numbers move.
+    """
+    val = evaluate_split(model, data, "val", cfg, rt, tta="probs_tta" in test)
+    out: dict[str, Any] = {}
+    for key, suffix in (("probs", ""), ("probs_tta", "_tta")):
+        if key not in test:
+            out.update({f"temperature{suffix}": None})
+            out.update({f"test_{n}{suffix}_ts": None for n in ("ece", "nll", "brier")})
+            continue
+        t = fit_temperature(logits_from_probs(val[key]), val["labels"])
+        scaled = apply_temperature(logits_from_probs(test[key]), t)
+        out[f"temperature{suffix}"] = t
+        for name, value in calibration_metrics(scaled, test["labels"]).items():
+            out[f"test_{name}{suffix}_ts"] = value
+    return out

@@ -18,7 +18,7 @@ from torch import nn
 from bloodmnist.config import EvalConfig
 from bloodmnist.data.augment import warp
 from bloodmnist.data.loader import Normalizer
-from bloodmnist.runtime import Runtime
+from bloodmnist.runtime import Runtime, gather_objects
 
 View = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -63,6 +63,12 @@ def tta_views(cfg: EvalConfig) -> list[tuple[str, View]]:
     ]
 
 
+def shard_range(n: int, rank: int, world_size: int) -> tuple[int, int]:
+    """Rank's contiguous slice [lo, hi) of n rows: sizes differ by at most one, no padding, so
+    the shards in rank order are exactly rows 0..n-1 (unlike DistributedSampler, which pads)."""
+    return n * rank // world_size, n * (rank + 1) // world_size
+
+
 @torch.no_grad()
 def predict_probs(
     model: nn.Module,
@@ -72,13 +78,38 @@ def predict_probs(
     batch_size: int = 512,
     tta: EvalConfig | None = None,
 ) -> np.ndarray:
-    """Softmax probabilities (N, C) for images in [0,1] (N,3,H,W); TTA averages the views."""
+    """Softmax probabilities (N, C) for images in [0,1] (N,3,H,W); TTA averages the views.
+
+    Under torchrun every rank must pass the same images: each predicts its own shard and the
+    shards are gathered, so every rank returns the same full (N, C) array, each image once.
+    """
+    if not rt.distributed:
+        return _predict(model, images, rt, normalize, batch_size, tta)
+    lo, hi = shard_range(len(images), rt.rank, rt.world_size)
+    # The bare module: a DDP forward could start a buffer broadcast that the other ranks,
+    # with a different number of batches, would not match.
+    bare = getattr(model, "module", model)
+    part = _predict(bare, images[lo:hi], rt, normalize, batch_size, tta, offset=lo)
+    return np.concatenate([p for p in gather_objects(rt, part) if len(p)])
+
+
+def _predict(
+    model: nn.Module,
+    images: torch.Tensor,
+    rt: Runtime,
+    normalize: Normalizer,
+    batch_size: int,
+    tta: EvalConfig | None,
+    offset: int = 0,
+) -> np.ndarray:
+    """predict_probs for one process; `offset` is the first row's index in the full split (the
+    TTA noise is seeded by that index, so sharding does not change it)."""
     model.eval()
     views = tta_views(tta) if tta is not None else [("identity", lambda x, i: x)]
     chunks = []
     for start in range(0, len(images), batch_size):
         x = images[start : start + batch_size].to(rt.device)
-        idx = torch.arange(start, start + len(x))
+        idx = torch.arange(offset + start, offset + start + len(x))
         acc = None
         for _, view in views:
             with rt.autocast():
@@ -86,4 +117,6 @@ def predict_probs(
             p = torch.softmax(logits.float(), dim=1)
             acc = p if acc is None else acc + p
         chunks.append((acc / len(views)).cpu())
+    if not chunks:  # an empty shard (fewer images than ranks)
+        return np.zeros((0, 0), dtype=np.float32)
     return torch.cat(chunks).numpy().astype(np.float32)

@@ -13,6 +13,8 @@ from openpyxl.utils import get_column_letter
 from openpyxl.worksheet.worksheet import Worksheet
 
 from bloodmnist.reporting.run_files import (
+    CALIBRATION_HEADER,
+    calibration_rows,
     class_names,
     history_columns,
     load_history,
@@ -60,7 +62,8 @@ def _per_class_rows(plain: dict, tta: dict) -> list[list[Any]]:
 
 
 def write_excel(run_dir: Path) -> Path:
-    """Write ``run_dir/report.xlsx`` (summary, history, per_class, confusion, manifest sheets)."""
+    """Write ``run_dir/report.xlsx`` (summary, history, per_class, calibration, confusion,
+    manifest sheets)."""
     run_dir = Path(run_dir)
     summary = load_summary(run_dir)
     history = load_history(run_dir)
@@ -82,6 +85,10 @@ def write_excel(run_dir: Path) -> Path:
     per_class_header = ["class", "precision", "recall", "f1"]
     per_class_header += ["precision_tta", "recall_tta", "f1_tta", "support"]
     _write_table(wb.create_sheet("per_class"), per_class_header, _per_class_rows(plain, tta))
+
+    _write_table(
+        wb.create_sheet("calibration"), CALIBRATION_HEADER, calibration_rows(summary, preds)
+    )
 
     names = class_names(preds)
     ws = wb.create_sheet("confusion")

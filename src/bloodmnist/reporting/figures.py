@@ -15,12 +15,20 @@ import numpy as np  # noqa: E402
 from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from bloodmnist.evaluation.calibration import (  # noqa: E402
+    apply_temperature,
+    ece,
+    logits_from_probs,
+    reliability_bins,
+)
 from bloodmnist.evaluation.metrics import confusion_matrix  # noqa: E402
 from bloodmnist.reporting.run_files import (  # noqa: E402
     FIGURES_DIR,
+    calibration_variants,
     class_names,
     load_history,
     load_predictions,
+    load_summary,
 )
 
 DPI = 120
@@ -29,6 +37,7 @@ FIGURE_NAMES = (
     "training_curves",
     "sample_predictions",
     "dataset_samples",
+    "reliability_diagram",
 )
 GOOD, BAD = "#1a7f37", "#cf222e"  # green / red titles for right / wrong predictions
 
@@ -165,8 +174,67 @@ def plot_dataset_samples(
     return _save(fig, path)
 
 
+def _reliability_panel(ax: Axes, labels: np.ndarray, probs: np.ndarray, temp, title: str) -> None:
+    bins = reliability_bins(probs, labels)
+    edges = bins["edges"]
+    centres = (edges[:-1] + edges[1:]) / 2
+    width = edges[1] - edges[0]
+    filled = bins["count"] > 0
+    ax.plot([0, 1], [0, 1], ls="--", color="#59636e", label="perfect calibration")
+    ax.bar(
+        centres[filled],
+        bins["accuracy"][filled],
+        width=width * 0.95,
+        color="#1f6feb",
+        alpha=0.8,
+        label=f"accuracy (ECE {ece(probs, labels):.4f})",
+    )
+    acc, conf = bins["accuracy"][filled], bins["confidence"][filled]
+    ax.bar(  # hatched span between bin accuracy and mean confidence: the calibration gap
+        centres[filled],
+        np.abs(conf - acc),
+        bottom=np.minimum(acc, conf),
+        width=width * 0.95,
+        fill=False,
+        hatch="//",
+        edgecolor=BAD,
+        label="gap to mean confidence",
+    )
+    if temp is not None:  # the same bins after temperature scaling, as points
+        scaled = apply_temperature(logits_from_probs(probs), temp)
+        after = reliability_bins(scaled, labels)
+        ok = after["count"] > 0
+        ax.plot(
+            after["confidence"][ok],
+            after["accuracy"][ok],
+            "o-",
+            color=GOOD,
+            ms=4,
+            label=f"after T={temp:.2f} (ECE {ece(scaled, labels):.4f})",
+        )
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("confidence (max probability), 15 bins")
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"{title} (n={len(labels)})")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", fontsize=8)
+
+
+def plot_reliability(
+    labels: np.ndarray, variants: list[tuple[str, np.ndarray, float | None]], path: Path
+) -> Path:
+    """Reliability diagram per variant (plain, TTA): bin accuracy against confidence."""
+    fig, axes = plt.subplots(
+        1, len(variants), figsize=(6.2 * len(variants), 5.4), squeeze=False, layout="constrained"
+    )
+    for ax, (name, probs, temp) in zip(axes[0], variants, strict=True):
+        _reliability_panel(ax, labels, probs, temp, f"Test reliability, {name}")
+    return _save(fig, path)
+
+
 def save_figures(run_dir: Path) -> dict[str, Path]:
-    """Write the four report figures to ``run_dir/figures/``; returns name -> PNG path."""
+    """Write the report figures to ``run_dir/figures/``; returns name -> PNG path."""
     run_dir = Path(run_dir)
     preds = load_predictions(run_dir)
     history = load_history(run_dir)
@@ -193,5 +261,10 @@ def save_figures(run_dir: Path) -> dict[str, Path]:
             preds.get("dataset_labels", empty_labels),
             names,
             out / "dataset_samples.png",
+        ),
+        "reliability_diagram": plot_reliability(
+            preds["test_labels"],
+            calibration_variants(load_summary(run_dir), preds),
+            out / "reliability_diagram.png",
         ),
     }

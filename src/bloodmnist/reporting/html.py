@@ -12,7 +12,9 @@ from typing import Any
 
 from bloodmnist.reporting.figures import FIGURE_NAMES, save_figures
 from bloodmnist.reporting.run_files import (
+    CALIBRATION_HEADER,
     FIGURES_DIR,
+    calibration_rows,
     class_names,
     history_columns,
     is_from_scratch,
@@ -45,6 +47,10 @@ FIGURE_CAPTIONS = {
     "training_curves": "Loss, accuracy and learning rate per epoch.",
     "sample_predictions": "First test images: true (T) and TTA-predicted (P) class.",
     "dataset_samples": "Training images for each class.",
+    "reliability_diagram": (
+        "Reliability diagram: accuracy per confidence bin against the diagonal of perfect "
+        "calibration (15 equal-width bins); with temperature scaling, the bins after it."
+    ),
 }
 
 
@@ -212,6 +218,8 @@ def write_html(run_dir: Path) -> Path:
         _headline(summary, plain, tta),
         "<h2>Run</h2>",
         _run_info(summary),
+        "<h2>Calibration (test)</h2>",
+        table(CALIBRATION_HEADER, calibration_rows(summary, preds)),
         "<h2>Figures</h2>",
         _figures(run_dir),
         "<h2>Per-class scores</h2>",

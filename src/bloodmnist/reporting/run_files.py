@@ -15,6 +15,11 @@ import numpy as np
 
 from bloodmnist import CLASS_NAMES
 from bloodmnist.errors import BloodMNISTError
+from bloodmnist.evaluation.calibration import (
+    apply_temperature,
+    calibration_metrics,
+    logits_from_probs,
+)
 from bloodmnist.evaluation.metrics import compute_metrics
 
 REQUIRED_FILES = ("summary.json", "history.csv", "predictions.npz")
@@ -123,3 +128,48 @@ def is_from_scratch(summary: dict[str, Any]) -> bool:
     if value is None or value is False:
         return True
     return str(value).strip().lower() in {"none", "false", "no", "", "scratch", "from_scratch"}
+
+
+def tta_was_run(summary: dict[str, Any]) -> bool:
+    """predictions.npz repeats the plain probabilities as TTA when TTA was off; the summary says."""
+    return summary.get("test_acc_tta", 0.0) is not None
+
+
+def calibration_variants(
+    summary: dict[str, Any], preds: dict[str, np.ndarray]
+) -> list[tuple[str, np.ndarray, float | None]]:
+    """(label, test probabilities, fitted temperature or None) for plain and, if run, TTA."""
+    out = [("plain", preds["test_probs"], summary.get("temperature"))]
+    if tta_was_run(summary):
+        out.append(("TTA", preds["test_probs_tta"], summary.get("temperature_tta")))
+    return out
+
+
+def calibration_rows(summary: dict[str, Any], preds: dict[str, np.ndarray]) -> list[list[Any]]:
+    """Rows (variant, ECE, NLL, Brier, T, ECE/NLL/Brier after T) recomputed from predictions."""
+    rows = []
+    labels = preds["test_labels"]
+    for name, probs, temp in calibration_variants(summary, preds):
+        before = calibration_metrics(probs, labels)
+        after = (
+            calibration_metrics(apply_temperature(logits_from_probs(probs), temp), labels)
+            if temp is not None
+            else {}
+        )
+        rows.append(
+            [name, before["ece"], before["nll"], before["brier"], temp]
+            + [after.get(k) for k in ("ece", "nll", "brier")]
+        )
+    return rows
+
+
+CALIBRATION_HEADER = (
+    "variant",
+    "ECE (15 bins)",
+    "NLL",
+    "Brier",
+    "temperature",
+    "ECE after T",
+    "NLL after T",
+    "Brier after T",
+)

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import io
 import os
+import pickle
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from bloodmnist.errors import CheckpointError
+from bloodmnist.errors import CheckpointError, OutputError
 
 REQUIRED = ("model", "config", "epoch")
 
@@ -22,15 +25,28 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 
 def save_checkpoint(state: dict[str, Any], path: Path) -> None:
-    """Temp file in the same folder, fsync, rename: a crash never leaves a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    """Temp file in the same folder, fsync, rename: a crash never leaves a half-written file.
+
+    A full disk (or file-size limit) raises OutputError; the previous file stays as it was.
+    """
+    # Serialise in memory first: torch.save into a file hides the OS error behind an opaque
+    # "unexpected pos" RuntimeError, a plain write() reports ENOSPC/EFBIG as such.
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise OutputError.from_os(path, exc) from None
     try:
         with os.fdopen(fd, "wb") as fh:
-            torch.save(state, fh)
+            fh.write(buf.getbuffer())
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise OutputError.from_os(path, exc) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -41,16 +57,40 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     p = Path(path)
     if not p.is_file():
         raise CheckpointError(f"checkpoint not found: {p}")
+    _check_crc(p)
     try:
         state = torch.load(p, map_location=map_location, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - corrupt, truncated or foreign files alike
-        reason = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+        if isinstance(exc, pickle.UnpicklingError) and "GLOBAL" in str(exc):
+            raise CheckpointError(
+                f"refusing to load {p}: it holds pickled Python objects besides tensors, and "
+                "loading them could run code (weights_only=True); use a checkpoint written by "
+                "bloodmnist"
+            ) from None
+        reason = (str(exc).splitlines() or [""])[0].split(". ")[0][:120]
+        reason = reason if len(reason) > 12 else f"{type(exc).__name__} {reason}".strip()
         raise CheckpointError(
-            f"cannot read checkpoint {p} ({reason}); it is corrupt or not a bloodmnist checkpoint"
+            f"cannot read checkpoint {p} ({reason}); it is corrupt, truncated or not a "
+            "bloodmnist checkpoint"
         ) from None
     if not isinstance(state, dict) or any(k not in state for k in REQUIRED):
         raise CheckpointError(f"{p} is not a bloodmnist checkpoint (needs keys {REQUIRED})")
     return state
+
+
+def _check_crc(p: Path) -> None:
+    """torch.load does not verify the zip CRCs, so flipped bytes in tensor data would load
+    silently; zipfile checks every member (about 0.1 s per 45 MB)."""
+    try:
+        with zipfile.ZipFile(p) as zf:
+            bad = zf.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError):
+        return  # not a (complete) zip: torch.load reports it
+    if bad is not None:
+        raise CheckpointError(
+            f"checkpoint {p} is corrupt (CRC mismatch in {bad}); restore it from a backup or "
+            "retrain"
+        )
 
 
 def load_model_weights(model: nn.Module, state: dict[str, Any], source: str | Path) -> None:
@@ -58,7 +98,9 @@ def load_model_weights(model: nn.Module, state: dict[str, Any], source: str | Pa
     try:
         unwrap(model).load_state_dict(state["model"])
     except RuntimeError as exc:
-        first = str(exc).splitlines()[0]
+        # torch's first line is only "Error(s) in loading state_dict"; the next names the tensor
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        first = lines[1] if len(lines) > 1 else (lines or ["RuntimeError"])[0]
         raise CheckpointError(
             f"checkpoint {source} does not fit this model ({first}); was it trained with another "
             "architecture or number of classes?"

@@ -46,11 +46,16 @@ def train_one_epoch(
     mixup_alpha: float,
     label_smoothing: float = 0.0,
     check_stop: Callable[[], None] | None = None,
+    after_step: Callable[[], None] | None = None,
 ) -> EpochStats:
-    """Train for one epoch. Loss/accuracy accumulate on the device; one host sync at the end."""
+    """Train for one epoch. Loss/accuracy accumulate on the device; one host sync at the end.
+
+    `after_step` runs after every optimiser step (per-step LR schedule, weight EMA).
+    """
     model.train()
-    # [loss sum, correct, samples] on the device: no .item() per step.
-    totals = torch.zeros(3, dtype=torch.float64, device=rt.device)
+    # [loss sum, correct] on the device: no .item() per step; the sample count is host-side.
+    totals = torch.zeros(2, dtype=torch.float64, device=rt.device)
+    samples = 0
     for x, y in batches.epoch(epoch, gen):
         x, y_b, lam = mixup(x, y, mixup_alpha, rng, gen)
         with rt.autocast():
@@ -62,17 +67,15 @@ def train_one_epoch(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if after_step is not None:
+            after_step()
         if check_stop is not None:
             check_stop()  # a flag test, no device sync
         n = y.shape[0]
-        totals += torch.stack(
-            [
-                loss.detach().double() * n,
-                (logits.argmax(1) == y).sum().double(),
-                y.new_tensor(n).double(),
-            ]
-        )
-    loss_sum, correct, samples = _all_reduce(totals, rt).tolist()
+        samples += n
+        totals += torch.stack([loss.detach().double() * n, (logits.argmax(1) == y).sum().double()])
+    count = torch.tensor([float(samples)], dtype=torch.float64, device=rt.device)
+    loss_sum, correct, samples = _all_reduce(torch.cat([totals, count]), rt).tolist()
     mean_loss = loss_sum / max(samples, 1)
     if not math.isfinite(mean_loss):
         raise DivergenceError(f"training loss is {mean_loss} in epoch {epoch}")

@@ -15,15 +15,29 @@ from torch import nn
 from bloodmnist.config import Config, save_yaml
 from bloodmnist.data.npz import describe
 from bloodmnist.data.source import load_data
-from bloodmnist.errors import TrainingStopped
-from bloodmnist.evaluation.final import evaluate_split, save_predictions, summary_metrics
+from bloodmnist.errors import OutputError, TrainingStopped
+from bloodmnist.evaluation.final import (
+    evaluate_split,
+    save_predictions,
+    summary_metrics,
+    temperature_scaling,
+)
+from bloodmnist.evaluation.medmnist_csv import write_run_csvs
 from bloodmnist.model.resnet import build_model, resolve_pretrained
 from bloodmnist.reporting.report import build_reports
-from bloodmnist.runtime import Runtime, host_info, seed_everything, weights_dir
+from bloodmnist.runtime import (
+    Runtime,
+    from_main,
+    host_info,
+    main_first,
+    seed_everything,
+    weights_dir,
+)
 from bloodmnist.training.checkpoint import load_checkpoint, load_model_weights
 from bloodmnist.training.loop import DivergenceError
 from bloodmnist.training.rundir import RunLock, build_manifest, setup_logging, write_json
 from bloodmnist.training.signals import GracefulStop, StopRequested
+from bloodmnist.training.sync_bn import convert_sync_bn
 from bloodmnist.training.trainer import Trainer, TrainState
 
 log = logging.getLogger("bloodmnist")
@@ -40,7 +54,7 @@ def prepare_model(cfg: Config, rt: Runtime) -> tuple[nn.Module, dict[str, Any]]:
         log.info("pretrained: %s", info.message)
     model = build_model(cfg.model.num_classes, state)
     if rt.distributed and cfg.train.sync_bn:
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        model = convert_sync_bn(model, rt.device)
     memory = torch.channels_last if rt.channels_last else torch.preserve_format
     model = model.to(rt.device, memory_format=memory)
     return model, {
@@ -72,11 +86,15 @@ def train_run(
     `resume` is a loaded last.pt: training continues after its epoch with all its state.
     """
     lock = RunLock(run_dir) if rt.is_main else None
-    if lock:
-        lock.acquire()
+    # Rank 0 holds the lock for all ranks (only it writes); if it cannot, every rank stops.
+    from_main(rt, lock.acquire if lock else lambda: None, share=False)
     try:
         setup_logging(run_dir if rt.is_main else None, verbose=rt.is_main)
+        if lock and lock.took_over:
+            log.warning(lock.took_over)
         return _train_locked(cfg, rt, run_dir, progress, resume)
+    except OSError as exc:  # e.g. disk full while writing predictions or reports: one line
+        raise OutputError.from_os(exc.filename or run_dir, exc) from None
     finally:
         if lock:
             lock.release()
@@ -117,8 +135,13 @@ def _train_locked(
     seed_everything(cfg.train.seed, cfg.train.deterministic)
     log.info("run folder: %s", run_dir)
     log.info("runtime: %s", rt.describe())
-    data, data_info = load_data(
-        cfg.data.path, cfg.data.size, cfg.model.num_classes, cfg.data.subset, progress
+    progress = progress and rt.is_main
+    # Rank 0 first: a download into the cache happens once, and its errors reach every rank.
+    data, data_info = main_first(
+        rt,
+        lambda: load_data(
+            cfg.data.path, cfg.data.size, cfg.model.num_classes, cfg.data.subset, progress
+        ),
     )
     log.info(
         "data: %s (MD5 %s) train/val/test = %d/%d/%d",
@@ -129,7 +152,7 @@ def _train_locked(
         len(data.test),
     )
     if resume is None:
-        model, pretrained = prepare_model(cfg, rt)
+        model, pretrained = main_first(rt, lambda: prepare_model(cfg, rt))
     else:  # weights come from last.pt; keep what the first start recorded
         model, pretrained = prepare_model(
             replace(cfg, model=replace(cfg.model, pretrained="none")), rt
@@ -158,10 +181,12 @@ def _train_locked(
     }
     state = _fit_guarded(trainer, run_dir, rt, base)
     best_path = run_dir / "checkpoints" / "best.pt"
-    load_model_weights(model, load_checkpoint(best_path, map_location=rt.device), best_path)
+    load_model_weights(model, _best_weights(best_path, rt), best_path)
     t0 = time.perf_counter()
     result = evaluate_split(model, data, "test", cfg, rt, tta=cfg.eval.tta)
     metrics = summary_metrics(result)
+    if cfg.eval.temperature_scaling:  # every rank: the validation pass gathers across ranks
+        metrics.update(temperature_scaling(model, data, cfg, rt, result))
     summary = {
         "status": "completed",
         **{k: v for k, v in metrics.items() if k not in ("test", "test_tta")},
@@ -173,11 +198,20 @@ def _train_locked(
     }
     if rt.is_main:
         save_predictions(run_dir / "predictions.npz", result, data)
+        write_run_csvs(run_dir, result, cfg.data.size)  # for the official MedMNIST evaluator
         write_json(run_dir / "summary.json", summary)
         build_reports(run_dir)
         log.info("test: %s", _headline(summary))
         log.info("reports: %s, %s", run_dir / "report.html", run_dir / "report.xlsx")
     return summary
+
+
+def _best_weights(best_path: Path, rt: Runtime) -> dict[str, Any]:
+    """best.pt for every rank. Under torchrun rank 0 reads it and broadcasts the weights: it has
+    just written the file (no stale read by a faster rank), and other nodes may not see it."""
+    if not rt.distributed:
+        return load_checkpoint(best_path, map_location=rt.device)
+    return {"model": from_main(rt, lambda: load_checkpoint(best_path)["model"])}
 
 
 def _headline(summary: dict[str, Any]) -> str:
@@ -204,20 +238,19 @@ def _fit_guarded(trainer: Trainer, run_dir: Path, rt: Runtime, base: dict[str, A
     """fit() with signal handling; an interrupted or diverged run leaves a summary saying so."""
     with GracefulStop() as stop:
         trainer.check_stop = stop.check
+        log.info(
+            "training epochs %d..%d; Ctrl-C or SIGTERM stops after the current step",
+            trainer.state.epoch + 1,
+            trainer.cfg.train.epochs,
+        )
         try:
             return trainer.fit()
-        except StopRequested as exc:
-            status, code = "interrupted", 128 + exc.signum
-            msg = (
-                f"interrupted by {exc}; epoch {trainer.state.epoch + 1} was abandoned. "
-                f"Continue with: bloodmnist train --resume {run_dir}"
-            )
-        except DivergenceError as exc:
-            status, code = "diverged", 3
-            msg = (
-                f"stopped: {exc}; best checkpoint kept at {run_dir / 'checkpoints' / 'best.pt'}"
-                " (lower optim.lr or check the data)"
-            )
+        except (StopRequested, DivergenceError) as exc:
+            status, code, msg = _stop_message(exc, trainer, run_dir)
+        except OutputError as exc:  # disk full while saving: the last good last.pt is intact
+            if (run_dir / "checkpoints" / "last.pt").is_file():
+                exc.args = (f"{exc}; then continue with: bloodmnist train --resume {run_dir}",)
+            raise
     if rt.is_main:
         write_json(
             run_dir / "summary.json",
@@ -225,6 +258,33 @@ def _fit_guarded(trainer: Trainer, run_dir: Path, rt: Runtime, base: dict[str, A
         )
     log.error(msg)
     raise TrainingStopped(msg, code)
+
+
+def _stop_message(
+    exc: StopRequested | DivergenceError, trainer: Trainer, run_dir: Path
+) -> tuple[str, int, str]:
+    """(summary status, exit code, one-line message) for a run that stopped early."""
+    st, ckpts = trainer.state, run_dir / "checkpoints"
+    if isinstance(exc, DivergenceError):
+        kept = (
+            f"best checkpoint kept at {ckpts / 'best.pt'} (epoch {st.best_epoch})"
+            if (ckpts / "best.pt").is_file()
+            else "no checkpoint was kept (no epoch ended with finite values)"
+        )
+        return "diverged", 3, f"stopped: {exc}; {kept}; lower optim.lr or check the data"
+    if not (ckpts / "last.pt").is_file():
+        msg = (
+            f"interrupted by {exc} in epoch 1, before any checkpoint was written; nothing to "
+            f"resume: start again with a new --out (or delete {run_dir})"
+        )
+    else:
+        where = (
+            "after the last epoch, before the final test evaluation"
+            if st.epoch >= trainer.cfg.train.epochs or st.stopped_early
+            else f"epoch {st.epoch + 1} was abandoned"
+        )
+        msg = f"interrupted by {exc}; {where}. Continue with: bloodmnist train --resume {run_dir}"
+    return "interrupted", 128 + exc.signum, msg
 
 
 def _names(cfg: Config) -> tuple[str, ...]:

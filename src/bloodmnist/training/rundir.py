@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from bloodmnist.errors import BloodMNISTError, RunLockedError
+from bloodmnist.errors import BloodMNISTError, OutputError, RunLockedError
 
 log = logging.getLogger("bloodmnist")
 LOCK_NAME = "run.lock"
@@ -25,6 +25,8 @@ def new_run_dir(out: str | Path, name: str, explicit: bool) -> Path:
     """`explicit`: --out names the run folder itself; else runs/<YYYYmmdd-HHMMSS>-<name>/."""
     base = Path(out)
     path = base if explicit else base / f"{dt.datetime.now():%Y%m%d-%H%M%S}-{name}"
+    if (path / LOCK_NAME).exists():
+        RunLock(path).check_free()  # a live run there: say so (and by whom), not just "not empty"
     if path.exists() and any(p.name != LOCK_NAME for p in path.iterdir()):
         raise BloodMNISTError(
             f"run folder {path} is not empty; pick a new --out, or continue it with --resume {path}"
@@ -62,6 +64,7 @@ class RunLock:
     def __init__(self, run_dir: Path):
         self.path = run_dir / LOCK_NAME
         self.held = False
+        self.took_over: str | None = None  # stale-lock message; the caller logs it (train.log)
 
     def acquire(self) -> None:
         me = {"pid": os.getpid(), "host": socket.gethostname()}
@@ -77,20 +80,33 @@ class RunLock:
             return
         raise RunLockedError(f"could not lock {self.path}")
 
-    def _check_stale(self) -> None:
+    def _owner(self) -> tuple[object, object]:
         try:
             owner = json.loads(self.path.read_text())
         except (OSError, ValueError):
             owner = {}
-        pid, host = owner.get("pid"), owner.get("host")
-        if isinstance(pid, int) and host == socket.gethostname() and not _pid_alive(pid):
-            log.warning("taking over stale lock %s (process %d is gone)", self.path, pid)
+        return owner.get("pid"), owner.get("host")
+
+    def _is_stale(self, pid: object, host: object) -> bool:
+        return isinstance(pid, int) and host == socket.gethostname() and not _pid_alive(pid)
+
+    def _check_stale(self) -> None:
+        if not self.path.exists():  # its owner just finished: try again
+            return
+        pid, host = self._owner()
+        if self._is_stale(pid, host):
+            self.took_over = f"taking over stale lock {self.path} (process {pid} is gone)"
             self.path.unlink(missing_ok=True)
             return
         raise RunLockedError(
             f"run folder {self.path.parent} is in use by process {pid} on {host}; wait for it to "
             f"finish or use another --out (delete {self.path} only if that process is gone)"
         )
+
+    def check_free(self) -> None:
+        """Raise RunLockedError if another process holds the lock; a stale one is left alone."""
+        if self.path.exists() and not self._is_stale(*self._owner()):
+            self._check_stale()
 
     def release(self) -> None:
         if self.held:
@@ -125,15 +141,20 @@ def setup_logging(run_dir: Path | None, verbose: bool = True) -> None:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    """Temp file, fsync, rename; a failed write (disk full) leaves the old file and no temp."""
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as exc:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise OutputError.from_os(path, exc) from None
         raise
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import random
 import time
 from collections.abc import Callable
@@ -17,13 +18,15 @@ from torch import nn
 from bloodmnist.config import Config
 from bloodmnist.data.loader import Normalizer, TrainBatches, to_tensor
 from bloodmnist.data.npz import Dataset
+from bloodmnist.errors import BloodMNISTError, CheckpointError
 from bloodmnist.evaluation.metrics import accuracy, medmnist_auc
 from bloodmnist.evaluation.predict import predict_probs
-from bloodmnist.runtime import Runtime
+from bloodmnist.runtime import Runtime, broadcast_object
 from bloodmnist.training.checkpoint import save_checkpoint, unwrap
-from bloodmnist.training.loop import nll, train_one_epoch
+from bloodmnist.training.ema import make_ema
+from bloodmnist.training.loop import DivergenceError, nll, train_one_epoch
 from bloodmnist.training.rundir import write_history
-from bloodmnist.training.schedule import TwoPhaseSchedule
+from bloodmnist.training.schedule import build_schedule
 
 log = logging.getLogger("bloodmnist")
 
@@ -48,6 +51,31 @@ def epoch_generators(seed: int, epoch: int, rank: int, device: torch.device):
     return gen, np.random.default_rng([seed, epoch, rank])
 
 
+def per_rank_batch(batch_size: int, world_size: int) -> int:
+    """optim.batch_size is the global batch; each of the world_size ranks takes an equal share."""
+    if batch_size % world_size:
+        raise BloodMNISTError(
+            f"optim.batch_size={batch_size} (the global batch) is not divisible by the "
+            f"{world_size} processes; use a multiple of {world_size}, e.g. "
+            f"--set optim.batch_size={max(1, round(batch_size / world_size)) * world_size}"
+        )
+    return batch_size // world_size
+
+
+def sync_buffers(model: nn.Module, rt: Runtime) -> None:
+    """Give every rank rank 0's buffers (BatchNorm running stats).
+
+    Without SyncBatchNorm each rank's running stats follow its own batches; DDP re-broadcasts
+    rank 0's before the next training step anyway. Doing it before validation means every shard
+    is predicted by the same model: the one rank 0 checkpoints.
+    """
+    if rt.distributed:
+        import torch.distributed as dist
+
+        for buf in unwrap(model).buffers():
+            dist.broadcast(buf, src=0)
+
+
 def rng_states(gen_epoch: int) -> dict[str, Any]:
     """Global RNG states (Python, NumPy, torch CPU/CUDA) in a weights_only-loadable form."""
     np_state = np.random.get_state()
@@ -58,6 +86,18 @@ def rng_states(gen_epoch: int) -> dict[str, Any]:
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         "augment_epoch": gen_epoch,
     }
+
+
+def restore_rng(states: dict[str, Any]) -> None:
+    """Put back the global RNG states saved by `rng_states` (a resumed run continues them)."""
+    py = [int(v) for v in states["python"][:-1]]
+    random.setstate((3, tuple(py), float(states["python"][-1]) or None))
+    np_keys = states["numpy"]["keys"].numpy().astype(np.uint32)
+    np.random.set_state(("MT19937", np_keys, int(states["numpy"]["pos"]), 0, 0.0))
+    torch.set_rng_state(states["torch"].cpu())
+    if states["cuda"] and torch.cuda.is_available():
+        if len(states["cuda"]) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all([s.cpu() for s in states["cuda"]])
 
 
 class Trainer:
@@ -73,14 +113,14 @@ class Trainer:
         self.cfg, self.rt, self.run_dir = cfg, rt, run_dir
         self.pretrained = pretrained or {}
         self.model = model
-        per_rank = cfg.optim.batch_size // rt.world_size
+        per_rank = per_rank_batch(cfg.optim.batch_size, rt.world_size)
         self.optimizer = torch.optim.SGD(
             model.parameters(),
             lr=cfg.optim.lr,
             momentum=cfg.optim.momentum,
             weight_decay=cfg.optim.weight_decay,
+            nesterov=cfg.optim.nesterov,
         )
-        self.schedule = TwoPhaseSchedule(self.optimizer, cfg.schedule)
         self.normalize = Normalizer(cfg.data.mean, cfg.data.std, rt.device, rt.channels_last)
         self.batches = TrainBatches(
             images=to_tensor(data.train.images, rt.device),
@@ -92,15 +132,38 @@ class Trainer:
             rank=rt.rank,
             world_size=rt.world_size,
         )
+        self.schedule = build_schedule(
+            self.optimizer, cfg.schedule, cfg.train.epochs, len(self.batches)
+        )
+        self.ema = make_ema(unwrap(model), cfg.train.ema_decay)  # None for the reference recipe
         self.val_images = to_tensor(data.val.images, rt.device)
         self.val_labels = data.val.labels
         self.state = TrainState()
         self.check_stop: Callable[[], None] | None = None  # set by the caller (signal handling)
 
     # -- checkpoints -------------------------------------------------------------------------
+    @property
+    def eval_model(self) -> nn.Module:
+        """What is validated, saved as the checkpoint's `model` and tested: the EMA when on."""
+        return self.ema.module if self.ema is not None else self.model
+
+    def _after_step(self) -> Callable[[], None] | None:
+        """Per-step work (one-cycle LR, EMA update); None for the reference recipe."""
+        if self.cfg.schedule.kind == "two_phase" and self.ema is None:
+            return None
+
+        def hook() -> None:
+            self.schedule.step_batch()
+            if self.ema is not None:
+                self.ema.update(unwrap(self.model))
+
+        return hook
+
     def checkpoint(self, metrics: dict[str, Any]) -> dict[str, Any]:
+        extra = {"train_model": unwrap(self.model).state_dict()} if self.ema is not None else {}
         return {
-            "model": unwrap(self.model).state_dict(),
+            **extra,  # with EMA: the raw weights, which a resumed run continues to train
+            "model": unwrap(self.eval_model).state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "schedule": self.schedule.state_dict(),
             "epoch": self.state.epoch,
@@ -115,23 +178,45 @@ class Trainer:
         }
 
     def restore(self, ckpt: dict[str, Any]) -> None:
-        """Continue from a last.pt: model, optimiser, schedule, early-stopping state, history."""
-        unwrap(self.model).load_state_dict(ckpt["model"])
+        """Continue from a last.pt: model, optimiser, schedule, early-stopping state, history and
+        the global RNG states; a file that does not fit gives one CheckpointError line."""
+        try:
+            self._restore(ckpt)
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            first = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+            raise CheckpointError(
+                f"cannot resume from {self.run_dir / 'checkpoints' / 'last.pt'} ({first}); it does "
+                "not match this version's model or training state: start a new run"
+            ) from None
+
+    def _restore(self, ckpt: dict[str, Any]) -> None:
+        if self.ema is not None and "train_model" in ckpt:
+            unwrap(self.model).load_state_dict(ckpt["train_model"])
+            self.ema.load(ckpt["model"])
+        else:
+            unwrap(self.model).load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.schedule.load_state_dict(ckpt["schedule"])
         self.state = TrainState(**ckpt["train_state"])
+        if "rng" in ckpt:
+            restore_rng(ckpt["rng"])
 
     # -- one epoch ---------------------------------------------------------------------------
     def validate(self) -> dict[str, float]:
+        """Validation metrics; under torchrun each rank predicts a shard (see predict_probs)."""
+        sync_buffers(self.eval_model, self.rt)
         probs = predict_probs(
-            self.model, self.val_images, self.rt, self.normalize, self.cfg.eval.batch_size
+            self.eval_model, self.val_images, self.rt, self.normalize, self.cfg.eval.batch_size
         )
         pred = probs.argmax(1)
-        return {
+        metrics = {
             "val_loss": nll(probs, self.val_labels),
             "val_acc": accuracy(self.val_labels, pred),
             "val_auc": medmnist_auc(self.val_labels, probs),
         }
+        # Every rank holds the same gathered probabilities, but best-epoch, early-stopping and
+        # plateau decisions must agree exactly, so all ranks take rank 0's numbers.
+        return broadcast_object(self.rt, metrics)
 
     def run_epoch(self, epoch: int) -> dict[str, Any]:
         t0 = time.perf_counter()
@@ -148,6 +233,7 @@ class Trainer:
             self.cfg.augment.mixup_alpha,
             self.cfg.train.label_smoothing,
             self.check_stop,
+            after_step=self._after_step(),
         )
         val = self.validate()
         self.schedule.step(epoch, val["val_acc"])
@@ -166,7 +252,13 @@ class Trainer:
         cfg, st = self.cfg.train, self.state
         ckpt_dir = self.run_dir / "checkpoints"
         while st.epoch < cfg.epochs and not st.stopped_early:
+            self._check_stop()  # a signal during validation/saving stops before the next epoch
             row = self.run_epoch(st.epoch + 1)
+            if not math.isfinite(row["val_loss"]):  # NaN outputs: never save such a model
+                raise DivergenceError(
+                    f"validation loss is {row['val_loss']} in epoch {row['epoch']} "
+                    "(the model outputs NaN)"
+                )
             st.epoch = row["epoch"]
             st.train_seconds += row["seconds"]
             st.history.append(row)
@@ -201,4 +293,9 @@ class Trainer:
                 st.best_val_acc,
                 st.best_epoch,
             )
+        self._check_stop()  # a signal in the last epoch: stop before the final test evaluation
         return st
+
+    def _check_stop(self) -> None:
+        if self.check_stop is not None:
+            self.check_stop()

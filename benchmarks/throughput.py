@@ -1,0 +1,273 @@
+"""Training, evaluation and TTA throughput: the reference data path vs ours, in ONE process.
+
+    python benchmarks/throughput.py [--data FILE.npz] [--quick]
+
+(a) the reference: per-image PIL transforms in a 4-worker DataLoader, fp32, NCHW (re-created in
+reference_pipeline.py); (b) ours: device-resident uint8->float images, batched augmentation,
+MixUp, the real `train_one_epoch`, channels_last, the precision runtime.py picks. Both train
+the same model from the same initial weights. Measurements alternate (a), (b) and the model
+alone, so background load hits all of them alike; the load average is printed with the table.
+The last line is one JSON object with the headline figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import reference_pipeline as ref  # noqa: E402
+from bloodmnist.config import Config  # noqa: E402
+from bloodmnist.data.loader import Normalizer, TrainBatches, to_tensor  # noqa: E402
+from bloodmnist.data.npz import load_npz  # noqa: E402
+from bloodmnist.evaluation.predict import predict_probs  # noqa: E402
+from bloodmnist.model.resnet import build_model  # noqa: E402
+from bloodmnist.runtime import Runtime, host_info, setup_runtime  # noqa: E402
+from bloodmnist.training.loop import train_one_epoch  # noqa: E402
+from bloodmnist.training.trainer import epoch_generators  # noqa: E402
+
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "bloodmnist_pbc_28.npz"
+
+
+@dataclass
+class FixedBatches:
+    """The same pre-normalised batch `steps` times: the model alone, no data pipeline."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    steps: int
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def epoch(self, epoch: int, gen: torch.Generator) -> Iterator[tuple[torch.Tensor, ...]]:
+        for _ in range(self.steps):
+            yield self.x, self.y
+
+
+def _sgd(model: torch.nn.Module, cfg: Config) -> torch.optim.Optimizer:
+    o = cfg.optim
+    return torch.optim.SGD(
+        model.parameters(), lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay
+    )
+
+
+def _timed(fn) -> tuple[float, object]:
+    t0 = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t0, out
+
+
+def measure_train(data, cfg: Config, rt: Runtime, reps: int, steps: int) -> dict[str, float]:
+    """Alternate reference / ours / model-alone reps of `steps` steps; img/s per rep."""
+    bs, aug = cfg.optim.batch_size, cfg.augment
+    init = build_model(cfg.model.num_classes).state_dict()
+    m_ref = build_model(cfg.model.num_classes).to(rt.device)
+    m_ref.load_state_dict(init)
+    m_ours = build_model(cfg.model.num_classes)
+    m_ours.load_state_dict(init)
+    m_ours = m_ours.to(rt.device, memory_format=torch.channels_last)
+    opt_ref, opt_ours = _sgd(m_ref, cfg), _sgd(m_ours, cfg)
+    norm = Normalizer(cfg.data.mean, cfg.data.std, rt.device, rt.channels_last)
+    images = to_tensor(data.train.images, rt.device)  # once, as the Trainer does
+    labels = torch.from_numpy(data.train.labels).to(rt.device)
+    n = steps * bs
+    ours = TrainBatches(images[:n], labels[:n], bs, aug, norm, cfg.train.seed)
+    loader = ref.train_loader(
+        data.train.images, data.train.labels, bs, cfg.data.mean, cfg.data.std, cfg.train.seed
+    )
+    fixed = FixedBatches(*next(ours.epoch(0, torch.Generator(device=rt.device))), steps=steps)
+
+    def run_ours(batches, epoch: int, alpha: float) -> None:
+        gen, rng = epoch_generators(cfg.train.seed, epoch, 0, rt.device)
+        train_one_epoch(m_ours, batches, opt_ours, rt, epoch, gen, rng, alpha)
+
+    def data_only(epoch: int) -> None:
+        gen, _ = epoch_generators(cfg.train.seed, epoch, 0, rt.device)
+        for x, _y in ours.epoch(epoch, gen):
+            x.sum().item()  # forces the work on asynchronous devices
+
+    # Warm-up (oneDNN primitive creation, worker imports): one step of each, untimed.
+    ref.train_steps(m_ref, loader, opt_ref, 1, rt.device)
+    run_ours(FixedBatches(fixed.x, fixed.y, 1), 0, 0.0)
+    res: dict[str, list[float]] = {"ref": [], "ours": [], "model": [], "data_s": []}
+    for rep in range(1, reps + 1):
+        t, seen = _timed(lambda: ref.train_steps(m_ref, loader, opt_ref, steps, rt.device))
+        res["ref"].append(seen / t)
+        t, _ = _timed(lambda rep=rep: run_ours(ours, rep, aug.mixup_alpha))
+        res["ours"].append(n / t)
+        t, _ = _timed(lambda rep=rep: run_ours(fixed, rep, 0.0))
+        res["model"].append(n / t)
+        t, _ = _timed(lambda rep=rep: data_only(rep))
+        res["data_s"].append(t / steps)
+        print(
+            f"  rep {rep}: reference {res['ref'][-1]:.1f} img/s, ours {res['ours'][-1]:.1f}, "
+            f"model alone {res['model'][-1]:.1f}, data {1000 * res['data_s'][-1]:.0f} ms/batch",
+            flush=True,
+        )
+    med = {k: statistics.median(v) for k, v in res.items()}
+    ratios = [o / r for o, r in zip(res["ours"], res["ref"], strict=True)]
+    model_step = bs / med["model"]
+    return {
+        "train_img_s_reference": med["ref"],
+        "train_img_s_ours": med["ours"],
+        "train_img_s_model_alone": med["model"],
+        "speedup_train": statistics.median(ratios),
+        # two views of "what our data path adds": full step vs model-alone step, and the
+        # batch production (index, augment, normalise) timed on its own
+        "pipeline_overhead_pct_step": 100 * (med["model"] / med["ours"] - 1),
+        "pipeline_overhead_pct_data": 100 * med["data_s"] / model_step,
+        "data_ms_per_batch": 1000 * med["data_s"],
+    }
+
+
+def _model_pair(cfg: Config, rt: Runtime) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """The same weights twice: fp32 NCHW for the reference, channels_last for ours."""
+    ref_model = build_model(cfg.model.num_classes).to(rt.device)
+    ours = copy.deepcopy(ref_model).to(memory_format=torch.channels_last)
+    return ref_model, ours
+
+
+def measure_eval(data, cfg: Config, rt: Runtime, n: int, rounds: int) -> dict[str, float]:
+    """Plain evaluation img/s on the first n validation images, both paths alternating; the
+    best round of each."""
+    m_ref, m_ours = _model_pair(cfg, rt)
+    imgs, labels = data.val.images[:n], data.val.labels[:n]
+    norm = Normalizer(cfg.data.mean, cfg.data.std, rt.device, rt.channels_last)
+    t_ref, t_ours = [], []
+    for _ in range(rounds):
+        t, _ = _timed(
+            lambda: ref.evaluate(m_ref, imgs, labels, cfg.data.mean, cfg.data.std, rt.device)
+        )
+        t_ref.append(t)
+        t, _ = _timed(
+            lambda: predict_probs(m_ours, to_tensor(imgs, rt.device), rt, norm, cfg.eval.batch_size)
+        )
+        t_ours.append(t)
+    return {"eval_img_s_reference": n / min(t_ref), "eval_img_s_ours": n / min(t_ours)}
+
+
+def measure_tta(data, cfg: Config, rt: Runtime, n: int, chunk: int = 512) -> dict[str, float]:
+    """TTA over the first n test images, alternating chunks of the two paths; seconds scaled
+    to the whole test split when n is smaller."""
+    m_ref, m_ours = _model_pair(cfg, rt)
+    mean, std = cfg.data.mean, cfg.data.std
+    norm = Normalizer(mean, std, rt.device, rt.channels_last)
+    t_ref = t_ours = 0.0
+    for lo in range(0, n, chunk):
+        hi = min(n, lo + chunk)
+        imgs, labels = data.test.images[lo:hi], data.test.labels[lo:hi]
+        t0 = time.perf_counter()
+        ref.tta_per_image(m_ref, imgs, labels, mean, std, rt.device)
+        t1 = time.perf_counter()
+        predict_probs(m_ours, to_tensor(imgs, rt.device), rt, norm, cfg.eval.batch_size, cfg.eval)
+        t_ref, t_ours = t_ref + t1 - t0, t_ours + time.perf_counter() - t1
+    scale = len(data.test) / n
+    return {
+        "tta_s_reference": t_ref * scale,
+        "tta_s_ours": t_ours * scale,
+        "speedup_tta": t_ref / t_ours,
+        "tta_images_measured": n,
+    }
+
+
+def _peak_rss_mb() -> dict[str, float]:
+    self_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    child_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return {"peak_rss_mb": self_kb / 1024, "peak_rss_workers_mb": child_kb / 1024}
+
+
+def _table(r: dict) -> str:
+    rows = [
+        ("training img/s", r["train_img_s_reference"], r["train_img_s_ours"], r["speedup_train"]),
+        ("eval img/s", r["eval_img_s_reference"], r["eval_img_s_ours"], None),
+        ("TTA s (test split)", r["tta_s_reference"], r["tta_s_ours"], r["speedup_tta"]),
+    ]
+    lines = [f"{'':22}{'reference':>12}{'ours':>12}{'speedup':>10}"]
+    for name, a, b, s in rows:
+        s = s if s is not None else a and b / a
+        lines.append(f"{name:22}{a:12.1f}{b:12.1f}{s:9.2f}x")
+    lines += [
+        f"model alone (same step, fixed batch): {r['train_img_s_model_alone']:.1f} img/s",
+        f"our data pipeline: +{r['pipeline_overhead_pct_step']:.1f}% step time vs model alone "
+        f"(batch production alone: {r['data_ms_per_batch']:.0f} ms/batch = "
+        f"{r['pipeline_overhead_pct_data']:.1f}% of a model step)",
+        f"peak RSS: {r['peak_rss_mb']:.0f} MiB (DataLoader workers: "
+        f"{r['peak_rss_workers_mb']:.0f} MiB)",
+    ]
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", default=str(DEFAULT_DATA), metavar="FILE.npz")
+    p.add_argument("--quick", action="store_true", help="about a minute of work (smoke)")
+    p.add_argument("--reps", type=int, help="alternating repetitions (default 3; quick 2)")
+    p.add_argument("--steps", type=int, help="training steps per rep (default 3; quick 1)")
+    p.add_argument("--tta-images", type=int, help="test images for TTA (default all; quick 64)")
+    p.add_argument("--eval-images", type=int, help="val images for eval (default all; quick 256)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    if not Path(args.data).is_file():
+        sys.exit(f"throughput.py: error: data file {args.data} not found; pass --data FILE.npz")
+    cfg = Config()
+    rt = setup_runtime(args.device, args.precision)
+    data = load_npz(args.data)
+    reps = args.reps or (2 if args.quick else 3)
+    steps = args.steps or (1 if args.quick else 3)
+    tta_n = min(args.tta_images or (64 if args.quick else len(data.test)), len(data.test))
+    eval_n = min(args.eval_images or (256 if args.quick else len(data.val)), len(data.val))
+    load0 = os.getloadavg()
+    print(f"runtime: {rt.describe()}  batch {cfg.optim.batch_size}", flush=True)
+    print(f"training: {reps} alternating reps x {steps} steps", flush=True)
+    r = measure_train(data, cfg, rt, reps, steps)
+    print(f"eval: {eval_n} val images; TTA: {tta_n} test images", flush=True)
+    r.update(measure_eval(data, cfg, rt, eval_n, rounds=1 if args.quick else 2))
+    r.update(measure_tta(data, cfg, rt, tta_n))
+    r.update(_peak_rss_mb())
+    info = host_info(rt)
+    r.update(
+        {
+            "device": str(info["gpu"] or info["cpu"]),
+            "precision": rt.precision,
+            "channels_last": rt.channels_last,
+            "threads": rt.threads,
+            "cores": info["cores_available"],
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "loadavg_start_end": [round(load0[0], 2), round(os.getloadavg()[0], 2)],
+            "quick": args.quick,
+            "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        }
+    )
+    print(_table(r))
+    print(f"load average (1 min) at start/end: {r['loadavg_start_end']}")
+    head = ("train_img_s_reference", "train_img_s_ours", "speedup_train", "tta_s_reference")
+    head += ("tta_s_ours", "speedup_tta", "device", "precision")
+    out = {k: r[k] for k in head} | {k: v for k, v in r.items() if k not in head}
+    print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in out.items()}))
+    return out
+
+
+if __name__ == "__main__":
+    np.seterr(all="ignore")
+    main()

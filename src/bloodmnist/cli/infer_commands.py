@@ -1,0 +1,71 @@
+"""Bodies of `bloodmnist predict` and `bloodmnist export`.
+
+`predict` on an .onnx model must not import torch: everything torch-related is imported lazily
+inside `open_engine` (checkpoints only) and `export`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from bloodmnist.inference.engines import open_engine
+from bloodmnist.inference.inputs import expand_inputs
+from bloodmnist.inference.predict import (
+    PredictOptions,
+    check_options,
+    check_out,
+    predict_paths,
+    render,
+    write_text_atomic,
+)
+
+
+def predict(args: argparse.Namespace) -> int:
+    """Classify files; exit 1 when any file got an error row (the rest are still written)."""
+    out = Path(args.out).expanduser() if args.out else None
+    fmt = check_out(out)
+    paths = expand_inputs(args.inputs)
+    engine = open_engine(args.model, device=args.device, precision=args.precision)
+    opts = PredictOptions(
+        preprocess=args.preprocess,
+        top_k=args.top_k,
+        tta=args.tta,
+        batch_size=args.batch_size,
+        progress=not args.quiet and sys.stderr.isatty(),
+    )
+    check_options(engine, opts)
+    rows = predict_paths(engine, paths, opts)
+    info = engine.info
+    header = {
+        "model": info.source,
+        "engine": info.kind,
+        "input_size": info.input_size,
+        "preprocess": args.preprocess,
+        "tta": args.tta,
+        "class_names": info.class_names,
+    }
+    text = render(rows, info.class_names, fmt, header)
+    if out is None:
+        sys.stdout.write(text)
+    else:
+        write_text_atomic(out, text)
+    failed = [r for r in rows if r["status"] != "ok"]
+    where = f" -> {out}" if out else ""
+    print(
+        f"bloodmnist predict: {len(rows) - len(failed)} of {len(rows)} files classified{where}",
+        file=sys.stderr,
+    )
+    for row in failed:
+        print(f"bloodmnist predict: error: {row['path']}: {row['error']}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def export(args: argparse.Namespace) -> int:
+    from bloodmnist.inference.export import export_checkpoint
+
+    result = export_checkpoint(args.model, args.out, args.data, args.parity_images)
+    print(json.dumps(result, indent=2))
+    return 0

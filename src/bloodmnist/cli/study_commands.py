@@ -1,0 +1,109 @@
+"""Bodies of `bloodmnist study` and `bloodmnist compare` (parsers in cli/main.py)."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import sys
+from pathlib import Path
+
+from bloodmnist.errors import BloodMNISTError
+
+
+def _echo(text: str) -> None:
+    print(f"study: {text}", file=sys.stderr, flush=True)
+
+
+def check_train_options(train_args: list[str]) -> None:
+    """Parse the forwarded options as `bloodmnist train` would, and build the config once, so
+    a typo fails here in one line instead of in every seed's subprocess."""
+    from bloodmnist.cli.commands import _train_config
+    from bloodmnist.cli.main import build_parser
+
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err):
+            ns = build_parser().parse_args(["train", *train_args])
+    except SystemExit:
+        lines = err.getvalue().strip().splitlines() or ["invalid train options"]
+        msg = lines[-1].split("error: ", 1)[-1]
+        raise BloodMNISTError(f"{msg} (train options; see bloodmnist train --help)") from None
+    _train_config(ns)
+
+
+def _plan(args: argparse.Namespace, train_args: list[str]):
+    from bloodmnist.training.study import (
+        StudyPlan,
+        check_train_args,
+        new_plan,
+        parse_seeds,
+        prepare_study_dir,
+    )
+
+    if args.resume:
+        given = (["--seeds"] if args.seeds else []) + (["--out"] if args.out else []) + train_args
+        if given:
+            raise BloodMNISTError(
+                f"--resume continues the study's saved plan; drop {' '.join(given)}"
+            )
+        study_dir = prepare_study_dir(args.resume, resume=True)
+        return study_dir, StudyPlan.load(study_dir)
+    if not args.seeds:
+        raise BloodMNISTError("study needs --seeds, e.g. --seeds 42,43,44 (or --resume STUDY_DIR)")
+    seeds = parse_seeds(args.seeds)
+    check_train_args(train_args)
+    check_train_options(train_args)
+    plan = new_plan(seeds, train_args, args.jobs)
+    study_dir = prepare_study_dir(args.out, resume=False)
+    plan.save(study_dir)
+    return study_dir, plan
+
+
+def study(args: argparse.Namespace) -> int:
+    from bloodmnist.evaluation.stats import format_mean_std
+    from bloodmnist.evaluation.study_stats import aggregate_runs, load_seed_run
+    from bloodmnist.reporting.study_report import write_study_reports
+    from bloodmnist.training.study import failures, run_seeds, seed_dir, study_record
+
+    study_dir, plan = _plan(args, list(getattr(args, "train_args", [])))
+    threads = f"{plan.threads} threads each" if plan.threads else "threads as set"
+    _echo(f"{study_dir}: seeds {plan.seeds}, {plan.jobs} at a time, {threads}")
+    outcome = run_seeds(study_dir, plan, echo=_echo)
+    done = [s for s in plan.seeds if outcome[s] == "completed"]
+    runs = [load_seed_run(s, seed_dir(study_dir, s)) for s in done]
+    failed = failures(outcome)
+    if runs:
+        record = {
+            **aggregate_runs(runs, args.n_boot, args.boot_seed),
+            **study_record(plan, outcome),
+        }
+        paths = write_study_reports(study_dir, record, {r.seed: r.history for r in runs})
+        out = {"study_dir": str(study_dir), "seeds": done, **{k: str(p) for k, p in paths.items()}}
+        for key in ("test_acc", "test_acc_tta", "test_macro_f1", "test_auc", "test_ece"):
+            if record["mean_std"].get(key, {}).get("mean") is not None:
+                out[key] = format_mean_std(record["mean_std"][key])
+        print(json.dumps(out, indent=2, ensure_ascii=False))
+    if failed:
+        names = ", ".join(f"{s} ({r})" for s, r in failed.items())
+        raise BloodMNISTError(
+            f"seed(s) {names} did not finish (logs in {study_dir / 'logs'}); "
+            f"continue with: bloodmnist study --resume {study_dir}"
+        )
+    return 0
+
+
+def compare(args: argparse.Namespace) -> int:
+    from bloodmnist.evaluation.compare import compare_sides, load_side
+
+    if args.json and Path(args.json).exists():
+        raise BloodMNISTError(f"{args.json} already exists; choose a new --json file")
+    result = compare_sides(
+        load_side(Path(args.a)), load_side(Path(args.b)), args.variant, args.n_boot, args.boot_seed
+    )
+    text = json.dumps(result, indent=2, allow_nan=False)
+    print(text)
+    if args.json:
+        Path(args.json).write_text(text + "\n", encoding="utf-8")
+    return 0

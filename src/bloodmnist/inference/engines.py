@@ -1,0 +1,111 @@
+"""Prediction engines: ONNX Runtime (here, torch-free) and PyTorch (torch_engine.py, lazy).
+
+An engine turns a batch of model-ready uint8 images (N, size, size, 3) into class probabilities
+(N, C). `open_engine` picks one from the MODEL path; only a checkpoint or run folder imports torch.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from bloodmnist.inference.inputs import InferenceError, resolve_model
+from bloodmnist.inference.preprocess import normalize
+
+#: Metadata keys embedded by `bloodmnist export` (ONNX metadata_props); values are strings.
+META_PREFIX = "bloodmnist."
+INPUT_NAME = "input"
+OUTPUT_NAMES = ("logits", "probs")
+TTA_ONNX_ERROR = (
+    "--tta needs the PyTorch checkpoint (the 7 TTA views are torch ops); pass the .pt "
+    "checkpoint or run folder, or drop --tta for the ONNX model"
+)
+
+
+@dataclass
+class ModelInfo:
+    """What predict needs to know about a model, whatever its format."""
+
+    class_names: list[str]
+    input_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    source: str  # the file the weights came from
+    kind: str  # pytorch | onnx
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Engine(Protocol):
+    info: ModelInfo
+    supports_tta: bool
+
+    def probs(self, images: np.ndarray, tta: bool = False) -> np.ndarray: ...
+
+
+class OnnxEngine:
+    """An exported model run by ONNX Runtime on CPU; settings come from its embedded metadata."""
+
+    supports_tta = False  # the 7 TTA views are torch ops; refused with a clear error
+
+    def __init__(self, path: str | Path, threads: int = 0):
+        import onnxruntime as ort
+
+        self.path = Path(path)
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads  # 0: ONNX Runtime's default (physical cores)
+        opts.log_severity_level = 3  # warnings from ORT would not be actionable for the user
+        try:
+            self.session = ort.InferenceSession(
+                str(self.path), sess_options=opts, providers=["CPUExecutionProvider"]
+            )
+        except Exception as exc:  # noqa: BLE001 - any load failure is the same user error
+            reason = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+            raise InferenceError(f"cannot load ONNX model {self.path}: {reason}") from None
+        self.info = self._read_info()
+
+    def _read_info(self) -> ModelInfo:
+        meta = self.session.get_modelmeta().custom_metadata_map
+        try:
+            names = json.loads(meta[META_PREFIX + "class_names"])
+            size = int(meta[META_PREFIX + "input_size"])
+            mean = tuple(json.loads(meta[META_PREFIX + "mean"]))
+            std = tuple(json.loads(meta[META_PREFIX + "std"]))
+        except (KeyError, ValueError) as exc:
+            raise InferenceError(
+                f"{self.path} lacks bloodmnist metadata ({exc}); export it with "
+                "'bloodmnist export CHECKPOINT --format onnx'"
+            ) from None
+        extra = {k[len(META_PREFIX) :]: v for k, v in meta.items() if k.startswith(META_PREFIX)}
+        return ModelInfo(names, size, mean, std, str(self.path), "onnx", extra)
+
+    def probs(self, images: np.ndarray, tta: bool = False) -> np.ndarray:
+        """Softmax probabilities for (N, size, size, 3) uint8 images."""
+        if tta:
+            raise InferenceError(TTA_ONNX_ERROR)
+        x = normalize(images, self.info.mean, self.info.std)
+        (out,) = self.session.run(["probs"], {INPUT_NAME: x})
+        return out.astype(np.float32)
+
+
+def open_engine(
+    model: str | Path, device: str | None = None, precision: str | None = None
+) -> Engine:
+    """ONNX Runtime for .onnx files (no torch import); PyTorch for checkpoints and run folders."""
+    path = resolve_model(model)
+    if path.suffix.lower() == ".onnx":
+        if (device or "cpu") not in ("cpu", "auto") or (precision or "fp32") not in (
+            "fp32",
+            "auto",
+        ):
+            raise InferenceError(
+                "ONNX models run in fp32 on the CPU here; drop --device/--precision or use the "
+                ".pt checkpoint"
+            )
+        return OnnxEngine(path)
+    from bloodmnist.inference.torch_engine import TorchEngine
+
+    return TorchEngine(path, device=device, precision=precision)

@@ -1,0 +1,240 @@
+"""Export a checkpoint to ONNX, embed its metadata, and prove parity before writing it.
+
+Exporter: torch.onnx.export(..., dynamo=False), the TorchScript exporter. In torch 2.14 the
+default (dynamo) exporter needs the extra `onnxscript` package (plus onnx_ir, sympy) and took
+~5x longer here; the TorchScript one needs nothing beyond torch, runs offline, and gives the same
+graph for this plain ResNet (max |diff| ~1e-6 for both). It is deprecated upstream (a
+DeprecationWarning we silence); if a future torch removes it, switch to dynamo=True and add
+onnxscript to the dependencies.
+
+Opset 20: the newest the TorchScript exporter emits; ONNX Runtime supports it since 1.17, so any
+current onnxruntime release runs the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from bloodmnist import CLASS_NAMES, __version__
+from bloodmnist.config import Config, from_dict
+from bloodmnist.data.loader import Normalizer, to_tensor
+from bloodmnist.data.source import load_data
+from bloodmnist.inference.engines import INPUT_NAME, META_PREFIX, OUTPUT_NAMES, OnnxEngine
+from bloodmnist.inference.inputs import InferenceError, resolve_model
+from bloodmnist.inference.predict import temp_path
+from bloodmnist.inference.preprocess import normalize
+from bloodmnist.model.resnet import build_model
+from bloodmnist.runtime import setup_runtime
+from bloodmnist.training.checkpoint import load_checkpoint, load_model_weights
+
+EXPORT_OPSET = 20
+PARITY_TOL = 1e-4  # max |delta prob| allowed between PyTorch fp32 and ONNX Runtime
+PREPROCESSING = (
+    "RGB uint8 HxW -> auto: BloodMNIST recipe (centre square crop of round(short side x 200/360), "
+    "PIL bilinear resize to input_size, JPEG q75 round trip) when the short side > 2 x input_size, "
+    "else bilinear resize; then x/255, (x - mean)/std, NCHW float32"
+)
+
+
+class ExportError(InferenceError):
+    """The export failed or did not prove parity; nothing was written."""
+
+
+@dataclass
+class Parity:
+    n: int
+    max_abs_diff_prob: float
+    max_abs_diff_logit: float
+    argmax_agree: int
+    tolerance: float
+
+    @property
+    def passed(self) -> bool:
+        return self.max_abs_diff_prob <= self.tolerance and self.argmax_agree == self.n
+
+
+class _LogitsAndProbs(nn.Module):
+    """The exported graph: both outputs, so deployments need no softmax of their own."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.model(x)
+        return logits, torch.softmax(logits, dim=1)
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def export_graph(model: nn.Module, path: Path, size: int, opset: int = EXPORT_OPSET) -> None:
+    """fp32 graph with a dynamic batch axis: input (N,3,size,size) -> logits, probs (N,C)."""
+    wrapped = _LogitsAndProbs(model).eval()
+    dummy = torch.zeros(2, 3, size, size)
+    batch = {0: "batch"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # legacy exporter notice, see above
+        torch.onnx.export(
+            wrapped,
+            (dummy,),
+            str(path),
+            dynamo=False,
+            opset_version=opset,
+            input_names=[INPUT_NAME],
+            output_names=list(OUTPUT_NAMES),
+            dynamic_axes={INPUT_NAME: batch, **{name: batch for name in OUTPUT_NAMES}},
+            do_constant_folding=True,
+        )
+
+
+def embed_metadata(path: Path, meta: dict[str, str]) -> None:
+    """Check the graph and store `meta` as ONNX metadata_props (keys prefixed 'bloodmnist.')."""
+    import onnx
+
+    proto = onnx.load(str(path))
+    onnx.checker.check_model(proto)
+    existing = {p.key: p for p in proto.metadata_props}
+    for key, value in meta.items():
+        full = META_PREFIX + key
+        prop = existing.get(full) or proto.metadata_props.add()
+        prop.key, prop.value = full, value
+    proto.doc_string = "bloodmnist adapted ResNet-18; see metadata bloodmnist.*"
+    onnx.save(proto, str(path))
+
+
+def model_metadata(cfg: Config, ckpt: Path, state: dict) -> dict[str, str]:
+    return {
+        "class_names": json.dumps(list(CLASS_NAMES[: cfg.model.num_classes])),
+        "input_size": str(cfg.data.size),
+        "mean": json.dumps(list(cfg.data.mean)),
+        "std": json.dumps(list(cfg.data.std)),
+        "input": "float32 NCHW RGB, (pixel/255 - mean)/std; outputs logits and probs (N, C)",
+        "preprocessing": PREPROCESSING,
+        "source_checkpoint": ckpt.name,
+        "source_checkpoint_sha256": file_sha256(ckpt),
+        "epoch": str(state["epoch"]),
+        "arch": cfg.model.arch,
+        "bloodmnist_version": __version__,
+        "torch_version": torch.__version__,
+        "opset": str(EXPORT_OPSET),
+    }
+
+
+def _torch_outputs(model: nn.Module, images: np.ndarray, cfg: Config, batch: int) -> np.ndarray:
+    """Reference fp32 logits on the CPU, normalised exactly as training and evaluation do."""
+    rt = setup_runtime("cpu", "fp32")
+    norm = Normalizer(cfg.data.mean, cfg.data.std, rt.device, channels_last=False)
+    with torch.no_grad():
+        chunks = [
+            model(norm(to_tensor(images[i : i + batch], rt.device))).numpy()
+            for i in range(0, len(images), batch)
+        ]
+    return np.concatenate(chunks)
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def check_parity(
+    model: nn.Module, onnx_path: Path, images: np.ndarray, cfg: Config, batch: int = 256
+) -> Parity:
+    """PyTorch fp32 vs ONNX Runtime on the same uint8 images; ORT reads mean/std from the file."""
+    ref_logits = _torch_outputs(model, images, cfg, batch)
+    ref = _softmax(ref_logits.astype(np.float64))
+    engine = OnnxEngine(onnx_path)
+    logits, probs = [], []
+    for i in range(0, len(images), batch):
+        x = normalize(images[i : i + batch], engine.info.mean, engine.info.std)
+        out_logits, out_probs = engine.session.run(list(OUTPUT_NAMES), {INPUT_NAME: x})
+        logits.append(out_logits)
+        probs.append(out_probs)
+    got_logits, got = np.concatenate(logits), np.concatenate(probs)
+    return Parity(
+        n=len(images),
+        max_abs_diff_prob=float(np.abs(ref - got).max()),
+        max_abs_diff_logit=float(np.abs(ref_logits - got_logits).max()),
+        argmax_agree=int((ref.argmax(1) == got.argmax(1)).sum()),
+        tolerance=PARITY_TOL,
+    )
+
+
+def default_out(target: Path, ckpt: Path) -> Path:
+    """RUN_DIR/model.onnx for a run folder, else the checkpoint's name with .onnx."""
+    return target / "model.onnx" if target.is_dir() else ckpt.with_suffix(".onnx")
+
+
+def _check_out(out: Path) -> None:
+    if out.suffix.lower() != ".onnx":
+        raise ExportError(f"--out {out}: the file name must end in .onnx")
+    if out.exists():
+        raise ExportError(f"--out {out} already exists; choose a new file name")
+    if not out.parent.is_dir():
+        raise ExportError(f"--out {out}: folder {out.parent} does not exist")
+
+
+def export_checkpoint(
+    target: str | Path,
+    out: str | Path | None = None,
+    data: str | None = None,
+    parity_images: int = 1024,
+) -> dict:
+    """Export, verify parity on real test images, then atomically write the .onnx file."""
+    t0 = time.perf_counter()
+    target = Path(target).expanduser()
+    ckpt = resolve_model(target)
+    out_path = Path(out).expanduser() if out else default_out(target, ckpt)
+    _check_out(out_path)
+    if parity_images < 1:
+        raise ExportError("--parity-images must be >= 1")
+    state = load_checkpoint(ckpt)
+    cfg = from_dict(state["config"])
+    model = build_model(cfg.model.num_classes)
+    load_model_weights(model, state, ckpt)
+    model = model.float().eval()
+    dataset, info = load_data(
+        data or cfg.data.path, cfg.data.size, cfg.model.num_classes, None, progress=False
+    )
+    images = dataset.test.images[:parity_images]
+    tmp = temp_path(out_path)
+    try:
+        meta = model_metadata(cfg, ckpt, state)
+        export_graph(model, tmp, cfg.data.size)
+        embed_metadata(tmp, meta)
+        parity = check_parity(model, tmp, images, cfg)
+        if not parity.passed:
+            raise ExportError(
+                f"ONNX parity check failed on {parity.n} test images: max |dprob| "
+                f"{parity.max_abs_diff_prob:.2e} (limit {PARITY_TOL:.0e}), argmax agrees on "
+                f"{parity.argmax_agree}/{parity.n}; {out_path} was not written"
+            )
+        record = {**asdict(parity), "data": info.path, "split": "test"}
+        embed_metadata(tmp, {"parity": json.dumps(record)})
+        os.replace(tmp, out_path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return {
+        "onnx": str(out_path),
+        "checkpoint": str(ckpt),
+        "checkpoint_sha256": meta["source_checkpoint_sha256"],
+        "opset": EXPORT_OPSET,
+        "parity": record,
+        "seconds": round(time.perf_counter() - t0, 1),
+    }

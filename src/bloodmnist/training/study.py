@@ -1,0 +1,209 @@
+"""`bloodmnist study`: one training per seed (J at a time), then aggregate the seed runs.
+
+Each seed is a real `python -m bloodmnist train ... --seed S --out STUDY/seed-S` subprocess, so a
+seed run is an ordinary run folder (resumable, reportable, comparable) and a crash in one seed
+does not take the others down. With J jobs on C cores every job gets C // J torch threads.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bloodmnist.errors import BloodMNISTError
+
+PLAN_FILE = "study_plan.json"
+LOGS_DIR = "logs"
+#: Train options the study sets itself for every seed.
+RESERVED_OPTIONS = ("--seed", "--out", "--resume")
+
+
+@dataclass
+class StudyPlan:
+    seeds: list[int]
+    train_args: list[str]  # forwarded verbatim to `bloodmnist train`
+    jobs: int
+    threads: int  # torch threads per job (0: the user chose runtime.threads themselves)
+    cwd: str = field(default_factory=os.getcwd)  # relative --data/--config paths resolve here
+    created: str = field(default_factory=lambda: dt.datetime.now().isoformat(timespec="seconds"))
+
+    def save(self, study_dir: Path) -> None:
+        (study_dir / PLAN_FILE).write_text(json.dumps(asdict(self), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, study_dir: Path) -> StudyPlan:
+        path = study_dir / PLAN_FILE
+        if not path.is_file():
+            raise BloodMNISTError(f"{study_dir} has no {PLAN_FILE}; is it a study folder?")
+        return cls(**json.loads(path.read_text()))
+
+
+def parse_seeds(text: str) -> list[int]:
+    """'42,43,44' -> [42, 43, 44]; one clear error for anything else."""
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise BloodMNISTError(f"--seeds expects integers like 42,43,44, got {text!r}") from None
+    if not seeds:
+        raise BloodMNISTError("--seeds needs at least one seed, e.g. --seeds 42,43,44")
+    if len(set(seeds)) != len(seeds):
+        raise BloodMNISTError(f"--seeds has a repeated seed: {text!r}")
+    return seeds
+
+
+def split_cores(n_seeds: int, jobs: int, cores: int) -> tuple[int, int]:
+    """(parallel jobs, threads per job) with jobs x threads <= cores and at least 1 thread."""
+    if jobs < 1:
+        raise BloodMNISTError(f"--jobs must be >= 1, got {jobs}")
+    j = max(1, min(jobs, n_seeds, cores))
+    return j, max(1, cores // j)
+
+
+def check_train_args(train_args: list[str]) -> None:
+    """The study owns --seed/--out/--resume and train.seed; everything else goes to train."""
+    for arg in train_args:
+        opt = arg.split("=", 1)[0]
+        if opt in RESERVED_OPTIONS:
+            raise BloodMNISTError(
+                f"study sets {opt} for each seed itself; drop {opt} (use --seeds)"
+            )
+        if arg.replace(" ", "").startswith("train.seed="):
+            raise BloodMNISTError("study sets train.seed for each seed; use --seeds instead")
+
+
+def _user_sets_threads(train_args: list[str]) -> bool:
+    return any(a.replace(" ", "").startswith("runtime.threads=") for a in train_args)
+
+
+def seed_dir(study_dir: Path, seed: int) -> Path:
+    return study_dir / f"seed-{seed}"
+
+
+def seed_state(run_dir: Path) -> str:
+    """'completed' | 'resumable' (has last.pt) | 'new' (absent/empty) | 'broken' (neither)."""
+    summary = run_dir / "summary.json"
+    if summary.is_file():
+        try:
+            if json.loads(summary.read_text()).get("status") == "completed":
+                return "completed"
+        except ValueError:
+            pass
+    if (run_dir / "checkpoints" / "last.pt").is_file():
+        return "resumable"
+    if not run_dir.exists() or all(p.name == "run.lock" for p in run_dir.iterdir()):
+        return "new"  # what `train --out` accepts (a stale lock is taken over)
+    return "broken"
+
+
+def seed_command(plan: StudyPlan, study_dir: Path, seed: int, state: str) -> list[str]:
+    """The `python -m bloodmnist train` argv for one seed (resume continues its saved config)."""
+    run_dir = seed_dir(study_dir, seed)
+    base = [sys.executable, "-m", "bloodmnist", "train"]
+    if state == "resumable":
+        return [*base, "--resume", str(run_dir), "--quiet"]
+    cmd = [*base, *plan.train_args, "--seed", str(seed), "--out", str(run_dir)]
+    if plan.threads:
+        cmd += ["--set", f"runtime.threads={plan.threads}"]
+    return cmd if "--quiet" in cmd else [*cmd, "--quiet"]
+
+
+def _launch(cmd: list[str], log_path: Path, cwd: str) -> subprocess.Popen:
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("a", encoding="utf-8") as fh:  # the child keeps its own copy of the fd
+        fh.write(f"\n$ {' '.join(cmd)}\n")
+        fh.flush()
+        return subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=cwd)
+
+
+def _stop_all(running: dict[int, subprocess.Popen]) -> None:
+    """Forward an interrupt: each seed saves its state and exits resumable."""
+    for proc in running.values():
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+    for proc in running.values():
+        proc.wait()
+
+
+def run_seeds(study_dir: Path, plan: StudyPlan, echo=print) -> dict[int, str]:
+    """Train every seed that is not completed yet; returns seed -> final state/exit summary."""
+    if not Path(plan.cwd).is_dir():
+        raise BloodMNISTError(f"the study's working folder {plan.cwd} is gone; its paths need it")
+    todo = []
+    outcome: dict[int, str] = {}
+    for seed in plan.seeds:
+        state = seed_state(seed_dir(study_dir, seed))
+        if state == "completed":
+            outcome[seed] = "completed"
+        elif state == "broken":
+            outcome[seed] = (
+                "failed: its folder has no checkpoints/last.pt to resume from; "
+                "move the folder away and run study --resume again"
+            )
+        else:
+            todo.append((seed, state))
+    running: dict[int, subprocess.Popen] = {}
+    try:
+        while todo or running:
+            while todo and len(running) < plan.jobs:
+                seed, state = todo.pop(0)
+                log_path = study_dir / LOGS_DIR / f"seed-{seed}.log"
+                echo(f"seed {seed}: {'resuming' if state == 'resumable' else 'training'}")
+                cmd = seed_command(plan, study_dir, seed, state)
+                running[seed] = _launch(cmd, log_path, plan.cwd)
+            for seed, proc in list(running.items()):
+                if proc.poll() is not None:
+                    del running[seed]
+                    rc = proc.returncode
+                    outcome[seed] = "completed" if rc == 0 else f"failed: exit code {rc}"
+                    echo(f"seed {seed}: {outcome[seed]} (log {LOGS_DIR}/seed-{seed}.log)")
+            time.sleep(0.2)
+    except BaseException:
+        _stop_all(running)
+        raise
+    return outcome
+
+
+def prepare_study_dir(out: str | None, resume: bool) -> Path:
+    """A new empty study folder (default runs/<time>-study), or an existing one for --resume."""
+    path = Path(out) if out else Path("runs") / f"{dt.datetime.now():%Y%m%d-%H%M%S}-study"
+    path = path.expanduser().resolve()  # seeds run with the plan's cwd, not necessarily ours
+    if resume:
+        if not path.is_dir():
+            raise BloodMNISTError(f"--resume: study folder {path} does not exist")
+        return path
+    if path.exists() and any(path.iterdir()):
+        raise BloodMNISTError(
+            f"study folder {path} is not empty; pick a new --out, or continue it with --resume"
+        )
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def new_plan(seeds: list[int], train_args: list[str], jobs: int) -> StudyPlan:
+    check_train_args(train_args)
+    j, threads = split_cores(len(seeds), jobs, len(os.sched_getaffinity(0)))
+    return StudyPlan(seeds, list(train_args), j, 0 if _user_sets_threads(train_args) else threads)
+
+
+def failures(outcome: dict[int, str]) -> dict[int, str]:
+    """Seeds that did not complete, in seed order (not the order they stopped in)."""
+    return {s: o for s, o in sorted(outcome.items()) if o != "completed"}
+
+
+def study_record(plan: StudyPlan, outcome: dict[int, str]) -> dict[str, Any]:
+    """Plan and outcome for study.json: what was asked for and what finished."""
+    return {
+        "plan": asdict(plan),
+        "failed": [
+            {"seed": s, "reason": r, "log": f"{LOGS_DIR}/seed-{s}.log"}
+            for s, r in failures(outcome).items()
+        ],
+    }

@@ -1,0 +1,51 @@
+"""Shared fixtures: the real data file and a helper that runs the CLI in a real subprocess."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+SHARED_NPZ = SHARED_DATA / "bloodmnist_pbc_28.npz"
+#: MD5 of the shared rebuilt file (not the official BloodMNIST MD5; see its README.md).
+SHARED_NPZ_MD5 = "cccf4cafea45dc5e042c09e2d986c0f5"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """Path of ../shared/data/bloodmnist_pbc_28.npz; skips the test when it is absent."""
+    if not SHARED_NPZ.is_file():
+        pytest.skip(f"real data not found at {SHARED_NPZ} (see ../shared/data/README.md)")
+    return SHARED_NPZ
+
+
+def run_cli(
+    args: list[str], cwd: str | Path, timeout: float = 300, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run `python -m bloodmnist ARGS` in `cwd` and return the finished process (text output).
+
+    `cwd` is required so that no default `runs/` folder lands in the repository.
+    """
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "bloodmnist", *args],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def describe(result: subprocess.CompletedProcess[str]) -> str:
+    """Exit code and output tails, for assertion messages."""
+    return (
+        f"rc={result.returncode}\n--- stdout ---\n{result.stdout[-3000:]}\n"
+        f"--- stderr ---\n{result.stderr[-3000:]}"
+    )

@@ -1,0 +1,443 @@
+"""End to end: `python -m bloodmnist` in real subprocesses on the real shared data.
+
+One small training run is shared by the module (training is the slow part); a second identical
+run checks that a seed fixes every number. Commands that must fail are checked for exit code, a
+single error line and untouched files.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import shutil
+import socket
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import accuracy_score, f1_score
+
+from bloodmnist import CLASS_NAMES
+from bloodmnist.config import from_dict, load_yaml
+from bloodmnist.evaluation.metrics import compute_metrics
+from bloodmnist.model.resnet import build_model
+from bloodmnist.training.checkpoint import load_checkpoint
+from conftest import SHARED_NPZ_MD5, describe, run_cli
+
+pytestmark = pytest.mark.slow
+
+SUBSET, EPOCHS = 128, 2  # small enough for 2 CPU cores; TTA stays on (the default)
+TRAIN_TIMEOUT = 1500  # generous: the CI box may be shared with other jobs
+HISTORY_HEADER = "epoch,train_loss,train_acc,val_loss,val_acc,val_auc,lr,seconds"
+FIGURES = ("confusion_matrix", "training_curves", "sample_predictions", "dataset_samples")
+RUN_FILES = {
+    "config.yaml",
+    "train.log",
+    "history.csv",
+    "checkpoints/best.pt",
+    "checkpoints/last.pt",
+    *(f"figures/{name}.png" for name in FIGURES),
+    "report.xlsx",
+    "report.html",
+    "predictions.npz",
+    "summary.json",
+    "manifest.json",
+}
+SUMMARY_KEYS = (
+    "test_acc",
+    "test_acc_tta",
+    "test_macro_f1",
+    "test_macro_f1_tta",
+    "test_auc",
+    "test_auc_tta",
+    "best_val_acc",
+    "best_epoch",
+    "epochs_run",
+    "train_seconds",
+    "device",
+    "precision",
+    "pretrained",
+    "seed",
+    "data_md5",
+)
+TIMING_KEYS = ("train_seconds", "test_eval_seconds")
+CHECKPOINT_KEYS = {
+    "model",
+    "optimizer",
+    "schedule",
+    "epoch",
+    "config",
+    "train_state",
+    "rng",
+    "metrics",
+    "arch",
+    "num_classes",
+    "world_size",
+    "pretrained",
+}
+
+
+def train_args(data: Path, out: Path) -> list[str]:
+    return [
+        "train",
+        "--data",
+        str(data),
+        "--subset",
+        str(SUBSET),
+        "--epochs",
+        str(EPOCHS),
+        "--out",
+        str(out),
+        "--pretrained",
+        "none",
+        "--seed",
+        "42",
+        "--quiet",
+    ]
+
+
+def _train(data: Path, out: Path) -> subprocess.CompletedProcess[str]:
+    result = run_cli(train_args(data, out), cwd=out.parent, timeout=TRAIN_TIMEOUT)
+    assert result.returncode == 0, describe(result)
+    return result
+
+
+@pytest.fixture(scope="module")
+def trained(shared_data: Path, tmp_path_factory: pytest.TempPathFactory):
+    """(run folder, finished process) of the module's one real training run."""
+    run_dir = tmp_path_factory.mktemp("e2e") / "run"
+    return run_dir, _train(shared_data, run_dir)
+
+
+@pytest.fixture(scope="module")
+def run_dir(trained) -> Path:
+    return trained[0]
+
+
+def _files(root: Path) -> set[str]:
+    return {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()}
+
+
+def _digests(root: Path) -> dict[str, str]:
+    return {name: hashlib.sha256((root / name).read_bytes()).hexdigest() for name in _files(root)}
+
+
+def _json(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _history(run_dir: Path) -> tuple[str, list[dict[str, str]]]:
+    text = (run_dir / "history.csv").read_text(encoding="utf-8")
+    return text.splitlines()[0], list(csv.DictReader(text.splitlines()))
+
+
+def _error_lines(result: subprocess.CompletedProcess[str]) -> list[str]:
+    return [line for line in result.stderr.splitlines() if line.strip()]
+
+
+# -- the training run ------------------------------------------------------------------------
+
+
+def test_train_writes_the_full_run_folder(trained) -> None:
+    run_dir, result = trained
+    files = _files(run_dir)
+    assert RUN_FILES <= files, sorted(RUN_FILES - files)
+    leftovers = [f for f in files if Path(f).name.startswith(".") or f.endswith((".tmp", ".part"))]
+    assert not leftovers and "run.lock" not in files  # no lock, temp or partial files
+    last = json.loads(result.stdout.strip().splitlines()[-1])
+    summary = _json(run_dir / "summary.json")
+    assert last == {
+        "run_dir": str(run_dir),
+        "test_acc": summary["test_acc"],
+        "test_acc_tta": summary["test_acc_tta"],
+    }
+    log = (run_dir / "train.log").read_text(encoding="utf-8")
+    assert "epoch 1/2" in log and "epoch 2/2" in log and "test: acc" in log
+    for name in FIGURES:
+        assert (run_dir / "figures" / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    html = (run_dir / "report.html").read_text(encoding="utf-8")
+    assert html.count("data:image/png;base64,") >= len(FIGURES)
+    assert (run_dir / "report.xlsx").read_bytes()[:2] == b"PK"
+
+
+def test_history_csv(run_dir: Path) -> None:
+    header, rows = _history(run_dir)
+    assert header == HISTORY_HEADER
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    for r in rows:
+        assert float(r["train_loss"]) > 0 and float(r["val_loss"]) > 0
+        for key in ("train_acc", "val_acc", "val_auc"):
+            assert 0 <= float(r[key]) <= 1, (key, r)
+        assert 0 < float(r["lr"]) <= 0.008 and float(r["seconds"]) > 0
+    assert float(rows[0]["lr"]) == pytest.approx(0.008)  # cosine phase starts at optim.lr
+
+
+def test_summary_matches_predictions(run_dir: Path, shared_data: Path) -> None:
+    summary = _json(run_dir / "summary.json")
+    missing = [k for k in SUMMARY_KEYS if k not in summary]
+    assert not missing, missing
+    assert summary["status"] == "completed"
+    for key in SUMMARY_KEYS[:7]:
+        assert 0 <= summary[key] <= 1, key
+    assert summary["epochs_run"] == EPOCHS and 1 <= summary["best_epoch"] <= EPOCHS
+    assert summary["train_seconds"] > 0 and summary["test_n"] == SUBSET
+    assert summary["device"].split(":")[0] in ("cpu", "cuda")
+    assert summary["precision"] in ("fp32", "bf16", "fp16")
+    assert summary["pretrained"] == "none" and summary["trained_from_scratch"] is True
+    assert summary["seed"] == 42
+    assert summary["data_md5"] == SHARED_NPZ_MD5 and summary["data_official"] is False
+
+    with np.load(run_dir / "predictions.npz") as npz:
+        labels, probs, probs_tta = npz["test_labels"], npz["test_probs"], npz["test_probs_tta"]
+        assert list(npz["class_names"]) == list(CLASS_NAMES)
+    with np.load(shared_data) as raw:
+        np.testing.assert_array_equal(labels, raw["test_labels"][:SUBSET, 0])
+    assert probs.shape == probs_tta.shape == (SUBSET, 8)
+    np.testing.assert_allclose(probs.sum(1), 1, atol=1e-5)
+    np.testing.assert_allclose(probs_tta.sum(1), 1, atol=1e-5)
+    assert not np.array_equal(probs, probs_tta)  # TTA was on
+    assert summary["test_acc"] == accuracy_score(labels, probs.argmax(1))
+    assert summary["test_acc_tta"] == accuracy_score(labels, probs_tta.argmax(1))
+    f1 = f1_score(labels, probs.argmax(1), average="macro", labels=range(8), zero_division=0)
+    assert summary["test_macro_f1"] == pytest.approx(f1, abs=1e-12)
+    recomputed = compute_metrics(labels, probs_tta, CLASS_NAMES)
+    assert summary["test_auc_tta"] == pytest.approx(recomputed["auc"], abs=1e-12)
+
+    _, rows = _history(run_dir)
+    val_accs = [float(r["val_acc"]) for r in rows]
+    assert summary["best_val_acc"] == pytest.approx(max(val_accs), abs=1e-5)
+    assert summary["best_epoch"] == 1 + int(np.argmax(val_accs))
+
+
+def test_checkpoints_load_and_carry_the_config(run_dir: Path, shared_data: Path) -> None:
+    summary = _json(run_dir / "summary.json")
+    saved = from_dict(load_yaml(run_dir / "config.yaml"))
+    assert saved.data.path == str(shared_data.resolve())
+    assert (saved.data.subset, saved.train.epochs, saved.train.seed) == (SUBSET, EPOCHS, 42)
+    assert saved.model.pretrained == "none" and saved.eval.tta is True
+    best = load_checkpoint(run_dir / "checkpoints" / "best.pt")
+    last = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+    for ckpt in (best, last):
+        assert set(ckpt) >= CHECKPOINT_KEYS
+        assert from_dict(ckpt["config"]) == saved
+        assert ckpt["arch"] == "resnet18" and ckpt["num_classes"] == 8
+        assert ckpt["world_size"] == 1 and ckpt["pretrained"]["used"] is False
+        build_model(8).load_state_dict(ckpt["model"])  # strict: every key fits
+    assert last["epoch"] == EPOCHS and best["epoch"] == summary["best_epoch"]
+    assert best["metrics"]["val_acc"] == summary["best_val_acc"]
+    assert last["train_state"]["epoch"] == EPOCHS and len(last["train_state"]["history"]) == 2
+
+
+def test_manifest(run_dir: Path, shared_data: Path) -> None:
+    manifest = _json(run_dir / "manifest.json")
+    assert manifest["torch"] == torch.__version__
+    cmd = manifest["command"]
+    assert cmd[1:] == train_args(shared_data, run_dir)
+    data = manifest["data"]
+    assert data["path"] == str(shared_data.resolve()) and data["md5"] == SHARED_NPZ_MD5
+    assert data["official"] is False
+    assert {s: data["splits"][s]["n"] for s in ("train", "val", "test")} == dict.fromkeys(
+        ("train", "val", "test"), SUBSET
+    )
+    assert isinstance(manifest["host"]["cpu"], str) and manifest["host"]["cpu"]
+    assert manifest["pretrained"]["used"] is False
+
+
+def test_same_command_gives_the_same_numbers(
+    run_dir: Path, shared_data: Path, tmp_path: Path
+) -> None:
+    again = tmp_path / "again"
+    _train(shared_data, again)
+    (h1, rows1), (h2, rows2) = _history(run_dir), _history(again)
+    assert h1 == h2
+    for r1, r2 in zip(rows1, rows2, strict=True):
+        assert {k: v for k, v in r1.items() if k != "seconds"} == {
+            k: v for k, v in r2.items() if k != "seconds"
+        }
+    s1, s2 = _json(run_dir / "summary.json"), _json(again / "summary.json")
+    assert {k: v for k, v in s1.items() if k not in TIMING_KEYS} == {
+        k: v for k, v in s2.items() if k not in TIMING_KEYS
+    }
+    with np.load(run_dir / "predictions.npz") as a, np.load(again / "predictions.npz") as b:
+        assert np.array_equal(a["test_probs"], b["test_probs"])
+        assert np.array_equal(a["test_probs_tta"], b["test_probs_tta"])
+    w1 = load_checkpoint(run_dir / "checkpoints" / "last.pt")["model"]
+    w2 = load_checkpoint(again / "checkpoints" / "last.pt")["model"]
+    assert all(torch.equal(w1[k], w2[k]) for k in w1)
+
+
+# -- commands on the finished run ------------------------------------------------------------
+
+
+def test_report_rebuilds_deleted_artefacts(run_dir: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    shutil.rmtree(copy / "figures")
+    (copy / "report.html").unlink()
+    result = run_cli(["report", str(copy)], cwd=tmp_path)
+    assert result.returncode == 0, describe(result)
+    assert _files(copy) == _files(run_dir)
+    assert "report.html" in result.stdout
+    html = (copy / "report.html").read_text(encoding="utf-8")
+    assert html.count("data:image/png;base64,") == (run_dir / "report.html").read_text(
+        encoding="utf-8"
+    ).count("data:image/png;base64,")
+
+
+def test_evaluate_reproduces_the_test_accuracy(run_dir: Path, tmp_path: Path) -> None:
+    out_json = tmp_path / "eval.json"
+    result = run_cli(["evaluate", str(run_dir), "--no-tta", "--json", str(out_json)], cwd=tmp_path)
+    assert result.returncode == 0, describe(result)
+    printed = json.loads(result.stdout)
+    summary = _json(run_dir / "summary.json")
+    assert printed["acc"] == summary["test_acc"]
+    assert printed["macro_f1"] == pytest.approx(summary["test_macro_f1"], abs=1e-12)
+    assert printed["n"] == SUBSET and printed["split"] == "test"
+    assert printed["epoch"] == summary["best_epoch"] and "acc_tta" not in printed
+    assert printed["data_md5"] == SHARED_NPZ_MD5
+    assert _json(out_json) == printed
+    again = run_cli(["evaluate", str(run_dir), "--no-tta", "--json", str(out_json)], cwd=tmp_path)
+    assert again.returncode == 2 and "already exists" in again.stderr  # never overwrites
+
+
+def test_train_into_existing_run_refuses_and_changes_nothing(
+    run_dir: Path, shared_data: Path
+) -> None:
+    before = _digests(run_dir)
+    result = run_cli(train_args(shared_data, run_dir), cwd=run_dir.parent)
+    assert result.returncode == 2, describe(result)
+    lines = _error_lines(result)
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("bloodmnist train: error: run folder") and "not empty" in lines[0]
+    assert "--resume" in lines[0]
+    assert _digests(run_dir) == before
+    assert result.stdout == ""
+
+
+# -- run lock --------------------------------------------------------------------------------
+
+
+def _write_lock(folder: Path, pid: int) -> Path:
+    folder.mkdir(parents=True)
+    lock = folder / "run.lock"
+    lock.write_text(json.dumps({"pid": pid, "host": socket.gethostname()}))
+    return lock
+
+
+def test_lock_held_by_live_process_refuses(shared_data: Path, tmp_path: Path) -> None:
+    sleeper = subprocess.Popen(["sleep", "60"])
+    try:
+        lock = _write_lock(tmp_path / "locked", sleeper.pid)
+        before = lock.read_text()
+        result = run_cli(train_args(shared_data, lock.parent), cwd=tmp_path)
+        assert sleeper.poll() is None  # still alive: nothing was killed
+    finally:
+        sleeper.terminate()
+        sleeper.wait(timeout=10)
+    assert result.returncode == 2, describe(result)
+    lines = _error_lines(result)
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("bloodmnist train: error:")
+    assert f"in use by process {sleeper.pid}" in lines[0]
+    assert lock.read_text() == before  # the other process's lock is left alone
+    assert not (lock.parent / "train.log").exists()
+
+
+def test_stale_lock_of_dead_process_is_taken_over(tmp_path: Path) -> None:
+    dead = subprocess.Popen(["true"])
+    dead.wait(timeout=10)
+    lock = _write_lock(tmp_path / "stale", dead.pid)
+    # A missing data file stops the run right after the lock is taken: cheap, and shows the
+    # lock is released again on the way out.
+    result = run_cli(
+        ["train", "--data", str(tmp_path / "absent.npz"), "--out", str(lock.parent)],
+        cwd=tmp_path,
+    )
+    assert result.returncode == 2, describe(result)
+    assert f"taking over stale lock {lock}" in result.stderr
+    assert f"process {dead.pid} is gone" in result.stderr
+    assert "in use by" not in result.stderr
+    assert _error_lines(result)[-1].startswith("bloodmnist train: error: data file not found")
+    assert (lock.parent / "train.log").is_file()  # got past the lock
+    assert not lock.exists()  # released on exit
+
+
+def test_broken_data_file_is_one_error_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, train_images=np.zeros((2, 28, 28, 3), np.uint8))
+    result = run_cli(
+        ["train", "--data", str(bad), "--out", str(tmp_path / "run"), "--quiet"], cwd=tmp_path
+    )
+    assert result.returncode == 2, describe(result)
+    assert "Traceback" not in result.stderr
+    last = _error_lines(result)[-1]
+    assert last.startswith("bloodmnist train: error:")
+    assert str(bad) in last and "train_labels" in last
+
+
+# -- data sub-commands -----------------------------------------------------------------------
+
+
+def test_data_info_and_verify(shared_data: Path, tmp_path: Path) -> None:
+    sizes = {"train": 11959, "val": 1712, "test": 3421}
+    info = run_cli(["data", "info", "--data", str(shared_data)], cwd=tmp_path)
+    assert info.returncode == 0, describe(info)
+    out = json.loads(info.stdout)
+    assert {s: out["splits"][s]["n"] for s in sizes} == sizes
+    assert sum(out["splits"]["train"]["per_class"].values()) == sizes["train"]
+    assert list(out["splits"]["test"]["per_class"]) == list(CLASS_NAMES)
+    assert out["official"] is False and out["md5"] == SHARED_NPZ_MD5
+    assert out["image_size"] == 28
+
+    verify = run_cli(["data", "verify", "--data", str(shared_data)], cwd=tmp_path)
+    assert verify.returncode == 0, describe(verify)
+    out = json.loads(verify.stdout)
+    assert out["sizes"] == sizes and out["official"] is False and out["valid_npz"] is True
+    assert out["md5"] == SHARED_NPZ_MD5 and out["md5"] != out["expected_md5"]
+    assert "not the official BloodMNIST file" in verify.stderr
+
+
+# -- the report in a real browser ------------------------------------------------------------
+
+
+def test_real_report_renders_in_headless_chromium(run_dir: Path, tmp_path: Path) -> None:
+    try:
+        from test_reporting import _chromium, _distinct_colours
+    except ImportError:
+        pytest.skip("tests/test_reporting.py helpers not importable")
+    from PIL import Image
+
+    browser = _chromium()
+    if browser is None:
+        pytest.skip("chromium not installed (apt-get install chromium) - cannot render report.html")
+    shot = tmp_path / "report.png"
+    cmd = [
+        browser,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--window-size=1280,2000",
+        f"--screenshot={shot}",
+        (run_dir / "report.html").resolve().as_uri(),
+    ]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
+    assert shot.is_file(), f"no screenshot (rc={result.returncode}): {result.stderr[-2000:]}"
+    with Image.open(shot) as img:
+        assert img.size == (1280, 2000)
+        n_colours, top = _distinct_colours(img)
+    assert n_colours > 50 and top < 0.9, (n_colours, top)
+
+
+def test_version(tmp_path: Path) -> None:
+    from bloodmnist import __version__
+
+    result = run_cli(["--version"], cwd=tmp_path, timeout=120)
+    assert result.returncode == 0 and result.stdout.strip() == f"bloodmnist {__version__}"

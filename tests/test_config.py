@@ -1,0 +1,231 @@
+"""Config tree: reference defaults, YAML and `--set` overrides, coercion, one-line errors."""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from bloodmnist.config import (
+    AugmentConfig,
+    Config,
+    build_config,
+    from_dict,
+    load_yaml,
+    parse_override,
+    save_yaml,
+)
+from bloodmnist.errors import BloodMNISTError, ConfigError
+
+
+def test_defaults_are_the_reference_recipe() -> None:
+    cfg = Config()
+    assert cfg.optim.lr == 0.008
+    assert cfg.optim.momentum == 0.9
+    assert cfg.optim.weight_decay == 5e-4
+    assert cfg.optim.batch_size == 128
+    assert cfg.schedule.cosine_epochs == 33
+    assert cfg.schedule.t_max == 90
+    assert cfg.schedule.eta_min == 1e-4
+    assert cfg.schedule.plateau_factor == 0.5
+    assert cfg.schedule.plateau_patience == 3
+    assert cfg.train.epochs == 60
+    assert cfg.train.early_stop_patience == 15
+    assert cfg.train.seed == 42
+    assert cfg.augment.mixup_alpha == 0.001
+    assert cfg.augment.crop_scale == (0.9, 1.0)
+    assert cfg.augment.crop_ratio == pytest.approx((3 / 4, 4 / 3))
+    assert cfg.augment.rotation == 10.0
+    assert (cfg.augment.brightness, cfg.augment.contrast, cfg.augment.saturation) == (0.2,) * 3
+    assert cfg.augment.hflip == 0.5
+    assert cfg.augment.vflip == 0.0
+    assert cfg.eval.tta is True
+    assert cfg.model.num_classes == 8
+    assert cfg.model.pretrained == "auto"
+    assert cfg.data.size == 28
+    assert cfg.data.subset is None
+    assert build_config() == cfg  # no inputs: exactly the defaults
+
+
+def _yaml(tmp_path: Path, text: str, name: str = "c.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_yaml_overrides_only_the_keys_it_names(tmp_path: Path) -> None:
+    path = _yaml(
+        tmp_path,
+        "optim:\n  lr: 0.02\n  batch_size: 64\ntrain:\n  epochs: 5\n"
+        "augment:\n  crop_scale: [0.8, 1.0]\n",
+    )
+    cfg = build_config(path)
+    assert cfg.optim.lr == 0.02 and cfg.optim.batch_size == 64
+    assert cfg.train.epochs == 5
+    assert cfg.augment.crop_scale == (0.8, 1.0)
+    assert isinstance(cfg.augment.crop_scale, tuple)
+    assert cfg.optim.momentum == 0.9 and cfg.train.seed == 42  # untouched
+
+
+def test_precedence_defaults_yaml_flags_set(tmp_path: Path) -> None:
+    path = _yaml(tmp_path, "train:\n  epochs: 5\n  seed: 7\n  early_stop_patience: 4\n")
+    # YAML beats defaults; flags beat YAML; --set beats flags; None flags are "not given".
+    cfg = build_config(
+        path,
+        flags={"train.epochs": 9, "train.seed": 11, "data.subset": None},
+        overrides=["train.seed=13"],
+    )
+    assert cfg.train.early_stop_patience == 4  # YAML only
+    assert cfg.train.epochs == 9  # flag over YAML
+    assert cfg.train.seed == 13  # --set over flag and YAML
+    assert cfg.data.subset is None  # a None flag does not override
+    assert cfg.optim.lr == 0.008  # default
+
+
+@pytest.mark.parametrize(
+    ("override", "key", "expected"),
+    [
+        ("optim.lr=1", ("optim", "lr"), 1.0),  # int -> float
+        ("train.epochs=3.0", ("train", "epochs"), 3),  # integral float -> int
+        ("data.subset=null", ("data", "subset"), None),
+        ("data.subset=64", ("data", "subset"), 64),
+        ("eval.tta=false", ("eval", "tta"), False),
+        ("model.pretrained=123", ("model", "pretrained"), "123"),  # number -> string
+        ("augment.crop_scale=[0.5, 1]", ("augment", "crop_scale"), (0.5, 1.0)),
+        ("data.path=/x/y.npz", ("data", "path"), "/x/y.npz"),
+    ],
+)
+def test_set_coerces_types(override: str, key: tuple[str, str], expected: object) -> None:
+    cfg = build_config(overrides=[override])
+    value = getattr(getattr(cfg, key[0]), key[1])
+    assert value == expected
+    assert type(value) is type(expected)
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("optim.lrr=0.1", "optim.lrr"),  # unknown key
+        ("nosuch.lr=0.1", "nosuch"),  # unknown section
+        ("train.epochs=abc", "train.epochs"),  # wrong type
+        ("train.epochs=2.5", "train.epochs"),  # not an integer
+        ("eval.tta=1", "eval.tta"),  # not a bool
+        ("optim.lr=nan", "optim.lr"),  # NaN for a float
+        ("optim.lr=.inf", "optim.lr"),  # infinite
+        ("optim.lr=[1, 2]", "optim.lr"),  # list for a float
+        ("augment.crop_scale=[0.5]", "augment.crop_scale"),  # wrong tuple length
+        ("optim=3", "optim"),  # a value where a section belongs
+        ("optim.lr", "optim.lr"),  # no '='
+    ],
+)
+def test_bad_override_is_a_config_error_naming_the_key(override: str, key: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(key)) as info:
+        build_config(overrides=[override])
+    assert "\n" not in str(info.value)
+    assert isinstance(info.value, BloodMNISTError) and info.value.exit_code == 2
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("optim: 5\n", "optim"),  # bad section
+        ("optim:\n  lr: .nan\n", "optim.lr"),
+        ("train:\n  epochs: many\n", "train.epochs"),
+        ("train:\n  epoch: 3\n", "train.epoch"),
+    ],
+)
+def test_bad_yaml_is_a_config_error_naming_the_key(tmp_path: Path, text: str, key: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(f"'{key}'")):
+        build_config(_yaml(tmp_path, text))
+
+
+def test_yaml_file_errors_name_the_file(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.yaml"
+    with pytest.raises(ConfigError, match=re.escape(str(missing))):
+        build_config(missing)
+    broken = _yaml(tmp_path, "optim: [unclosed\n", "broken.yaml")
+    with pytest.raises(ConfigError, match=re.escape(str(broken))) as info:
+        build_config(broken)
+    assert "\n" not in str(info.value)
+    scalar = _yaml(tmp_path, "just a string\n", "scalar.yaml")
+    with pytest.raises(ConfigError, match="mapping"):
+        build_config(scalar)
+    assert load_yaml(_yaml(tmp_path, "", "empty.yaml")) == {}
+
+
+@pytest.mark.parametrize(
+    ("override", "words"),
+    [
+        ("optim.lr=0", "optim.lr"),
+        ("optim.batch_size=0", "optim.batch_size"),
+        ("train.epochs=0", "train.epochs"),
+        ("data.size=32", "data.size"),
+        ("data.subset=0", "data.subset"),
+        ("runtime.device=tpu", "runtime.device"),
+        ("augment.crop_scale=[0.9, 0.5]", "crop_scale"),
+        ("augment.hflip=1.5", "flip"),
+    ],
+)
+def test_cross_field_validation(override: str, words: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(words)):
+        build_config(overrides=[override])
+
+
+def test_parse_override_reads_values_as_yaml() -> None:
+    assert parse_override("optim.lr=1.0e-3") == ("optim.lr", 1e-3)
+    assert parse_override(" train.seed =5") == ("train.seed", 5)
+    assert parse_override("runtime.name=a=b") == ("runtime.name", "a=b")  # split at first '='
+    key, value = parse_override("optim.lr=NaN")
+    assert key == "optim.lr" and math.isnan(value)
+
+
+def test_exponent_without_dot_is_a_float(tmp_path: Path) -> None:
+    # PyYAML (YAML 1.1) reads '1e-4' as text; float fields must still accept it.
+    assert build_config(overrides=["optim.lr=1e-4"]).optim.lr == 1e-4
+    cfg = build_config(
+        _yaml(tmp_path, "optim:\n  weight_decay: 5e-4\nschedule:\n  eta_min: 1E-5\n")
+    )
+    assert cfg.optim.weight_decay == 5e-4 and cfg.schedule.eta_min == 1e-5
+    with pytest.raises(ConfigError, match="optim.lr"):
+        build_config(overrides=["optim.lr=fast"])
+
+
+def test_dict_round_trip() -> None:
+    cfg = build_config(
+        overrides=["optim.lr=0.05", "augment.crop_scale=[0.7, 0.95]", "data.subset=10"]
+    )
+    data = cfg.to_dict()
+    assert data["augment"]["crop_scale"] == [0.7, 0.95]  # plain lists for YAML/JSON
+    assert isinstance(data["data"]["mean"], list)
+    back = from_dict(data)
+    assert back == cfg
+    assert isinstance(back.augment.crop_scale, tuple) and isinstance(back.data.mean, tuple)
+    assert from_dict({}) == Config()
+
+
+def test_save_yaml_round_trip(tmp_path: Path) -> None:
+    cfg = build_config(overrides=["train.epochs=3", "model.pretrained=none", "eval.tta=false"])
+    path = tmp_path / "config.yaml"
+    save_yaml(cfg, path)
+    raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    assert list(raw) == [
+        "data",
+        "augment",
+        "model",
+        "optim",
+        "schedule",
+        "train",
+        "eval",
+        "runtime",
+    ]
+    assert from_dict(load_yaml(path)) == cfg
+    assert build_config(path) == cfg  # a saved config.yaml is a valid --config file
+
+
+def test_augment_config_is_independent_per_instance() -> None:
+    a, b = Config(), Config()
+    a.augment.rotation = 0.0
+    assert b.augment.rotation == AugmentConfig().rotation == 10.0

@@ -1,0 +1,142 @@
+"""Speed work: batched TTA vs a per-image loop, the fast recipe (--recipe fast), one-cycle LR,
+weight EMA and the dihedral (rot90) augmentation."""
+
+from __future__ import annotations
+
+import csv
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from bloodmnist.config import AugmentConfig, Config, EvalConfig, ScheduleConfig, build_config
+from bloodmnist.data.augment import augment
+from bloodmnist.data.loader import Normalizer, to_tensor
+from bloodmnist.data.npz import load_npz
+from bloodmnist.errors import ConfigError
+from bloodmnist.evaluation.predict import predict_probs
+from bloodmnist.model.resnet import build_model
+from bloodmnist.runtime import Runtime
+from bloodmnist.training.ema import make_ema
+from bloodmnist.training.schedule import OneCycleSchedule, build_schedule
+from conftest import describe, run_cli
+
+CPU = torch.device("cpu")
+
+
+def test_batched_tta_beats_a_per_image_loop_with_the_same_numbers(shared_data: Path) -> None:
+    images = to_tensor(load_npz(shared_data, subset=64).test.images, CPU)
+    torch.manual_seed(0)
+    model = build_model(8).to(memory_format=torch.channels_last).eval()
+    rt = Runtime(CPU, "fp32", True, torch.get_num_threads())
+    norm = Normalizer(Config().data.mean, Config().data.std, CPU, channels_last=True)
+    predict_probs(model, images[:8], rt, norm, 8, tta=EvalConfig())  # warm-up
+    t0 = time.perf_counter()
+    loop = predict_probs(model, images, rt, norm, batch_size=1, tta=EvalConfig())
+    t1 = time.perf_counter()
+    batched = predict_probs(model, images, rt, norm, batch_size=64, tta=EvalConfig())
+    t2 = time.perf_counter()
+    assert batched.shape == (64, 8)
+    # seeded per-image noise and eval-mode BN: batching changes nothing but the speed
+    np.testing.assert_allclose(batched, loop, atol=1e-4)
+    assert (t2 - t1) < (t1 - t0), f"batched {t2 - t1:.2f}s vs per-image {t1 - t0:.2f}s"
+
+
+def test_fast_recipe_values_and_precedence() -> None:
+    cfg = build_config(recipe="fast")
+    assert cfg.schedule.kind == "onecycle"
+    assert cfg.train.ema_decay > 0 and cfg.train.label_smoothing > 0
+    assert cfg.augment.rot90 and cfg.augment.hflip == 0.5 and cfg.augment.vflip == 0.5
+    assert cfg.optim.nesterov
+    # the recipe is only the base: flags and --set win
+    cfg = build_config(flags={"train.epochs": 2}, overrides=["optim.lr=0.05"], recipe="fast")
+    assert (cfg.train.epochs, cfg.optim.lr, cfg.schedule.kind) == (2, 0.05, "onecycle")
+    assert build_config(recipe="reference") == Config()  # the reference stays the defaults
+    with pytest.raises(ConfigError, match="unknown recipe"):
+        build_config(recipe="slow")
+    with pytest.raises(ConfigError, match="schedule.kind"):
+        build_config(overrides=["schedule.kind=cosine"])
+
+
+def test_rot90_gives_exact_quarter_turns() -> None:
+    cfg = AugmentConfig(
+        hflip=0.0,
+        rotation=0.0,
+        brightness=0.0,
+        contrast=0.0,
+        saturation=0.0,
+        crop_scale=(1.0, 1.0),
+        crop_ratio=(1.0, 1.0),
+        rot90=True,
+    )
+    x = torch.rand(32, 3, 28, 28, generator=torch.Generator().manual_seed(0))
+    out = augment(x, cfg, torch.Generator().manual_seed(1))
+    turns = []
+    for i in range(len(x)):
+        err = [(out[i] - torch.rot90(x[i], k, dims=(1, 2))).abs().max().item() for k in range(4)]
+        assert min(err) < 1e-4
+        turns.append(int(np.argmin(err)))
+    assert set(turns) == {0, 1, 2, 3}
+
+
+def test_onecycle_schedule_peaks_anneals_and_resumes() -> None:
+    param = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([param], lr=0.1, momentum=0.9)
+    cfg = ScheduleConfig(kind="onecycle", pct_start=0.25, div_factor=25.0, final_div_factor=1e3)
+    sched = build_schedule(opt, cfg, epochs=4, steps_per_epoch=25)
+    assert isinstance(sched, OneCycleSchedule)
+    lrs = [sched.lr]
+    for _ in range(120):  # 20 more than planned: the LR must stay at its final value
+        opt.step()
+        sched.step_batch()
+        lrs.append(sched.lr)
+    assert lrs[0] == pytest.approx(0.1 / 25)
+    assert max(lrs) == pytest.approx(0.1) and int(np.argmax(lrs)) == 24
+    assert lrs[-1] == pytest.approx(0.1 / 25 / 1e3) and lrs[99] == lrs[-1]
+    # a restored schedule continues where the saved one was
+    opt2 = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1, momentum=0.9)
+    again = build_schedule(opt2, cfg, epochs=4, steps_per_epoch=25)
+    again.load_state_dict(sched.state_dict())
+    assert again.cycle.last_epoch == sched.cycle.last_epoch
+
+
+def test_ema_averages_weights_and_batchnorm_buffers() -> None:
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
+    ema = make_ema(model, 0.9)
+    assert make_ema(model, 0.0) is None
+    start = model[0].weight.detach().clone()
+    for _ in range(3):
+        with torch.no_grad():
+            model[0].weight.add_(1.0)
+        model(torch.randn(4, 2))  # moves the BN running stats
+        ema.update(model)
+    # first update copies (start+1), then w_ema <- w_ema + 0.1 (w - w_ema): +1.1, then +1.29
+    assert torch.allclose(ema.module[0].weight, start + 1.29, atol=1e-6)
+    assert not torch.equal(ema.module[1].running_mean, torch.zeros(2))
+
+
+@pytest.mark.slow
+def test_cli_recipe_fast_trains_with_ema_and_onecycle(shared_data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "fast"
+    args = ["train", "--recipe", "fast", "--data", str(shared_data), "--out", str(out)]
+    args += ["--subset", "64", "--epochs", "2", "--pretrained", "none", "--quiet"]
+    args += ["--set", "eval.tta=false", "--set", "optim.batch_size=32"]
+    result = run_cli(args, cwd=tmp_path)
+    assert result.returncode == 0, describe(result)
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["schedule"]["kind"] == "onecycle" and saved["augment"]["rot90"] is True
+    assert saved["optim"]["batch_size"] == 32  # --set wins over the recipe
+    ckpt = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
+    # `model` holds the EMA weights (what is tested); `train_model` the raw ones (for --resume)
+    assert set(ckpt["model"]) == set(ckpt["train_model"])
+    diff = (ckpt["model"]["fc.weight"] - ckpt["train_model"]["fc.weight"]).abs().max()
+    assert diff > 0
+    assert ckpt["schedule"]["onecycle"]["last_epoch"] == 4  # 2 epochs x 2 steps, per step
+    with (out / "history.csv").open(newline="") as fh:
+        lrs = [float(row["lr"]) for row in csv.DictReader(fh)]
+    assert lrs[0] == pytest.approx(saved["optim"]["lr"] / saved["schedule"]["div_factor"])
+    assert math.isfinite(lrs[1]) and lrs[1] > lrs[0]  # warming up

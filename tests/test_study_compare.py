@@ -1,0 +1,229 @@
+"""`bloodmnist study` and `bloodmnist compare` end to end on the real data, in subprocesses.
+
+One tiny 2-seed study (128 images per split, 1 epoch, no TTA, temperature scaling on) is shared
+by the tests; each seed is an ordinary run folder, so the run-level calibration and the MedMNIST
+evaluator CSV are checked on it as well.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from openpyxl import load_workbook
+from sklearn.metrics import accuracy_score, roc_auc_score
+
+from bloodmnist.errors import BloodMNISTError
+from bloodmnist.evaluation.calibration import ece
+from bloodmnist.evaluation.medmnist_csv import read_evaluator_csv
+from bloodmnist.evaluation.stats import mcnemar_exact
+from bloodmnist.training.study import check_train_args, parse_seeds, split_cores
+from conftest import describe, run_cli
+
+pytestmark = pytest.mark.slow
+SEEDS = (3, 4)
+TINY = ["--subset", "128", "--epochs", "1", "--pretrained", "none", "--set", "eval.tta=false"]
+
+
+@pytest.fixture(scope="module")
+def study(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    work = tmp_path_factory.mktemp("study")
+    args = ["study", "--seeds", ",".join(map(str, SEEDS)), "--jobs", "1", "--out", "st"]
+    args += ["--data", str(shared_data), *TINY, "--set", "eval.temperature_scaling=true"]
+    result = run_cli([*args, "--n-boot", "200"], cwd=work)
+    assert result.returncode == 0, describe(result)
+    out = json.loads(result.stdout)
+    assert out["seeds"] == list(SEEDS)
+    return work / "st"
+
+
+def _summaries(study: Path) -> list[dict]:
+    return [json.loads((study / f"seed-{s}" / "summary.json").read_text()) for s in SEEDS]
+
+
+def test_study_json_mean_std_equal_numpy(study: Path) -> None:
+    record = json.loads((study / "study.json").read_text())
+    summaries = _summaries(study)
+    assert record["seeds"] == list(SEEDS) and record["failed"] == []
+    assert record["variants"] == ["plain"]  # TTA was off: no fake TTA numbers
+    for key in ("test_acc", "test_macro_f1", "test_auc", "test_ece", "test_ece_ts"):
+        vals = [s[key] for s in summaries]
+        assert record["mean_std"][key]["mean"] == pytest.approx(np.mean(vals), abs=1e-12)
+        assert record["mean_std"][key]["std"] == pytest.approx(np.std(vals, ddof=1), abs=1e-12)
+    assert record["mean_std"]["test_acc_tta"]["mean"] is None
+    ci = record["ci95_seed_mean"]["plain"]["acc"]
+    assert ci["point"] == pytest.approx(np.mean([s["test_acc"] for s in summaries]))
+    assert ci["low"] <= ci["point"] <= ci["high"] and ci["n_boot"] == 200 and ci["n"] == 128
+    recall0 = [s["test"]["per_class"][0]["recall"] for s in summaries]
+    assert record["per_class"]["plain"][0]["recall"]["mean"] == pytest.approx(np.mean(recall0))
+    assert [r["seed"] for r in record["per_seed"]] == list(SEEDS)
+
+
+def test_study_reports(study: Path) -> None:
+    text = (study / "study.html").read_text(encoding="utf-8")
+    assert text.count("data:image/png;base64,") == 1
+    assert "<script" not in text.lower() and not re.search(r"src=[\"']https?:", text)
+    record = json.loads((study / "study.json").read_text())
+    assert f"{record['mean_std']['test_acc']['mean']:.4f} ± " in text
+    wb = load_workbook(study / "study.xlsx", read_only=True)
+    assert wb.sheetnames == ["summary", "per_seed", "per_class", "plan"]
+    rows = {r[0]: r for r in wb["summary"].iter_rows(min_row=2, values_only=True)}
+    assert rows["test_acc"][1] == pytest.approx(record["mean_std"]["test_acc"]["mean"])
+    wb.close()
+    plan = json.loads((study / "study_plan.json").read_text())
+    assert plan["seeds"] == list(SEEDS) and plan["jobs"] == 1 and plan["threads"] >= 1
+    for seed in SEEDS:
+        log = (study / "logs" / f"seed-{seed}.log").read_text()
+        assert f"--seed {seed}" in log and f"runtime.threads={plan['threads']}" in log
+
+
+def test_run_calibration_and_temperature(study: Path) -> None:
+    run = study / f"seed-{SEEDS[0]}"
+    summary = json.loads((run / "summary.json").read_text())
+    preds = np.load(run / "predictions.npz")
+    assert summary["test_ece"] == pytest.approx(ece(preds["test_probs"], preds["test_labels"]))
+    assert summary["test_nll"] == pytest.approx(summary["test"]["nll"], rel=1e-9)
+    assert 0 <= summary["test_brier"] <= 2 and summary["test_ece_tta"] is None
+    assert 0.05 <= summary["temperature"] <= 20 and summary["test_ece_ts"] is not None
+    html = (run / "report.html").read_text(encoding="utf-8")
+    assert (run / "figures" / "reliability_diagram.png").is_file()
+    assert html.count("data:image/png;base64,") == 5 and "ECE (15 bins)" in html
+
+
+def test_medmnist_evaluator_csv(study: Path) -> None:
+    run = study / f"seed-{SEEDS[0]}"
+    [path] = run.glob("bloodmnist_test_*.csv")  # TTA was off: only the plain file
+    assert path.name.endswith(f"@seed-{SEEDS[0]}.csv")
+    parsed = read_evaluator_csv(path)
+    preds = np.load(run / "predictions.npz")
+    labels = preds["test_labels"].reshape(-1)
+    assert (parsed["flag"], parsed["split"], parsed["size"]) == ("bloodmnist", "test", 28)
+    assert parsed["index"].tolist() == list(range(128))
+    np.testing.assert_array_equal(parsed["scores"], preds["test_probs"].astype(np.float64))
+    # the evaluator's own recipe: mean one-vs-rest AUC over classes, argmax accuracy
+    auc = np.mean([roc_auc_score(labels == c, parsed["scores"][:, c]) for c in range(8)])
+    acc = accuracy_score(labels, parsed["scores"].argmax(axis=1))
+    assert parsed["auc"] == pytest.approx(auc, abs=5e-4)
+    assert parsed["acc"] == pytest.approx(acc, abs=5e-4)
+
+
+def _compare(a: Path, b: Path, cwd: Path, *extra: str):
+    return run_cli(["compare", str(a), str(b), "--n-boot", "300", *extra], cwd=cwd)
+
+
+def test_compare_two_runs(study: Path, tmp_path: Path) -> None:
+    a, b = (study / f"seed-{s}" for s in SEEDS)
+    result = _compare(a, b, tmp_path, "--json", "cmp.json")
+    assert result.returncode == 0, describe(result)
+    out = json.loads((tmp_path / "cmp.json").read_text())
+    assert out == json.loads(result.stdout)
+    sa, sb = _summaries(study)
+    assert out["acc_diff"] == pytest.approx(sa["test_acc"] - sb["test_acc"])
+    low, high = out["acc_diff_ci95"]
+    assert low <= out["acc_diff"] <= high and out["variant"] == "plain"
+    pa, pb = np.load(a / "predictions.npz"), np.load(b / "predictions.npz")
+    y = pa["test_labels"].reshape(-1)
+    expected = mcnemar_exact(pa["test_probs"].argmax(1) == y, pb["test_probs"].argmax(1) == y)
+    assert out["mcnemar"]["p_value"] == pytest.approx(expected["p_value"])
+    assert 0 < out["mcnemar"]["p_value"] <= 1
+    again = _compare(a, b, tmp_path, "--json", "cmp.json")  # never overwrites
+    assert again.returncode == 2 and "already exists" in again.stderr
+
+
+def test_compare_study_with_run(study: Path, tmp_path: Path) -> None:
+    result = _compare(study, study / f"seed-{SEEDS[0]}", tmp_path)
+    assert result.returncode == 0, describe(result)
+    out = json.loads(result.stdout)
+    mean_acc = np.mean([s["test_acc"] for s in _summaries(study)])
+    assert out["a"]["kind"] == "study" and out["a"]["seeds"] == list(SEEDS)
+    assert out["a"]["acc"] == pytest.approx(mean_acc)
+
+
+def test_compare_refuses_different_test_labels(study: Path, tmp_path: Path) -> None:
+    other = tmp_path / "other"
+    shutil.copytree(study / f"seed-{SEEDS[1]}", other)
+    preds = dict(np.load(other / "predictions.npz"))
+    preds["test_labels"] = np.roll(preds["test_labels"], 1)
+    np.savez(other / "predictions.npz", **preds)
+    result = _compare(study / f"seed-{SEEDS[0]}", other, tmp_path)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "different test sets" in lines[0]
+
+
+def test_compare_refuses_different_data(study: Path, shared_data: Path, tmp_path: Path) -> None:
+    """A re-saved copy of the first 128 images per split: same test labels, different MD5."""
+    with np.load(shared_data) as npz:
+        small = {k: npz[k][:128] for k in npz.files}
+    np.savez(tmp_path / "small.npz", **small)
+    args = ["train", "--data", str(tmp_path / "small.npz"), "--out", "small-run", *TINY]
+    trained = run_cli([*args, "--quiet"], cwd=tmp_path)
+    assert trained.returncode == 0, describe(trained)
+    result = _compare(study / f"seed-{SEEDS[0]}", tmp_path / "small-run", tmp_path)
+    assert result.returncode == 2, describe(result)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "different test data" in lines[0] and "MD5" in lines[0]
+
+
+def test_study_resume_of_finished_study_only_reaggregates(study: Path, tmp_path: Path) -> None:
+    before = {s: (study / "logs" / f"seed-{s}.log").read_text() for s in SEEDS}
+    result = run_cli(["study", "--resume", str(study), "--n-boot", "50"], cwd=tmp_path)
+    assert result.returncode == 0, describe(result)
+    assert "training" not in result.stderr
+    assert {s: (study / "logs" / f"seed-{s}.log").read_text() for s in SEEDS} == before
+    assert json.loads((study / "study.json").read_text())["bootstrap"]["n_boot"] == 50
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--seeds", "1,2", "--seed", "5"], "study sets --seed"),
+        (["--seeds", "1", "--bogus"], "unrecognized arguments: --bogus"),
+        (["--seeds", "1", "--set", "optim.nope=1"], "unknown config key 'optim.nope'"),
+    ],
+)
+def test_study_bad_input_is_one_line_and_creates_nothing(
+    tmp_path: Path, args: list[str], message: str
+) -> None:
+    result = run_cli(["study", *args, "--out", "st"], cwd=tmp_path)
+    assert result.returncode == 2, describe(result)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], lines
+    assert lines[0].startswith("bloodmnist study: error:")
+    assert not (tmp_path / "st").exists()
+
+
+def test_seed_and_core_planning() -> None:
+    assert parse_seeds("42,43, 44") == [42, 43, 44]
+    for bad, message in (("1,x", "expects integers"), ("1,1", "repeated"), ("", "at least one")):
+        with pytest.raises(BloodMNISTError, match=message):
+            parse_seeds(bad)
+    assert split_cores(3, 2, 2) == (2, 1)  # jobs x threads <= cores
+    assert split_cores(3, 1, 2) == (1, 2)
+    assert split_cores(2, 8, 16) == (2, 8)  # never more jobs than seeds
+    with pytest.raises(BloodMNISTError, match="use --seeds"):
+        check_train_args(["--set", "train.seed=3"])
+    with pytest.raises(BloodMNISTError, match="study sets --out"):
+        check_train_args(["--out=x"])
+
+
+def test_study_failed_seeds_run_in_parallel_and_say_how_to_resume(tmp_path: Path) -> None:
+    """Seeds that fail (missing data file) fail alone, J at a time, and the study says so."""
+    missing = tmp_path / "missing.npz"
+    args = ["study", "--seeds", "1,2", "--jobs", "2", "--out", "st", "--data", str(missing)]
+    result = run_cli([*args, "--epochs", "1"], cwd=tmp_path)
+    assert result.returncode == 2, describe(result)
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("bloodmnist study: error: seed(s) 1 (failed: exit code 2)")
+    assert f"bloodmnist study --resume {tmp_path / 'st'}" in last
+    plan = json.loads((tmp_path / "st" / "study_plan.json").read_text())
+    assert plan["jobs"] == 2 and plan["threads"] == max(1, len(os.sched_getaffinity(0)) // 2)
+    for seed in (1, 2):
+        log = (tmp_path / "st" / "logs" / f"seed-{seed}.log").read_text()
+        assert "data file not found" in log
+    assert not (tmp_path / "st" / "study.json").exists()  # nothing finished, nothing aggregated
