@@ -66,21 +66,32 @@ def _sgd(model: torch.nn.Module, cfg: Config) -> torch.optim.Optimizer:
     )
 
 
-def _timed(fn) -> tuple[float, object]:
-    t0 = time.perf_counter()
-    out = fn()
-    return time.perf_counter() - t0, out
+def _cpu_seconds() -> float:
+    """CPU time of this process (all threads) and of its finished children (DataLoader
+    workers): the per-core cost, which background load on the machine does not inflate."""
+    me, kids = (
+        resource.getrusage(resource.RUSAGE_SELF),
+        resource.getrusage(resource.RUSAGE_CHILDREN),
+    )
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def _timed(fn) -> tuple[float, float]:
+    """(wall seconds, CPU seconds) of fn()."""
+    wall, cpu = time.perf_counter(), _cpu_seconds()
+    fn()
+    return time.perf_counter() - wall, _cpu_seconds() - cpu
+
+
+def _ratio(num: list[float], den: list[float]) -> float:
+    """Median of the per-rep ratios (pairs measured back to back)."""
+    return statistics.median(a / b for a, b in zip(num, den, strict=True))
 
 
 def measure_train(data, cfg: Config, rt: Runtime, reps: int, steps: int) -> dict[str, float]:
-    """Alternate reference / ours / model-alone reps of `steps` steps; img/s per rep."""
+    """Alternate reference / ours / model-alone reps of `steps` steps; wall and CPU time."""
     bs, aug = cfg.optim.batch_size, cfg.augment
-    init = build_model(cfg.model.num_classes).state_dict()
-    m_ref = build_model(cfg.model.num_classes).to(rt.device)
-    m_ref.load_state_dict(init)
-    m_ours = build_model(cfg.model.num_classes)
-    m_ours.load_state_dict(init)
-    m_ours = m_ours.to(rt.device, memory_format=torch.channels_last)
+    m_ref, m_ours = _model_pair(cfg, rt)
     opt_ref, opt_ours = _sgd(m_ref, cfg), _sgd(m_ours, cfg)
     norm = Normalizer(cfg.data.mean, cfg.data.std, rt.device, rt.channels_last)
     images = to_tensor(data.train.images, rt.device)  # once, as the Trainer does
@@ -104,34 +115,41 @@ def measure_train(data, cfg: Config, rt: Runtime, reps: int, steps: int) -> dict
     # Warm-up (oneDNN primitive creation, worker imports): one step of each, untimed.
     ref.train_steps(m_ref, loader, opt_ref, 1, rt.device)
     run_ours(FixedBatches(fixed.x, fixed.y, 1), 0, 0.0)
-    res: dict[str, list[float]] = {"ref": [], "ours": [], "model": [], "data_s": []}
+    wall: dict[str, list[float]] = {"ref": [], "ours": [], "model": [], "data": []}
+    cpu: dict[str, list[float]] = {k: [] for k in wall}
+    runs = {
+        "ref": lambda rep: ref.train_steps(m_ref, loader, opt_ref, steps, rt.device),
+        "ours": lambda rep: run_ours(ours, rep, aug.mixup_alpha),
+        "model": lambda rep: run_ours(fixed, rep, 0.0),
+        "data": data_only,
+    }
     for rep in range(1, reps + 1):
-        t, seen = _timed(lambda: ref.train_steps(m_ref, loader, opt_ref, steps, rt.device))
-        res["ref"].append(seen / t)
-        t, _ = _timed(lambda rep=rep: run_ours(ours, rep, aug.mixup_alpha))
-        res["ours"].append(n / t)
-        t, _ = _timed(lambda rep=rep: run_ours(fixed, rep, 0.0))
-        res["model"].append(n / t)
-        t, _ = _timed(lambda rep=rep: data_only(rep))
-        res["data_s"].append(t / steps)
+        for key, fn in runs.items():
+            w, c = _timed(lambda fn=fn, rep=rep: fn(rep))
+            wall[key].append(w)
+            cpu[key].append(c)
         print(
-            f"  rep {rep}: reference {res['ref'][-1]:.1f} img/s, ours {res['ours'][-1]:.1f}, "
-            f"model alone {res['model'][-1]:.1f}, data {1000 * res['data_s'][-1]:.0f} ms/batch",
+            f"  rep {rep}: img/s reference {n / wall['ref'][-1]:.1f}, ours "
+            f"{n / wall['ours'][-1]:.1f}, model alone {n / wall['model'][-1]:.1f}; per CPU-s "
+            f"{n / cpu['ref'][-1]:.1f} vs {n / cpu['ours'][-1]:.1f}; "
+            f"data {1000 * wall['data'][-1] / steps:.0f} ms/batch",
             flush=True,
         )
-    med = {k: statistics.median(v) for k, v in res.items()}
-    ratios = [o / r for o, r in zip(res["ours"], res["ref"], strict=True)]
-    model_step = bs / med["model"]
+    w = {k: statistics.median(v) for k, v in wall.items()}
+    c = {k: statistics.median(v) for k, v in cpu.items()}
     return {
-        "train_img_s_reference": med["ref"],
-        "train_img_s_ours": med["ours"],
-        "train_img_s_model_alone": med["model"],
-        "speedup_train": statistics.median(ratios),
+        "train_img_s_reference": n / w["ref"],
+        "train_img_s_ours": n / w["ours"],
+        "train_img_s_model_alone": n / w["model"],
+        "speedup_train": _ratio(wall["ref"], wall["ours"]),
+        "train_img_per_cpu_s_reference": n / c["ref"],
+        "train_img_per_cpu_s_ours": n / c["ours"],
+        "speedup_train_per_core": _ratio(cpu["ref"], cpu["ours"]),
         # two views of "what our data path adds": full step vs model-alone step, and the
         # batch production (index, augment, normalise) timed on its own
-        "pipeline_overhead_pct_step": 100 * (med["model"] / med["ours"] - 1),
-        "pipeline_overhead_pct_data": 100 * med["data_s"] / model_step,
-        "data_ms_per_batch": 1000 * med["data_s"],
+        "pipeline_overhead_pct_step": 100 * (_ratio(wall["ours"], wall["model"]) - 1),
+        "pipeline_overhead_pct_data": 100 * _ratio(wall["data"], wall["model"]),
+        "data_ms_per_batch": 1000 * w["data"] / steps,
     }
 
 
@@ -143,22 +161,23 @@ def _model_pair(cfg: Config, rt: Runtime) -> tuple[torch.nn.Module, torch.nn.Mod
 
 
 def measure_eval(data, cfg: Config, rt: Runtime, n: int, rounds: int) -> dict[str, float]:
-    """Plain evaluation img/s on the first n validation images, both paths alternating; the
-    best round of each."""
+    """Plain evaluation on the first n validation images, both paths alternating; the best
+    round of each."""
     m_ref, m_ours = _model_pair(cfg, rt)
     imgs, labels = data.val.images[:n], data.val.labels[:n]
-    norm = Normalizer(cfg.data.mean, cfg.data.std, rt.device, rt.channels_last)
+    mean, std = cfg.data.mean, cfg.data.std
+    norm = Normalizer(mean, std, rt.device, rt.channels_last)
     t_ref, t_ours = [], []
     for _ in range(rounds):
-        t, _ = _timed(
-            lambda: ref.evaluate(m_ref, imgs, labels, cfg.data.mean, cfg.data.std, rt.device)
-        )
-        t_ref.append(t)
-        t, _ = _timed(
-            lambda: predict_probs(m_ours, to_tensor(imgs, rt.device), rt, norm, cfg.eval.batch_size)
-        )
-        t_ours.append(t)
-    return {"eval_img_s_reference": n / min(t_ref), "eval_img_s_ours": n / min(t_ours)}
+        t_ref.append(_timed(lambda: ref.evaluate(m_ref, imgs, labels, mean, std, rt.device)))
+        x = to_tensor(imgs, rt.device)
+        t_ours.append(_timed(lambda x=x: predict_probs(m_ours, x, rt, norm, cfg.eval.batch_size)))
+    return {
+        "eval_img_s_reference": n / min(t[0] for t in t_ref),
+        "eval_img_s_ours": n / min(t[0] for t in t_ours),
+        "eval_img_per_cpu_s_reference": n / min(t[1] for t in t_ref),
+        "eval_img_per_cpu_s_ours": n / min(t[1] for t in t_ours),
+    }
 
 
 def measure_tta(data, cfg: Config, rt: Runtime, n: int, chunk: int = 512) -> dict[str, float]:
@@ -167,20 +186,25 @@ def measure_tta(data, cfg: Config, rt: Runtime, n: int, chunk: int = 512) -> dic
     m_ref, m_ours = _model_pair(cfg, rt)
     mean, std = cfg.data.mean, cfg.data.std
     norm = Normalizer(mean, std, rt.device, rt.channels_last)
-    t_ref = t_ours = 0.0
+    t_ref, t_ours = np.zeros(2), np.zeros(2)
     for lo in range(0, n, chunk):
-        hi = min(n, lo + chunk)
-        imgs, labels = data.test.images[lo:hi], data.test.labels[lo:hi]
-        t0 = time.perf_counter()
-        ref.tta_per_image(m_ref, imgs, labels, mean, std, rt.device)
-        t1 = time.perf_counter()
-        predict_probs(m_ours, to_tensor(imgs, rt.device), rt, norm, cfg.eval.batch_size, cfg.eval)
-        t_ref, t_ours = t_ref + t1 - t0, t_ours + time.perf_counter() - t1
+        imgs, labels = data.test.images[lo : min(n, lo + chunk)], data.test.labels[lo : lo + chunk]
+        t_ref += _timed(
+            lambda i=imgs, y=labels: ref.tta_per_image(m_ref, i, y, mean, std, rt.device)
+        )
+        t_ours += _timed(  # uint8 -> float conversion included: part of our path
+            lambda i=imgs: predict_probs(
+                m_ours, to_tensor(i, rt.device), rt, norm, cfg.eval.batch_size, cfg.eval
+            )
+        )
     scale = len(data.test) / n
     return {
-        "tta_s_reference": t_ref * scale,
-        "tta_s_ours": t_ours * scale,
-        "speedup_tta": t_ref / t_ours,
+        "tta_s_reference": t_ref[0] * scale,
+        "tta_s_ours": t_ours[0] * scale,
+        "speedup_tta": t_ref[0] / t_ours[0],
+        "tta_cpu_s_reference": t_ref[1] * scale,
+        "tta_cpu_s_ours": t_ours[1] * scale,
+        "speedup_tta_per_core": t_ref[1] / t_ours[1],
         "tta_images_measured": n,
     }
 
@@ -193,20 +217,32 @@ def _peak_rss_mb() -> dict[str, float]:
 
 def _table(r: dict) -> str:
     rows = [
-        ("training img/s", r["train_img_s_reference"], r["train_img_s_ours"], r["speedup_train"]),
-        ("eval img/s", r["eval_img_s_reference"], r["eval_img_s_ours"], None),
-        ("TTA s (test split)", r["tta_s_reference"], r["tta_s_ours"], r["speedup_tta"]),
+        ("training img/s", "train_img_s", "train_img_per_cpu_s", "speedup_train"),
+        ("eval img/s", "eval_img_s", "eval_img_per_cpu_s", None),
+        ("TTA s, test split", "tta_s", "tta_cpu_s", "speedup_tta"),
     ]
-    lines = [f"{'':22}{'reference':>12}{'ours':>12}{'speedup':>10}"]
-    for name, a, b, s in rows:
-        s = s if s is not None else a and b / a
-        lines.append(f"{name:22}{a:12.1f}{b:12.1f}{s:9.2f}x")
+    lines = [
+        f"{'':20}{'--- wall clock ---':>30}   {'--- per CPU-second (per core) ---':>34}",
+        f"{'':20}{'reference':>10}{'ours':>10}{'speedup':>10}   "
+        f"{'reference':>12}{'ours':>12}{'speedup':>10}",
+    ]
+    for name, wall, cpu, speed in rows:
+        a, b, ca, cb = (
+            r[f"{wall}_reference"],
+            r[f"{wall}_ours"],
+            r[f"{cpu}_reference"],
+            r[f"{cpu}_ours"],
+        )
+        sw = r[speed] if speed else b / a
+        sc = r[f"{speed}_per_core"] if speed else cb / ca
+        lines.append(f"{name:20}{a:10.1f}{b:10.1f}{sw:9.2f}x   {ca:12.1f}{cb:12.1f}{sc:9.2f}x")
     lines += [
+        "(TTA per core: CPU-seconds; speedups are medians of back-to-back pairs)",
         f"model alone (same step, fixed batch): {r['train_img_s_model_alone']:.1f} img/s",
         f"our data pipeline: +{r['pipeline_overhead_pct_step']:.1f}% step time vs model alone "
         f"(batch production alone: {r['data_ms_per_batch']:.0f} ms/batch = "
         f"{r['pipeline_overhead_pct_data']:.1f}% of a model step)",
-        f"peak RSS: {r['peak_rss_mb']:.0f} MiB (DataLoader workers: "
+        f"peak RSS: {r['peak_rss_mb']:.0f} MiB (largest DataLoader worker: "
         f"{r['peak_rss_workers_mb']:.0f} MiB)",
     ]
     return "\n".join(lines)
@@ -222,6 +258,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--eval-images", type=int, help="val images for eval (default all; quick 256)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    p.add_argument("--threads", type=int, default=0, help="intra-op threads (0: all cores)")
+    p.add_argument("--batch-size", type=int, default=128, help="training batch (reference: 128)")
     return p.parse_args(argv)
 
 
@@ -230,7 +268,8 @@ def main(argv: list[str] | None = None) -> dict:
     if not Path(args.data).is_file():
         sys.exit(f"throughput.py: error: data file {args.data} not found; pass --data FILE.npz")
     cfg = Config()
-    rt = setup_runtime(args.device, args.precision)
+    cfg.optim.batch_size = args.batch_size
+    rt = setup_runtime(args.device, args.precision, args.threads)
     data = load_npz(args.data)
     reps = args.reps or (2 if args.quick else 3)
     steps = args.steps or (1 if args.quick else 3)
@@ -256,6 +295,8 @@ def main(argv: list[str] | None = None) -> dict:
             "python": platform.python_version(),
             "loadavg_start_end": [round(load0[0], 2), round(os.getloadavg()[0], 2)],
             "quick": args.quick,
+            "batch_size": cfg.optim.batch_size,
+            "reps_x_steps": [reps, steps],
             "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         }
     )

@@ -49,3 +49,8 @@ def describe(result: subprocess.CompletedProcess[str]) -> str:
         f"rc={result.returncode}\n--- stdout ---\n{result.stdout[-3000:]}\n"
         f"--- stderr ---\n{result.stderr[-3000:]}"
     )
+
+
+def error_lines(result: subprocess.CompletedProcess[str]) -> list[str]:
+    """The non-blank lines a command wrote to stderr."""
+    return [line for line in result.stderr.splitlines() if line.strip()]

@@ -30,6 +30,8 @@ TRAIN = [
     "42",
     "--pretrained",
     "none",
+    "--device",
+    "cpu",  # test_faults.py times its signals and its second process for CPU speed
     "--quiet",
     "--set",
     "eval.tta=false",

@@ -1,8 +1,8 @@
 """End to end: `python -m bloodmnist` in real subprocesses on the real shared data.
 
 One small training run is shared by the module (training is the slow part); a second identical
-run checks that a seed fixes every number. Commands that must fail are checked for exit code, a
-single error line and untouched files.
+run checks that a seed fixes every number. Commands that fail before training (locks, bad data)
+are in test_cli_guards.py.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ import csv
 import hashlib
 import json
 import shutil
-import socket
 import subprocess
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from bloodmnist.config import from_dict, load_yaml
 from bloodmnist.evaluation.metrics import compute_metrics
 from bloodmnist.model.resnet import build_model
 from bloodmnist.training.checkpoint import load_checkpoint
-from conftest import SHARED_NPZ_MD5, describe, run_cli
+from conftest import SHARED_NPZ_MD5, describe, error_lines, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -132,10 +131,6 @@ def _json(path: Path) -> dict:
 def _history(run_dir: Path) -> tuple[str, list[dict[str, str]]]:
     text = (run_dir / "history.csv").read_text(encoding="utf-8")
     return text.splitlines()[0], list(csv.DictReader(text.splitlines()))
-
-
-def _error_lines(result: subprocess.CompletedProcess[str]) -> list[str]:
-    return [line for line in result.stderr.splitlines() if line.strip()]
 
 
 # -- the training run ------------------------------------------------------------------------
@@ -309,95 +304,12 @@ def test_train_into_existing_run_refuses_and_changes_nothing(
     before = _digests(run_dir)
     result = run_cli(train_args(shared_data, run_dir), cwd=run_dir.parent)
     assert result.returncode == 2, describe(result)
-    lines = _error_lines(result)
+    lines = error_lines(result)
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("bloodmnist train: error: run folder") and "not empty" in lines[0]
     assert "--resume" in lines[0]
     assert _digests(run_dir) == before
     assert result.stdout == ""
-
-
-# -- run lock --------------------------------------------------------------------------------
-
-
-def _write_lock(folder: Path, pid: int) -> Path:
-    folder.mkdir(parents=True)
-    lock = folder / "run.lock"
-    lock.write_text(json.dumps({"pid": pid, "host": socket.gethostname()}))
-    return lock
-
-
-def test_lock_held_by_live_process_refuses(shared_data: Path, tmp_path: Path) -> None:
-    sleeper = subprocess.Popen(["sleep", "60"])
-    try:
-        lock = _write_lock(tmp_path / "locked", sleeper.pid)
-        before = lock.read_text()
-        result = run_cli(train_args(shared_data, lock.parent), cwd=tmp_path)
-        assert sleeper.poll() is None  # still alive: nothing was killed
-    finally:
-        sleeper.terminate()
-        sleeper.wait(timeout=10)
-    assert result.returncode == 2, describe(result)
-    lines = _error_lines(result)
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("bloodmnist train: error:")
-    assert f"in use by process {sleeper.pid}" in lines[0]
-    assert lock.read_text() == before  # the other process's lock is left alone
-    assert not (lock.parent / "train.log").exists()
-
-
-def test_stale_lock_of_dead_process_is_taken_over(tmp_path: Path) -> None:
-    dead = subprocess.Popen(["true"])
-    dead.wait(timeout=10)
-    lock = _write_lock(tmp_path / "stale", dead.pid)
-    # A missing data file stops the run right after the lock is taken: cheap, and shows the
-    # lock is released again on the way out.
-    result = run_cli(
-        ["train", "--data", str(tmp_path / "absent.npz"), "--out", str(lock.parent)],
-        cwd=tmp_path,
-    )
-    assert result.returncode == 2, describe(result)
-    assert f"taking over stale lock {lock}" in result.stderr
-    assert f"process {dead.pid} is gone" in result.stderr
-    assert "in use by" not in result.stderr
-    assert _error_lines(result)[-1].startswith("bloodmnist train: error: data file not found")
-    assert (lock.parent / "train.log").is_file()  # got past the lock
-    assert not lock.exists()  # released on exit
-
-
-def test_broken_data_file_is_one_error_line(tmp_path: Path) -> None:
-    bad = tmp_path / "bad.npz"
-    np.savez(bad, train_images=np.zeros((2, 28, 28, 3), np.uint8))
-    result = run_cli(
-        ["train", "--data", str(bad), "--out", str(tmp_path / "run"), "--quiet"], cwd=tmp_path
-    )
-    assert result.returncode == 2, describe(result)
-    assert "Traceback" not in result.stderr
-    last = _error_lines(result)[-1]
-    assert last.startswith("bloodmnist train: error:")
-    assert str(bad) in last and "train_labels" in last
-
-
-# -- data sub-commands -----------------------------------------------------------------------
-
-
-def test_data_info_and_verify(shared_data: Path, tmp_path: Path) -> None:
-    sizes = {"train": 11959, "val": 1712, "test": 3421}
-    info = run_cli(["data", "info", "--data", str(shared_data)], cwd=tmp_path)
-    assert info.returncode == 0, describe(info)
-    out = json.loads(info.stdout)
-    assert {s: out["splits"][s]["n"] for s in sizes} == sizes
-    assert sum(out["splits"]["train"]["per_class"].values()) == sizes["train"]
-    assert list(out["splits"]["test"]["per_class"]) == list(CLASS_NAMES)
-    assert out["official"] is False and out["md5"] == SHARED_NPZ_MD5
-    assert out["image_size"] == 28
-
-    verify = run_cli(["data", "verify", "--data", str(shared_data)], cwd=tmp_path)
-    assert verify.returncode == 0, describe(verify)
-    out = json.loads(verify.stdout)
-    assert out["sizes"] == sizes and out["official"] is False and out["valid_npz"] is True
-    assert out["md5"] == SHARED_NPZ_MD5 and out["md5"] != out["expected_md5"]
-    assert "not the official BloodMNIST file" in verify.stderr
 
 
 # -- the report in a real browser ------------------------------------------------------------
@@ -434,10 +346,3 @@ def test_real_report_renders_in_headless_chromium(run_dir: Path, tmp_path: Path)
         assert img.size == (1280, 2000)
         n_colours, top = _distinct_colours(img)
     assert n_colours > 50 and top < 0.9, (n_colours, top)
-
-
-def test_version(tmp_path: Path) -> None:
-    from bloodmnist import __version__
-
-    result = run_cli(["--version"], cwd=tmp_path, timeout=120)
-    assert result.returncode == 0 and result.stdout.strip() == f"bloodmnist {__version__}"

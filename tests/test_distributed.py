@@ -207,24 +207,28 @@ rank, world = dist.get_rank(), dist.get_world_size()
 torch.manual_seed(0)
 ref = build_model(8).double().to(memory_format=torch.channels_last)
 ddp = DistributedDataParallel(convert_sync_bn(copy.deepcopy(ref), torch.device("cpu")))
+plain = DistributedDataParallel(copy.deepcopy(ref))  # control: per-rank BatchNorm
 with np.load(sys.argv[1]) as src:
-    x = torch.from_numpy(src["train_images"][:128]).permute(0, 3, 1, 2).double() / 255
-    y = torch.from_numpy(src["train_labels"][:128].ravel().astype(np.int64))
+    x = torch.from_numpy(src["train_images"][:16]).permute(0, 3, 1, 2).double() / 255
+    y = torch.from_numpy(src["train_labels"][:16].ravel().astype(np.int64))
 x = x.contiguous(memory_format=torch.channels_last)
-F.cross_entropy(ddp(x[rank::world]), y[rank::world]).backward()  # 64 per rank
-F.cross_entropy(ref(x), y).backward()  # the global batch of 128 in one piece
-if rank == 0:
+F.cross_entropy(ddp(x[rank::world]), y[rank::world]).backward()  # 8 per rank
+F.cross_entropy(plain(x[rank::world]), y[rank::world]).backward()
+F.cross_entropy(ref(x), y).backward()  # the global batch of 16 in one piece
+def worst(model):
     grads = [(p.grad - q.grad).abs().max() / q.grad.abs().max()
-             for p, q in zip(ddp.module.parameters(), ref.parameters())]
-    stats = [(a - b).abs().max() for a, b in zip(ddp.module.buffers(), ref.buffers())
+             for p, q in zip(model.module.parameters(), ref.parameters())]
+    stats = [(a - b).abs().max() for a, b in zip(model.module.buffers(), ref.buffers())
              if a.is_floating_point()]
-    print("RESULT", max(grads).item(), max(stats).item())
+    return f"{max(grads).item()} {max(stats).item()}"
+if rank == 0:
+    print("RESULT", worst(ddp), worst(plain))
 dist.destroy_process_group()
 """
 
 
 def test_sync_bn_gradients_exact_in_float64(small_npz, tmp_path):
-    """DDP + CpuSyncBatchNorm on 2x64 images = plain BatchNorm on 128, to float64 rounding."""
+    """DDP + CpuSyncBatchNorm on 2x8 images = plain BatchNorm on 16, to float64 rounding."""
     script = tmp_path / "grad_check.py"
     script.write_text(GRAD_CHECK)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
@@ -239,5 +243,6 @@ def test_sync_bn_gradients_exact_in_float64(small_npz, tmp_path):
     )
     assert res.returncode == 0, describe(res)
     line = next(ln for ln in res.stdout.splitlines() if ln.startswith("RESULT"))
-    grad_rel, stat_abs = map(float, line.split()[1:])
+    grad_rel, stat_abs, plain_grad_rel, plain_stat_abs = map(float, line.split()[1:])
     assert grad_rel < 1e-9 and stat_abs < 1e-12, line
+    assert plain_grad_rel > 1e-3 and plain_stat_abs > 1e-3, line  # the check can fail

@@ -3,7 +3,8 @@
 Everything is real: `python -m bloodmnist` subprocesses killed with real signals, short real
 trainings on the shared data, real files on disk, a real file-size limit. Download faults (503,
 reset, truncation, wrong hash, stall) are covered against a real HTTP server in
-tests/test_download.py; docs/reliability.md lists every case and what the user sees.
+tests/test_download.py (here only one, through the CLI); docs/reliability.md lists every case
+and what the user sees.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(not DATA.is_file(), reason=f"shared test data not found: {DATA}"),
 ]
-RUN_TIMEOUT = 900  # a 2-epoch run takes ~1 min on a busy 2-core box; generous for CI
+RUN_TIMEOUT = 900  # a 3-epoch run takes 1-3 min on a busy 2-core box; generous for CI
 
 
 def sha256(path: Path) -> str:
@@ -135,11 +136,17 @@ def test_sigterm_sigkill_and_resume_match_uninterrupted_run(reference, tmp_path)
     assert f"resumed after epoch {done}" in stderr_of(proc)
     assert json.loads(lock.read_text())["pid"] == proc.pid
 
-    # 3. Resume again: the stale lock is taken over with a message, the run completes.
+    # 3. Resume again: the stale lock is taken over with a message, the temp file of a save that
+    #    a kill interrupted (planted here: the kill above may or may not hit one) is removed, and
+    #    the run completes.
+    orphan = run_dir / "checkpoints" / ".last.pt.k1ll3d.tmp"
+    orphan.write_bytes(b"half a checkpoint")
     resumed = cli("train", "--resume", str(run_dir), "--quiet", timeout=RUN_TIMEOUT)
     assert resumed.returncode == 0, resumed.stderr
     msg = f"taking over stale lock {lock} (process {proc.pid} is gone)"
     assert msg in resumed.stderr and msg in (run_dir / "train.log").read_text()
+    assert f"removed {orphan}, left by a save that was killed midway" in resumed.stderr
+    assert temp_files(run_dir / "checkpoints") == []
     assert_same_results(run_dir, reference.dir)
     assert summary(run_dir)["status"] == "completed"
     assert not lock.exists()
@@ -158,6 +165,9 @@ def test_sigint_in_first_epoch_says_nothing_to_resume(tmp_path) -> None:
     assert info["status"] == "interrupted" and info["epochs_run"] == 0
     assert list((run_dir / "checkpoints").iterdir()) == []  # no checkpoint, no temp file
     assert not (run_dir / "run.lock").exists()
+    resumed = cli("train", "--resume", str(run_dir), timeout=120)
+    assert resumed.returncode == 2
+    one_error_line(resumed.stderr, "last.pt does not exist", "nothing to resume", "--out")
 
 
 def test_second_sigint_exits_at_once(tmp_path) -> None:

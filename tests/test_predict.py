@@ -116,11 +116,15 @@ def _write_formats(folder: Path, rows: np.ndarray) -> dict[str, np.ndarray]:
     sub.mkdir(parents=True)
     grey = np.asarray(Image.fromarray(rows[4]).convert("L"))
     pal = Image.fromarray(rows[6]).quantize(64)
-    rgba = np.dstack([rows[3], np.full((28, 28), 255, np.uint8)])
+    alpha = np.full((28, 28), 255, np.uint8)
+    alpha[:, :10] = 0  # transparent strip: must come out white
+    rgba = np.dstack([rows[3], alpha])
+    over_white = rows[3].copy()
+    over_white[:, :10] = 255
     Image.fromarray(rows[0]).save(folder / "rgb.png")
     Image.fromarray(rows[1]).save(folder / "a.bmp")
     Image.fromarray(rows[2]).save(sub / "b.tif")
-    Image.fromarray(rgba, "RGBA").save(folder / "rgba.png")
+    Image.fromarray(rgba).save(folder / "rgba.png")
     Image.fromarray(grey.astype(np.uint16) * 257).save(sub / "grey16.png")  # mode I;16
     Image.fromarray(grey.astype(np.uint16) * 257).save(folder / "grey16.tiff")
     Image.fromarray(np.asarray(Image.fromarray(rows[5]).convert("L"))).save(folder / "grey8.png")
@@ -129,7 +133,7 @@ def _write_formats(folder: Path, rows: np.ndarray) -> dict[str, np.ndarray]:
         "rgb.png": rows[0],
         "a.bmp": rows[1],
         "b.tif": rows[2],
-        "rgba.png": rows[3],
+        "rgba.png": over_white,
         "grey16.png": np.repeat(grey[..., None], 3, axis=2),
         "grey16.tiff": np.repeat(grey[..., None], 3, axis=2),
         "grey8.png": np.asarray(Image.fromarray(rows[5]).convert("L").convert("RGB")),
@@ -236,12 +240,16 @@ def test_cli_refuses_existing_out(run_dir: Path, tmp_path: Path) -> None:
 
 
 MEM_SCRIPT = """
-import resource, sys, warnings
+import re, resource, sys, warnings
 from PIL import Image
 warnings.simplefilter("error", Image.DecompressionBombWarning)  # must be handled, not raised
 from bloodmnist.cli.main import main
 rc = main(["predict", *sys.argv[1:]])
-print("RESULT", rc, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+# VmHWM is this process's own peak; ru_maxrss can carry the forking parent's RSS across exec.
+status = open("/proc/self/status").read()
+hwm = re.search(r"VmHWM:\\s+(\\d+) kB", status)
+peak = int(hwm.group(1)) if hwm else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print("RESULT", rc, peak * 1024)
 """
 
 

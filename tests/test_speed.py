@@ -28,19 +28,33 @@ from conftest import describe, run_cli
 CPU = torch.device("cpu")
 
 
-def test_batched_tta_beats_a_per_image_loop_with_the_same_numbers(shared_data: Path) -> None:
-    images = to_tensor(load_npz(shared_data, subset=64).test.images, CPU)
+@pytest.fixture
+def one_thread():
+    """One intra-op thread: on a busy 2-core box, two-thread OpenMP regions of tiny batch-1
+    convolutions wait on each other and the timing would measure the load, not batching."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_batched_tta_beats_a_per_image_loop_with_the_same_numbers(
+    shared_data: Path, one_thread
+) -> None:
+    n = 16
+    images = to_tensor(load_npz(shared_data, subset=n).test.images, CPU)
     torch.manual_seed(0)
     model = build_model(8).to(memory_format=torch.channels_last).eval()
-    rt = Runtime(CPU, "fp32", True, torch.get_num_threads())
+    rt = Runtime(CPU, "fp32", True, 1)
     norm = Normalizer(Config().data.mean, Config().data.std, CPU, channels_last=True)
-    predict_probs(model, images[:8], rt, norm, 8, tta=EvalConfig())  # warm-up
+    predict_probs(model, images[:2], rt, norm, 1, tta=EvalConfig())  # warm-up, both shapes
+    predict_probs(model, images, rt, norm, n, tta=EvalConfig())
     t0 = time.perf_counter()
     loop = predict_probs(model, images, rt, norm, batch_size=1, tta=EvalConfig())
     t1 = time.perf_counter()
-    batched = predict_probs(model, images, rt, norm, batch_size=64, tta=EvalConfig())
+    batched = predict_probs(model, images, rt, norm, batch_size=n, tta=EvalConfig())
     t2 = time.perf_counter()
-    assert batched.shape == (64, 8)
+    assert batched.shape == (n, 8)
     # seeded per-image noise and eval-mode BN: batching changes nothing but the speed
     np.testing.assert_allclose(batched, loop, atol=1e-4)
     assert (t2 - t1) < (t1 - t0), f"batched {t2 - t1:.2f}s vs per-image {t1 - t0:.2f}s"

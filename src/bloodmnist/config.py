@@ -239,8 +239,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(p.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
-        msg = str(exc).replace("\n", " ")
-        raise ConfigError(f"config file {p} is not valid YAML: {msg}") from None
+        raise ConfigError(f"config file {p} is not valid YAML ({_yaml_reason(exc)})") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -262,6 +261,13 @@ def recipe_dict(name: str) -> dict[str, Any]:
 
     text = (files("bloodmnist") / "configs" / f"{name}.yaml").read_text(encoding="utf-8")
     return yaml.safe_load(text) or {}
+
+
+def _yaml_reason(exc: yaml.YAMLError) -> str:
+    """'line L, column C: problem' from a PyYAML error (its str() spans several lines)."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or " ".join(str(exc).split())
+    return f"line {mark.line + 1}, column {mark.column + 1}: {problem}" if mark else problem
 
 
 def build_config(

@@ -230,6 +230,33 @@ def main_first(rt: Runtime, fn: Callable[[], T]) -> T:
     return result if rt.is_main else fn()  # type: ignore[return-value]
 
 
+def per_rank_batch(batch_size: int, world_size: int) -> int:
+    """optim.batch_size is the global batch; each of the world_size ranks takes an equal share."""
+    if batch_size % world_size:
+        from bloodmnist.errors import BloodMNISTError
+
+        raise BloodMNISTError(
+            f"optim.batch_size={batch_size} (the global batch) is not divisible by the "
+            f"{world_size} processes; use a multiple of {world_size}, e.g. "
+            f"--set optim.batch_size={max(1, round(batch_size / world_size)) * world_size}"
+        )
+    return batch_size // world_size
+
+
+def sync_buffers(model: torch.nn.Module, rt: Runtime) -> None:
+    """Give every rank rank 0's buffers (BatchNorm running stats).
+
+    Without SyncBatchNorm each rank's running stats follow its own batches; DDP re-broadcasts
+    rank 0's before the next training step anyway. Doing it before validation means every shard
+    is predicted by the same model: the one rank 0 checkpoints.
+    """
+    if rt.distributed:
+        import torch.distributed as dist
+
+        for buf in getattr(model, "module", model).buffers():  # under DDP: the wrapped model
+            dist.broadcast(buf, src=0)
+
+
 def cleanup(rt: Runtime) -> None:
     if rt.distributed:
         import torch.distributed as dist

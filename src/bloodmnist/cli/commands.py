@@ -49,7 +49,13 @@ def _resume_state(args: argparse.Namespace):
     ] + (["--set"] if args.set else [])
     if clash:
         raise BloodMNISTError(f"--resume continues the run's saved config; drop {' '.join(clash)}")
-    state = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+    last = run_dir / "checkpoints" / "last.pt"
+    if not last.is_file():
+        raise BloodMNISTError(
+            f"--resume: {last} does not exist, so no epoch finished in {run_dir} and there is "
+            "nothing to resume; start a new run with another --out"
+        )
+    state = load_checkpoint(last)
     cfg = from_dict(state["config"])
     if args.epochs is not None:
         cfg.train.epochs = args.epochs
@@ -66,9 +72,8 @@ def train(args: argparse.Namespace) -> int:
     else:
         cfg = _train_config(args)
     # Heavy imports (torchvision, reporting) only now: a bad config fails in a fraction of a second
-    from bloodmnist.runtime import cleanup, setup_runtime
+    from bloodmnist.runtime import cleanup, per_rank_batch, setup_runtime
     from bloodmnist.training.run import train_run
-    from bloodmnist.training.trainer import per_rank_batch
 
     rt = setup_runtime(cfg.runtime.device, cfg.runtime.precision, cfg.runtime.threads)
     try:

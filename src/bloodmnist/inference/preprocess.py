@@ -81,7 +81,7 @@ def sixteen_to_eight(img: Image.Image) -> Image.Image:
     for start in range(0, src.shape[0], 1024):  # row chunks keep the int64 temporaries small
         rows = np.clip(src[start : start + 1024].astype(np.int64), 0, 65535)
         out[start : start + 1024] = (rows + 128) // 257
-    return Image.fromarray(out, mode="L")
+    return Image.fromarray(out)  # 2-D uint8 -> mode L
 
 
 def workable(img: Image.Image) -> Image.Image:

@@ -73,7 +73,11 @@ def train_one_epoch(
             check_stop()  # a flag test, no device sync
         n = y.shape[0]
         samples += n
-        totals += torch.stack([loss.detach().double() * n, (logits.argmax(1) == y).sum().double()])
+        # MixUp accuracy: credit each sample by the weight of the target it is scored against
+        # (with alpha 0.001 lam is ~0 or ~1, so scoring only against y would be ~50% wrong).
+        pred = logits.argmax(1)
+        correct = lam * (pred == y).sum() + (1 - lam) * (pred == y_b).sum()
+        totals += torch.stack([loss.detach().double() * n, correct.double()])
     count = torch.tensor([float(samples)], dtype=torch.float64, device=rt.device)
     loss_sum, correct, samples = _all_reduce(torch.cat([totals, count]), rt).tolist()
     mean_loss = loss_sum / max(samples, 1)

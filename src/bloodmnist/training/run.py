@@ -35,7 +35,13 @@ from bloodmnist.runtime import (
 )
 from bloodmnist.training.checkpoint import load_checkpoint, load_model_weights
 from bloodmnist.training.loop import DivergenceError
-from bloodmnist.training.rundir import RunLock, build_manifest, setup_logging, write_json
+from bloodmnist.training.rundir import (
+    RunLock,
+    build_manifest,
+    remove_stale_temps,
+    setup_logging,
+    write_json,
+)
 from bloodmnist.training.signals import GracefulStop, StopRequested
 from bloodmnist.training.sync_bn import convert_sync_bn
 from bloodmnist.training.trainer import Trainer, TrainState
@@ -92,7 +98,12 @@ def train_run(
         setup_logging(run_dir if rt.is_main else None, verbose=rt.is_main)
         if lock and lock.took_over:
             log.warning(lock.took_over)
-        return _train_locked(cfg, rt, run_dir, progress, resume)
+        for tmp in remove_stale_temps(run_dir) if lock else ():
+            log.warning("removed %s, left by a save that was killed midway", tmp)
+        # One handler for the whole run: a signal during setup stops before the first step, one
+        # during the final evaluation lets it finish (a second signal exits at once).
+        with GracefulStop() as stop:
+            return _train_locked(cfg, rt, run_dir, progress, resume, stop)
     except OSError as exc:  # e.g. disk full while writing predictions or reports: one line
         raise OutputError.from_os(exc.filename or run_dir, exc) from None
     finally:
@@ -130,7 +141,12 @@ def _write_setup_files(
 
 
 def _train_locked(
-    cfg: Config, rt: Runtime, run_dir: Path, progress: bool, resume: dict[str, Any] | None
+    cfg: Config,
+    rt: Runtime,
+    run_dir: Path,
+    progress: bool,
+    resume: dict[str, Any] | None,
+    stop: GracefulStop,
 ) -> dict[str, Any]:
     seed_everything(cfg.train.seed, cfg.train.deterministic)
     log.info("run folder: %s", run_dir)
@@ -179,7 +195,8 @@ def _train_locked(
         "data_official": data_info.official,
         "world_size": rt.world_size,
     }
-    state = _fit_guarded(trainer, run_dir, rt, base)
+    state = _fit_guarded(trainer, run_dir, rt, base, stop)
+    stop.note = "finishing the final test evaluation and reports first"
     best_path = run_dir / "checkpoints" / "best.pt"
     load_model_weights(model, _best_weights(best_path, rt), best_path)
     t0 = time.perf_counter()
@@ -234,23 +251,24 @@ def _state_fields(state: TrainState) -> dict[str, Any]:
     }
 
 
-def _fit_guarded(trainer: Trainer, run_dir: Path, rt: Runtime, base: dict[str, Any]) -> TrainState:
+def _fit_guarded(
+    trainer: Trainer, run_dir: Path, rt: Runtime, base: dict[str, Any], stop: GracefulStop
+) -> TrainState:
     """fit() with signal handling; an interrupted or diverged run leaves a summary saying so."""
-    with GracefulStop() as stop:
-        trainer.check_stop = stop.check
-        log.info(
-            "training epochs %d..%d; Ctrl-C or SIGTERM stops after the current step",
-            trainer.state.epoch + 1,
-            trainer.cfg.train.epochs,
-        )
-        try:
-            return trainer.fit()
-        except (StopRequested, DivergenceError) as exc:
-            status, code, msg = _stop_message(exc, trainer, run_dir)
-        except OutputError as exc:  # disk full while saving: the last good last.pt is intact
-            if (run_dir / "checkpoints" / "last.pt").is_file():
-                exc.args = (f"{exc}; then continue with: bloodmnist train --resume {run_dir}",)
-            raise
+    trainer.check_stop = stop.check
+    log.info(
+        "training epochs %d..%d; Ctrl-C or SIGTERM stops after the current step",
+        trainer.state.epoch + 1,
+        trainer.cfg.train.epochs,
+    )
+    try:
+        return trainer.fit()
+    except (StopRequested, DivergenceError) as exc:
+        status, code, msg = _stop_message(exc, trainer, run_dir)
+    except OutputError as exc:  # disk full while saving: the last good last.pt is intact
+        if (run_dir / "checkpoints" / "last.pt").is_file():
+            exc.args = (f"{exc}; then continue with: bloodmnist train --resume {run_dir}",)
+        raise
     if rt.is_main:
         write_json(
             run_dir / "summary.json",

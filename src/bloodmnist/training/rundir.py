@@ -121,6 +121,32 @@ class RunLock:
         self.release()
 
 
+# Files written through a temp file (`.<name>.<random>[.tmp]`) next to them.
+ATOMIC_FILES = (
+    "best.pt",
+    "last.pt",
+    "history.csv",
+    "summary.json",
+    "manifest.json",
+    "predictions.npz",
+)
+
+
+def remove_stale_temps(run_dir: Path) -> list[Path]:
+    """Delete temp files that a killed process left mid-save (`.last.pt.<random>.tmp` etc.).
+
+    Only names our atomic writers make, and only under the run lock, so nothing else can be
+    writing them. Returns what was removed, for the log.
+    """
+    removed = []
+    for folder in (run_dir, run_dir / "checkpoints"):
+        for p in folder.glob(".*") if folder.is_dir() else ():
+            if p.is_file() and any(p.name.startswith(f".{name}.") for name in ATOMIC_FILES):
+                p.unlink(missing_ok=True)
+                removed.append(p)
+    return removed
+
+
 def setup_logging(run_dir: Path | None, verbose: bool = True) -> None:
     """Console + train.log handlers on the package logger."""
     logger = logging.getLogger("bloodmnist")

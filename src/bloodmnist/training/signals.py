@@ -19,6 +19,7 @@ class StopRequested(Exception):
 class GracefulStop:
     def __init__(self) -> None:
         self.signum: int | None = None
+        self.note = "stopping after this step"  # what the first signal does; callers update it
         self._previous: dict[int, object] = {}
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
@@ -27,7 +28,7 @@ class GracefulStop:
             raise SystemExit(128 + signum)
         self.signum = signum
         sys.stderr.write(
-            f"bloodmnist: {signal.Signals(signum).name} received, stopping after this step "
+            f"bloodmnist: {signal.Signals(signum).name} received, {self.note} "
             "(send it again to exit at once)\n"
         )
 

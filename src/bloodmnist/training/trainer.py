@@ -18,10 +18,10 @@ from torch import nn
 from bloodmnist.config import Config
 from bloodmnist.data.loader import Normalizer, TrainBatches, to_tensor
 from bloodmnist.data.npz import Dataset
-from bloodmnist.errors import BloodMNISTError, CheckpointError
+from bloodmnist.errors import CheckpointError
 from bloodmnist.evaluation.metrics import accuracy, medmnist_auc
 from bloodmnist.evaluation.predict import predict_probs
-from bloodmnist.runtime import Runtime, broadcast_object
+from bloodmnist.runtime import Runtime, broadcast_object, per_rank_batch, sync_buffers
 from bloodmnist.training.checkpoint import save_checkpoint, unwrap
 from bloodmnist.training.ema import make_ema
 from bloodmnist.training.loop import DivergenceError, nll, train_one_epoch
@@ -49,31 +49,6 @@ def epoch_generators(seed: int, epoch: int, rank: int, device: torch.device):
     gen = torch.Generator(device=device)
     gen.manual_seed((seed * 1_000_003 + epoch) * 4099 + rank)
     return gen, np.random.default_rng([seed, epoch, rank])
-
-
-def per_rank_batch(batch_size: int, world_size: int) -> int:
-    """optim.batch_size is the global batch; each of the world_size ranks takes an equal share."""
-    if batch_size % world_size:
-        raise BloodMNISTError(
-            f"optim.batch_size={batch_size} (the global batch) is not divisible by the "
-            f"{world_size} processes; use a multiple of {world_size}, e.g. "
-            f"--set optim.batch_size={max(1, round(batch_size / world_size)) * world_size}"
-        )
-    return batch_size // world_size
-
-
-def sync_buffers(model: nn.Module, rt: Runtime) -> None:
-    """Give every rank rank 0's buffers (BatchNorm running stats).
-
-    Without SyncBatchNorm each rank's running stats follow its own batches; DDP re-broadcasts
-    rank 0's before the next training step anyway. Doing it before validation means every shard
-    is predicted by the same model: the one rank 0 checkpoints.
-    """
-    if rt.distributed:
-        import torch.distributed as dist
-
-        for buf in unwrap(model).buffers():
-            dist.broadcast(buf, src=0)
 
 
 def rng_states(gen_epoch: int) -> dict[str, Any]:

@@ -1,0 +1,104 @@
+"""CLI guards in real subprocesses: run locks, bad data files, `data info|verify`, --version.
+
+Each command here fails (or answers) before any training, so the file is quick.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+from pathlib import Path
+
+import numpy as np
+
+from bloodmnist import CLASS_NAMES, __version__
+from conftest import SHARED_NPZ_MD5, describe, error_lines, run_cli
+
+# -- run lock --------------------------------------------------------------------------------
+
+
+def _write_lock(folder: Path, pid: int) -> Path:
+    folder.mkdir(parents=True)
+    lock = folder / "run.lock"
+    lock.write_text(json.dumps({"pid": pid, "host": socket.gethostname()}))
+    return lock
+
+
+def test_lock_held_by_live_process_refuses(shared_data: Path, tmp_path: Path) -> None:
+    sleeper = subprocess.Popen(["sleep", "60"])
+    try:
+        lock = _write_lock(tmp_path / "locked", sleeper.pid)
+        before = lock.read_text()
+        args = ["train", "--data", str(shared_data), "--out", str(lock.parent), "--quiet"]
+        result = run_cli([*args, "--pretrained", "none", "--subset", "32"], cwd=tmp_path)
+        assert sleeper.poll() is None  # still alive: nothing was killed
+    finally:
+        sleeper.terminate()
+        sleeper.wait(timeout=10)
+    assert result.returncode == 2, describe(result)
+    lines = error_lines(result)
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("bloodmnist train: error:")
+    assert f"in use by process {sleeper.pid}" in lines[0]
+    assert lock.read_text() == before  # the other process's lock is left alone
+    assert not (lock.parent / "train.log").exists()
+
+
+def test_stale_lock_of_dead_process_is_taken_over(tmp_path: Path) -> None:
+    dead = subprocess.Popen(["true"])
+    dead.wait(timeout=10)
+    lock = _write_lock(tmp_path / "stale", dead.pid)
+    # A missing data file stops the run right after the lock is taken: cheap, and shows the
+    # lock is released again on the way out.
+    result = run_cli(
+        ["train", "--data", str(tmp_path / "absent.npz"), "--out", str(lock.parent)],
+        cwd=tmp_path,
+    )
+    assert result.returncode == 2, describe(result)
+    assert f"taking over stale lock {lock}" in result.stderr
+    assert f"process {dead.pid} is gone" in result.stderr
+    assert "in use by" not in result.stderr
+    assert error_lines(result)[-1].startswith("bloodmnist train: error: data file not found")
+    assert (lock.parent / "train.log").is_file()  # got past the lock
+    assert not lock.exists()  # released on exit
+
+
+def test_broken_data_file_is_one_error_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, train_images=np.zeros((2, 28, 28, 3), np.uint8))
+    result = run_cli(
+        ["train", "--data", str(bad), "--out", str(tmp_path / "run"), "--quiet"], cwd=tmp_path
+    )
+    assert result.returncode == 2, describe(result)
+    assert "Traceback" not in result.stderr
+    last = error_lines(result)[-1]
+    assert last.startswith("bloodmnist train: error:")
+    assert str(bad) in last and "train_labels" in last
+
+
+# -- data sub-commands -----------------------------------------------------------------------
+
+
+def test_data_info_and_verify(shared_data: Path, tmp_path: Path) -> None:
+    sizes = {"train": 11959, "val": 1712, "test": 3421}
+    info = run_cli(["data", "info", "--data", str(shared_data)], cwd=tmp_path)
+    assert info.returncode == 0, describe(info)
+    out = json.loads(info.stdout)
+    assert {s: out["splits"][s]["n"] for s in sizes} == sizes
+    assert sum(out["splits"]["train"]["per_class"].values()) == sizes["train"]
+    assert list(out["splits"]["test"]["per_class"]) == list(CLASS_NAMES)
+    assert out["official"] is False and out["md5"] == SHARED_NPZ_MD5
+    assert out["image_size"] == 28
+
+    verify = run_cli(["data", "verify", "--data", str(shared_data)], cwd=tmp_path)
+    assert verify.returncode == 0, describe(verify)
+    out = json.loads(verify.stdout)
+    assert out["sizes"] == sizes and out["official"] is False and out["valid_npz"] is True
+    assert out["md5"] == SHARED_NPZ_MD5 and out["md5"] != out["expected_md5"]
+    assert "not the official BloodMNIST file" in verify.stderr
+
+
+def test_version(tmp_path: Path) -> None:
+    result = run_cli(["--version"], cwd=tmp_path, timeout=120)
+    assert result.returncode == 0 and result.stdout.strip() == f"bloodmnist {__version__}"
