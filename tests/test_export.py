@@ -27,7 +27,7 @@ from test_predict import PBC, fit_head_checkpoint
 @pytest.fixture(scope="module")
 def ckpt(shared_data: Path, tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("run") / "checkpoints" / "best.pt"
-    fit_head_checkpoint(shared_data, path, n=128)
+    fit_head_checkpoint(shared_data, path)
     return path
 
 

@@ -32,7 +32,7 @@ from conftest import SHARED_DATA, describe, run_cli
 PBC = SHARED_DATA / "pbc_sample"
 
 
-def fit_head_checkpoint(npz: Path, ckpt: Path, n: int = 256) -> None:
+def fit_head_checkpoint(npz: Path, ckpt: Path, n: int = 128) -> None:
     """Random-init backbone, head fitted on its features of n real training images; saved."""
     torch.manual_seed(0)
     data = np.load(npz)
@@ -171,7 +171,7 @@ def test_formats_and_bad_files(run_dir: Path, engine: TorchEngine, shared_data, 
     out = tmp_path / "preds.json"
     ckpt = str(run_dir / "checkpoints" / "best.pt")
     args = ["predict", ckpt, str(folder), str(folder / "readme.txt"), "--out", str(out)]
-    result = run_cli([*args, "--top-k", "8", "--batch-size", "5"], cwd=tmp_path)
+    result = run_cli([*args, "--top-k", "8", "--batch-size", "5", "--threads", "1"], cwd=tmp_path)
     assert result.returncode == 1, describe(result)
     doc = json.loads(out.read_text())
     rows = {Path(r["path"]).name: r for r in doc["results"]}

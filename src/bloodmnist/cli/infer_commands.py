@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from bloodmnist.inference.engines import open_engine
-from bloodmnist.inference.inputs import expand_inputs
+from bloodmnist.inference.inputs import InferenceError, expand_inputs
 from bloodmnist.inference.predict import (
     PredictOptions,
     check_options,
@@ -28,7 +28,9 @@ def predict(args: argparse.Namespace) -> int:
     out = Path(args.out).expanduser() if args.out else None
     fmt = check_out(out)
     paths = expand_inputs(args.inputs)
-    engine = open_engine(args.model, device=args.device, precision=args.precision)
+    if args.threads < 0:
+        raise InferenceError("--threads must be >= 0 (0: all cores)")
+    engine = open_engine(args.model, args.device, args.precision, threads=args.threads)
     opts = PredictOptions(
         preprocess=args.preprocess,
         top_k=args.top_k,

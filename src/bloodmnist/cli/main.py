@@ -85,6 +85,7 @@ def _predict_parser(sub) -> None:
         "than twice the input size, else resize",
     )
     p.add_argument("--batch-size", type=int, default=64, metavar="N")
+    p.add_argument("--threads", type=int, default=0, metavar="N", help="CPU threads (0: all cores)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_runtime(p)
 

@@ -92,7 +92,7 @@ class OnnxEngine:
 
 
 def open_engine(
-    model: str | Path, device: str | None = None, precision: str | None = None
+    model: str | Path, device: str | None = None, precision: str | None = None, threads: int = 0
 ) -> Engine:
     """ONNX Runtime for .onnx files (no torch import); PyTorch for checkpoints and run folders."""
     path = resolve_model(model)
@@ -105,7 +105,7 @@ def open_engine(
                 "ONNX models run in fp32 on the CPU here; drop --device/--precision or use the "
                 ".pt checkpoint"
             )
-        return OnnxEngine(path)
+        return OnnxEngine(path, threads=threads)
     from bloodmnist.inference.torch_engine import TorchEngine
 
-    return TorchEngine(path, device=device, precision=precision)
+    return TorchEngine(path, device=device, precision=precision, threads=threads)

@@ -22,11 +22,17 @@ class TorchEngine:
 
     supports_tta = True
 
-    def __init__(self, path: Path, device: str | None = None, precision: str | None = None):
+    def __init__(
+        self,
+        path: Path,
+        device: str | None = None,
+        precision: str | None = None,
+        threads: int = 0,
+    ):
         state = load_checkpoint(path)
         self.cfg = from_dict(state["config"])
         self.rt = setup_runtime(
-            device or self.cfg.runtime.device, precision or self.cfg.runtime.precision
+            device or self.cfg.runtime.device, precision or self.cfg.runtime.precision, threads
         )
         model = build_model(self.cfg.model.num_classes)
         load_model_weights(model, state, path)
