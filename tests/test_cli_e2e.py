@@ -24,6 +24,7 @@ from bloodmnist.config import from_dict, load_yaml
 from bloodmnist.evaluation.metrics import compute_metrics
 from bloodmnist.model.resnet import build_model
 from bloodmnist.training.checkpoint import load_checkpoint
+from browser import assert_renders
 from conftest import SHARED_NPZ_MD5, describe, error_lines, run_cli
 
 pytestmark = pytest.mark.slow
@@ -316,33 +317,4 @@ def test_train_into_existing_run_refuses_and_changes_nothing(
 
 
 def test_real_report_renders_in_headless_chromium(run_dir: Path, tmp_path: Path) -> None:
-    try:
-        from test_reporting import _chromium, _distinct_colours
-    except ImportError:
-        pytest.skip("tests/test_reporting.py helpers not importable")
-    from PIL import Image
-
-    browser = _chromium()
-    if browser is None:
-        pytest.skip("chromium not installed (apt-get install chromium) - cannot render report.html")
-    shot = tmp_path / "report.png"
-    cmd = [
-        browser,
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        f"--user-data-dir={tmp_path / 'profile'}",
-        "--window-size=1280,2000",
-        f"--screenshot={shot}",
-        (run_dir / "report.html").resolve().as_uri(),
-    ]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
-    assert shot.is_file(), f"no screenshot (rc={result.returncode}): {result.stderr[-2000:]}"
-    with Image.open(shot) as img:
-        assert img.size == (1280, 2000)
-        n_colours, top = _distinct_colours(img)
-    assert n_colours > 50 and top < 0.9, (n_colours, top)
+    assert_renders(run_dir / "report.html", tmp_path)

@@ -6,7 +6,6 @@ import csv
 import json
 import re
 import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +19,7 @@ from bloodmnist.evaluation.calibration import ece
 from bloodmnist.evaluation.metrics import compute_metrics
 from bloodmnist.reporting.html import write_html
 from bloodmnist.reporting.report import build_reports
+from browser import assert_renders, distinct_colours
 
 EPOCHS = 6
 FIGURES = (
@@ -122,14 +122,6 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, dict[st
     return run_dir, summary, build_reports(run_dir)
 
 
-def _distinct_colours(img: Image.Image) -> tuple[int, float]:
-    """(number of distinct RGB colours, share of the most common one)."""
-    rgb = np.asarray(img.convert("RGB")).reshape(-1, 3).astype(np.int64)
-    packed = (rgb[:, 0] << 16) | (rgb[:, 1] << 8) | rgb[:, 2]  # 1-D unique is far faster
-    counts = np.bincount(np.unique(packed, return_inverse=True)[1])
-    return len(counts), counts.max() / counts.sum()
-
-
 def test_figures(built: tuple[Path, dict, dict[str, Path]]) -> None:
     run_dir, _, paths = built
     for name in FIGURES:
@@ -138,7 +130,7 @@ def test_figures(built: tuple[Path, dict, dict[str, Path]]) -> None:
         with Image.open(path) as img:
             assert img.format == "PNG"
             assert img.width >= 400 and img.height >= 300, (name, img.size)
-            n_colours, top = _distinct_colours(img)
+            n_colours, top = distinct_colours(img)
         assert n_colours > 10 and top < 0.98, (name, n_colours, top)
 
 
@@ -217,38 +209,7 @@ def test_missing_file_is_one_clear_error(
     assert not (run_dir / "figures").exists()  # nothing written before the check
 
 
-def _chromium() -> str | None:
-    if Path("/usr/bin/chromium").is_file():
-        return "/usr/bin/chromium"
-    return shutil.which("chromium")
-
-
 def test_html_renders_in_headless_chromium(
     built: tuple[Path, dict, dict[str, Path]], tmp_path: Path
 ) -> None:
-    browser = _chromium()
-    if browser is None:
-        pytest.skip("chromium not installed (apt-get install chromium) - cannot render report.html")
-    shot = tmp_path / "report.png"
-    cmd = [
-        browser,
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        f"--user-data-dir={tmp_path / 'profile'}",
-        "--window-size=1280,2000",
-        f"--screenshot={shot}",
-        built[2]["html"].resolve().as_uri(),
-    ]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
-    assert shot.is_file(), f"no screenshot (rc={result.returncode}): {result.stderr[-2000:]}"
-    with Image.open(shot) as img:
-        assert img.size == (1280, 2000)
-        n_colours, top = _distinct_colours(img)
-    assert n_colours > 50, n_colours
-    assert top < 0.9, f"screenshot is {top:.0%} one colour"
+    assert_renders(built[2]["html"], tmp_path)
