@@ -229,3 +229,9 @@ def test_augment_config_is_independent_per_instance() -> None:
     a, b = Config(), Config()
     a.augment.rotation = 0.0
     assert b.augment.rotation == AugmentConfig().rotation == 10.0
+
+
+def test_reference_yaml_lists_every_default() -> None:
+    """configs/reference.yaml documents the defaults: it must stay equal to Config()."""
+    path = Path(__file__).resolve().parents[1] / "configs" / "reference.yaml"
+    assert yaml.safe_load(path.read_text()) == Config().to_dict()
