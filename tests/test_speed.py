@@ -4,6 +4,7 @@ weight EMA and the dihedral (rot90) augmentation."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import math
 import time
 from pathlib import Path
@@ -13,7 +14,7 @@ import pytest
 import torch
 import yaml
 
-from bloodmnist.config import AugmentConfig, Config, EvalConfig, ScheduleConfig, build_config
+from bloodmnist.config import Config, EvalConfig, ScheduleConfig, build_config
 from bloodmnist.data.augment import augment
 from bloodmnist.data.loader import Normalizer, to_tensor
 from bloodmnist.data.npz import load_npz
@@ -24,6 +25,7 @@ from bloodmnist.runtime import Runtime
 from bloodmnist.training.ema import make_ema
 from bloodmnist.training.schedule import OneCycleSchedule, build_schedule
 from conftest import describe, run_cli
+from test_augment_tta import IDENTITY
 
 CPU = torch.device("cpu")
 
@@ -77,16 +79,7 @@ def test_fast_recipe_values_and_precedence() -> None:
 
 
 def test_rot90_gives_exact_quarter_turns() -> None:
-    cfg = AugmentConfig(
-        hflip=0.0,
-        rotation=0.0,
-        brightness=0.0,
-        contrast=0.0,
-        saturation=0.0,
-        crop_scale=(1.0, 1.0),
-        crop_ratio=(1.0, 1.0),
-        rot90=True,
-    )
+    cfg = dataclasses.replace(IDENTITY, rot90=True)
     x = torch.rand(32, 3, 28, 28, generator=torch.Generator().manual_seed(0))
     out = augment(x, cfg, torch.Generator().manual_seed(1))
     turns = []
