@@ -76,11 +76,25 @@ def _cpu_seconds() -> float:
     return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
 
-def _timed(fn) -> tuple[float, float]:
-    """(wall seconds, CPU seconds) of fn()."""
-    wall, cpu = time.perf_counter(), _cpu_seconds()
+def _proc_cpu_seconds(pids: list[int]) -> float:
+    """utime + stime of running processes (the reference's DataLoader workers), from /proc."""
+    total = 0.0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def _timed(fn, pids: list[int] | None = None) -> tuple[float, float]:
+    """(wall seconds, CPU seconds) of fn(); CPU includes the running processes `pids`."""
+    pids = pids or []
+    wall, cpu = time.perf_counter(), _cpu_seconds() + _proc_cpu_seconds(pids)
     fn()
-    return time.perf_counter() - wall, _cpu_seconds() - cpu
+    cpu_end = _cpu_seconds() + _proc_cpu_seconds(pids)
+    return time.perf_counter() - wall, cpu_end - cpu
 
 
 def _ratio(num: list[float], den: list[float]) -> float:
@@ -113,19 +127,25 @@ def measure_train(data, cfg: Config, rt: Runtime, reps: int, steps: int) -> dict
             x.sum().item()  # forces the work on asynchronous devices
 
     # Warm-up (oneDNN primitive creation, worker imports): one step of each, untimed.
-    ref.train_steps(m_ref, loader, opt_ref, 1, rt.device)
+    warm = ref.RunningLoader(loader)
+    ref.train_steps(m_ref, warm, opt_ref, 1, rt.device)
+    warm.close()
     run_ours(FixedBatches(fixed.x, fixed.y, 1), 0, 0.0)
     wall: dict[str, list[float]] = {"ref": [], "ours": [], "model": [], "data": []}
     cpu: dict[str, list[float]] = {k: [] for k in wall}
     runs = {
-        "ref": lambda rep: ref.train_steps(m_ref, loader, opt_ref, steps, rt.device),
-        "ours": lambda rep: run_ours(ours, rep, aug.mixup_alpha),
-        "model": lambda rep: run_ours(fixed, rep, 0.0),
-        "data": data_only,
+        "ref": lambda rep, running: ref.train_steps(m_ref, running, opt_ref, steps, rt.device),
+        "ours": lambda rep, _: run_ours(ours, rep, aug.mixup_alpha),
+        "model": lambda rep, _: run_ours(fixed, rep, 0.0),
+        "data": lambda rep, _: data_only(rep),
     }
     for rep in range(1, reps + 1):
         for key, fn in runs.items():
-            w, c = _timed(lambda fn=fn, rep=rep: fn(rep))
+            running = ref.RunningLoader(loader) if key == "ref" else None
+            pids = running.worker_pids() if running else None
+            w, c = _timed(lambda fn=fn, rep=rep, r=running: fn(rep, r), pids)
+            if running:
+                running.close()
             wall[key].append(w)
             cpu[key].append(c)
         print(
