@@ -16,6 +16,20 @@ SHARED_NPZ = SHARED_DATA / "bloodmnist_pbc_28.npz"
 SHARED_NPZ_MD5 = "cccf4cafea45dc5e042c09e2d986c0f5"
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist, give each worker its own share of the CPUs.
+
+    Workers inherit nothing but this affinity, and every process they start (the CLI picks its
+    thread count from the CPUs it may use) stays inside it: two workers never run 2-thread
+    OpenMP regions on the same 2 cores, where spin-waiting threads slow each other several-fold.
+    """
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")  # "gw0", "gw1", ... under xdist
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    if worker.startswith("gw") and 1 < count <= len(cpus):
+        os.sched_setaffinity(0, cpus[int(worker[2:]) :: count])
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """Path of ../shared/data/bloodmnist_pbc_28.npz; skips the test when it is absent."""

@@ -80,7 +80,8 @@ def runs(small_npz: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str,
     t0 = time.perf_counter()
     ddp = torchrun([*common, "--out", str(base / "ddp")], cwd=base)
     t1 = time.perf_counter()
-    single_args = [*common, "--set", "eval.tta=false", "--out", str(base / "single")]
+    single_args = [*common, "--set", "eval.tta=false", "--set", "runtime.reports=false"]
+    single_args += ["--out", str(base / "single")]
     single = run_cli(single_args, cwd=base, timeout=TIMEOUT)
     t2 = time.perf_counter()
     assert ddp.returncode == 0, describe(ddp)

@@ -132,6 +132,7 @@ def test_cli_recipe_fast_trains_with_ema_and_onecycle(shared_data: Path, tmp_pat
     args = ["train", "--recipe", "fast", "--data", str(shared_data), "--out", str(out)]
     args += ["--subset", "64", "--epochs", "2", "--pretrained", "none", "--quiet"]
     args += ["--set", "eval.tta=false", "--set", "optim.batch_size=32"]
+    args += ["--set", "runtime.reports=false"]
     result = run_cli(args, cwd=tmp_path)
     assert result.returncode == 0, describe(result)
     saved = yaml.safe_load((out / "config.yaml").read_text())

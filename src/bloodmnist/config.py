@@ -109,6 +109,9 @@ class RuntimeConfig:
     threads: int = 0  # 0: all cores this process may use
     out: str = "runs"
     name: str = "resnet18"
+    # false skips figures and reports at the end of a run (sweeps, tests); `bloodmnist report
+    # RUN_DIR` builds them later from the run folder alone
+    reports: bool = True
 
 
 @dataclass

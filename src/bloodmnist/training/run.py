@@ -217,9 +217,15 @@ def _train_locked(
         save_predictions(run_dir / "predictions.npz", result, data)
         write_run_csvs(run_dir, result, cfg.data.size)  # for the official MedMNIST evaluator
         write_json(run_dir / "summary.json", summary)
-        build_reports(run_dir)
         log.info("test: %s", _headline(summary))
-        log.info("reports: %s, %s", run_dir / "report.html", run_dir / "report.xlsx")
+        if cfg.runtime.reports:
+            build_reports(run_dir)
+            log.info("reports: %s, %s", run_dir / "report.html", run_dir / "report.xlsx")
+        else:
+            log.info(
+                "reports skipped (runtime.reports=false); build them with: bloodmnist report %s",
+                run_dir,
+            )
     return summary
 
 
