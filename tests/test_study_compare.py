@@ -7,10 +7,15 @@ evaluator CSV are checked on it as well.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -229,3 +234,34 @@ def test_study_failed_seeds_run_in_parallel_and_say_how_to_resume(tmp_path: Path
         log = (tmp_path / "st" / "logs" / f"seed-{seed}.log").read_text()
         assert "data file not found" in log
     assert not (tmp_path / "st" / "study.json").exists()  # nothing finished, nothing aggregated
+
+
+def test_sigterm_to_the_study_stops_its_seeds_resumably(shared_data: Path, tmp_path: Path) -> None:
+    """SIGTERM to `study` (e.g. a job scheduler) reaches the seed that is training: it saves its
+    state and the study says how to resume, instead of leaving an orphan that keeps training."""
+    args = [sys.executable, "-m", "bloodmnist", "study", "--seeds", "7", "--out", "st"]
+    args += ["--data", str(shared_data), "--subset", "64", "--epochs", "50", "--pretrained", "none"]
+    args += ["--set", "optim.batch_size=32", "--set", "runtime.reports=false"]
+    # its own process group, so that a failing test can still stop the study and its seed
+    proc = subprocess.Popen(
+        args, cwd=tmp_path, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    log = tmp_path / "st" / "seed-7" / "train.log"
+    try:
+        deadline = time.monotonic() + 300
+        while not (log.is_file() and "training epochs 1..50" in log.read_text()):
+            assert proc.poll() is None and time.monotonic() < deadline, "the seed never started"
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # only if something above failed
+        proc.wait()
+    assert proc.returncode == 143, err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("bloodmnist study: error: interrupted by SIGTERM")
+    assert last.endswith(f"bloodmnist study --resume {tmp_path / 'st'}")
+    summary = json.loads((tmp_path / "st" / "seed-7" / "summary.json").read_text())
+    assert summary["status"] == "interrupted"  # the seed got the signal and stopped cleanly
+    assert not (tmp_path / "st" / "seed-7" / "run.lock").exists()  # and has exited

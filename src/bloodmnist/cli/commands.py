@@ -11,7 +11,7 @@ from bloodmnist.config import build_config, from_dict
 from bloodmnist.errors import BloodMNISTError
 
 
-def _train_config(args: argparse.Namespace):
+def train_config(args: argparse.Namespace):
     flags = {
         # absolute, so the saved config (and --resume) works from any directory
         "data.path": str(Path(args.data).expanduser().resolve()) if args.data else None,
@@ -70,7 +70,7 @@ def train(args: argparse.Namespace) -> int:
     if args.resume:
         run_dir, resume, cfg = _resume_state(args)
     else:
-        cfg = _train_config(args)
+        cfg = train_config(args)
     # Heavy imports (torchvision, reporting) only now: a bad config fails in a fraction of a second
     from bloodmnist.runtime import cleanup, per_rank_batch, setup_runtime
     from bloodmnist.training.run import train_run

@@ -11,6 +11,7 @@ import json
 import sys
 from pathlib import Path
 
+from bloodmnist.atomic import write_text_atomic
 from bloodmnist.inference.engines import open_engine
 from bloodmnist.inference.inputs import InferenceError, expand_inputs
 from bloodmnist.inference.predict import (
@@ -19,7 +20,6 @@ from bloodmnist.inference.predict import (
     check_out,
     predict_paths,
     render,
-    write_text_atomic,
 )
 
 

@@ -19,7 +19,7 @@ def _echo(text: str) -> None:
 def check_train_options(train_args: list[str]) -> None:
     """Parse the forwarded options as `bloodmnist train` would, and build the config once, so
     a typo fails here in one line instead of in every seed's subprocess."""
-    from bloodmnist.cli.commands import _train_config
+    from bloodmnist.cli.commands import train_config
     from bloodmnist.cli.main import build_parser
 
     err = io.StringIO()
@@ -30,7 +30,7 @@ def check_train_options(train_args: list[str]) -> None:
         lines = err.getvalue().strip().splitlines() or ["invalid train options"]
         msg = lines[-1].split("error: ", 1)[-1]
         raise BloodMNISTError(f"{msg} (train options; see bloodmnist train --help)") from None
-    _train_config(ns)
+    train_config(ns)
 
 
 def _plan(args: argparse.Namespace, train_args: list[str]):

@@ -22,6 +22,12 @@ from typing import Any
 import numpy as np
 
 from bloodmnist.errors import BloodMNISTError
+from bloodmnist.evaluation.run_files import (
+    load_manifest,
+    load_predictions,
+    load_summary,
+    tta_was_run,
+)
 from bloodmnist.evaluation.stats import (
     DEFAULT_BOOT_SEED,
     DEFAULT_N_BOOT,
@@ -29,12 +35,6 @@ from bloodmnist.evaluation.stats import (
     mcnemar_exact,
     paired_bootstrap_diff,
     seed_mean,
-)
-from bloodmnist.reporting.run_files import (
-    load_manifest,
-    load_predictions,
-    load_summary,
-    tta_was_run,
 )
 
 VARIANT_PROBS = {"plain": "test_probs", "tta": "test_probs_tta"}

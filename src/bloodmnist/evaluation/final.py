@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +9,7 @@ import numpy as np
 from torch import nn
 
 from bloodmnist import CLASS_NAMES
+from bloodmnist.atomic import atomic_open
 from bloodmnist.config import Config
 from bloodmnist.data.loader import Normalizer, to_tensor
 from bloodmnist.data.npz import Dataset
@@ -74,14 +73,8 @@ def save_predictions(path: Path, result: dict[str, Any], data: Dataset) -> None:
         "dataset_labels": ds_labels,
         "class_names": np.array(CLASS_NAMES[: data.num_classes]),
     }
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez_compressed(fh, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path) as fh:
+        np.savez_compressed(fh, **arrays)
 
 
 def summary_metrics(result: dict[str, Any]) -> dict[str, Any]:

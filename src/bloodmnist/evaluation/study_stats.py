@@ -13,6 +13,14 @@ from typing import Any
 import numpy as np
 
 from bloodmnist.errors import BloodMNISTError
+from bloodmnist.evaluation.run_files import (
+    class_names,
+    load_history,
+    load_predictions,
+    load_summary,
+    load_test_metrics,
+    tta_was_run,
+)
 from bloodmnist.evaluation.stats import (
     DEFAULT_BOOT_SEED,
     DEFAULT_N_BOOT,
@@ -20,14 +28,6 @@ from bloodmnist.evaluation.stats import (
     bootstrap_ci,
     mean_std,
     seed_mean,
-)
-from bloodmnist.reporting.run_files import (
-    class_names,
-    load_history,
-    load_predictions,
-    load_summary,
-    load_test_metrics,
-    tta_was_run,
 )
 
 #: summary.json keys summarised over seeds (missing ones are skipped, not invented).

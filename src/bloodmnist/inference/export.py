@@ -26,12 +26,12 @@ import torch
 from torch import nn
 
 from bloodmnist import CLASS_NAMES, __version__
+from bloodmnist.atomic import temp_path
 from bloodmnist.config import Config, from_dict
 from bloodmnist.data.loader import Normalizer, to_tensor
 from bloodmnist.data.source import load_data
 from bloodmnist.inference.engines import INPUT_NAME, META_PREFIX, OUTPUT_NAMES, OnnxEngine
 from bloodmnist.inference.inputs import InferenceError, resolve_model
-from bloodmnist.inference.predict import temp_path
 from bloodmnist.inference.preprocess import normalize
 from bloodmnist.model.resnet import build_model
 from bloodmnist.runtime import setup_runtime

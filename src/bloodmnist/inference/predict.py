@@ -9,9 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import sys
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -141,19 +139,3 @@ def check_out(out: Path | None) -> str:
     if not out.parent.is_dir():
         raise InferenceError(f"--out {out}: folder {out.parent} does not exist")
     return fmt
-
-
-def temp_path(path: Path) -> Path:
-    """A fresh hidden name beside `path`; created later with the user's umask (not 0600)."""
-    return path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Temp file + rename, so an interrupted run never leaves half a results file."""
-    tmp = temp_path(path)
-    try:
-        with tmp.open("x", encoding="utf-8", newline="") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)

@@ -12,7 +12,7 @@ from openpyxl.styles import Font
 from openpyxl.utils import get_column_letter
 from openpyxl.worksheet.worksheet import Worksheet
 
-from bloodmnist.reporting.run_files import (
+from bloodmnist.evaluation.run_files import (
     CALIBRATION_HEADER,
     calibration_rows,
     class_names,
@@ -38,7 +38,7 @@ def _cell_value(value: Any) -> Any:
     return json.dumps(value, default=str)
 
 
-def _write_table(ws: Worksheet, header: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+def write_table(ws: Worksheet, header: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
     """Header in bold, frozen below it, then rows; columns sized to their longest text."""
     ws.append(list(header))
     for cell in ws[1]:
@@ -75,24 +75,22 @@ def write_excel(run_dir: Path) -> Path:
     ws = wb.active
     ws.title = "summary"
     items = [(k, v) for k, v in summary.items() if k not in NESTED_SUMMARY_KEYS]
-    _write_table(ws, ["key", "value"], items)
+    write_table(ws, ["key", "value"], items)
 
     columns = history_columns(history, run_dir)
-    _write_table(
-        wb.create_sheet("history"), columns, ([r.get(c) for c in columns] for r in history)
-    )
+    write_table(wb.create_sheet("history"), columns, ([r.get(c) for c in columns] for r in history))
 
     per_class_header = ["class", "precision", "recall", "f1"]
     per_class_header += ["precision_tta", "recall_tta", "f1_tta", "support"]
-    _write_table(wb.create_sheet("per_class"), per_class_header, _per_class_rows(plain, tta))
+    write_table(wb.create_sheet("per_class"), per_class_header, _per_class_rows(plain, tta))
 
-    _write_table(
+    write_table(
         wb.create_sheet("calibration"), CALIBRATION_HEADER, calibration_rows(summary, preds)
     )
 
     names = class_names(preds)
     ws = wb.create_sheet("confusion")
-    _write_table(
+    write_table(
         ws,
         ["true \\ predicted (TTA)", *names],
         ([name, *row] for name, row in zip(names, tta["confusion"], strict=True)),
@@ -100,7 +98,7 @@ def write_excel(run_dir: Path) -> Path:
     for cell in ws["A"]:
         cell.font = BOLD
 
-    _write_table(wb.create_sheet("manifest"), ["key", "value"], load_manifest(run_dir).items())
+    write_table(wb.create_sheet("manifest"), ["key", "value"], load_manifest(run_dir).items())
 
     path = run_dir / "report.xlsx"
     tmp = path.with_name(path.name + ".tmp")

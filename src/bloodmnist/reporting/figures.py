@@ -22,7 +22,7 @@ from bloodmnist.evaluation.calibration import (  # noqa: E402
     reliability_bins,
 )
 from bloodmnist.evaluation.metrics import confusion_matrix  # noqa: E402
-from bloodmnist.reporting.run_files import (  # noqa: E402
+from bloodmnist.evaluation.run_files import (  # noqa: E402
     FIGURES_DIR,
     calibration_variants,
     class_names,
@@ -42,7 +42,7 @@ FIGURE_NAMES = (
 GOOD, BAD = "#1a7f37", "#cf222e"  # green / red titles for right / wrong predictions
 
 
-def _save(fig: Figure, path: Path) -> Path:
+def save_figure(fig: Figure, path: Path) -> Path:
     fig.savefig(path, dpi=DPI, facecolor="white")
     plt.close(fig)  # figures are not garbage-collected while pyplot tracks them
     return path
@@ -78,10 +78,10 @@ def plot_confusion(labels: np.ndarray, probs: np.ndarray, names: list[str], path
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class")
     ax.set_title(f"Test confusion matrix (TTA, row-normalised, n={len(labels)})")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
-def _series(history: list[dict[str, Any]], key: str) -> tuple[list[float], list[float]]:
+def history_series(history: list[dict[str, Any]], key: str) -> tuple[list[float], list[float]]:
     """(epochs, values) for rows where ``key`` holds a number."""
     pts = [
         (float(r["epoch"]), float(r[key]))
@@ -105,7 +105,7 @@ def plot_training_curves(history: list[dict[str, Any]], path: Path) -> Path:
     for ax, (title, keys) in zip(axes, panels, strict=True):
         drawn = False
         for key, label in keys:
-            x, y = _series(history, key)
+            x, y = history_series(history, key)
             if x:
                 ax.plot(x, y, marker="o", markersize=3, label=label)
                 drawn = True
@@ -117,11 +117,11 @@ def plot_training_curves(history: list[dict[str, Any]], path: Path) -> Path:
         ax.grid(alpha=0.3)
         ax.legend()
     lr_ax = axes[2]
-    _, lr = _series(history, "lr")
+    _, lr = history_series(history, "lr")
     if lr and min(lr) > 0 and max(lr) / min(lr) > 20:
         lr_ax.set_yscale("log")  # schedules span decades; linear would flatten the tail
     fig.suptitle("Training history")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_sample_predictions(
@@ -147,7 +147,7 @@ def plot_sample_predictions(
         _empty_note(axes[0, 0], "no sample images")
     fig.suptitle(f"First {n} test images (TTA predictions): {correct}/{n} correct")
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_dataset_samples(
@@ -171,7 +171,7 @@ def plot_dataset_samples(
         )
     fig.suptitle("Training samples per class")
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _reliability_panel(ax: Axes, labels: np.ndarray, probs: np.ndarray, temp, title: str) -> None:
@@ -230,7 +230,7 @@ def plot_reliability(
     )
     for ax, (name, probs, temp) in zip(axes[0], variants, strict=True):
         _reliability_panel(ax, labels, probs, temp, f"Test reliability, {name}")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def save_figures(run_dir: Path) -> dict[str, Path]:

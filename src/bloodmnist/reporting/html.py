@@ -10,8 +10,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from bloodmnist.reporting.figures import FIGURE_NAMES, save_figures
-from bloodmnist.reporting.run_files import (
+from bloodmnist.evaluation.run_files import (
     CALIBRATION_HEADER,
     FIGURES_DIR,
     calibration_rows,
@@ -24,6 +23,7 @@ from bloodmnist.reporting.run_files import (
     load_summary,
     load_test_metrics,
 )
+from bloodmnist.reporting.figures import FIGURE_NAMES, save_figures
 
 CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;background:#f6f8fa;

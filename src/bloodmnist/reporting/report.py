@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from bloodmnist.evaluation.run_files import check_run_dir
 from bloodmnist.reporting.excel import write_excel
 from bloodmnist.reporting.figures import save_figures
 from bloodmnist.reporting.html import write_html
-from bloodmnist.reporting.run_files import check_run_dir
 
 
 def build_reports(run_dir: Path) -> dict[str, Path]:

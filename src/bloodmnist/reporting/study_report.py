@@ -11,8 +11,8 @@ from typing import Any
 from openpyxl import Workbook
 
 from bloodmnist.evaluation.stats import format_mean_std
-from bloodmnist.reporting.excel import _write_table
-from bloodmnist.reporting.figures import _save, _series, plt
+from bloodmnist.reporting.excel import write_table
+from bloodmnist.reporting.figures import history_series, plt, save_figure
 from bloodmnist.reporting.html import CSS, table
 from bloodmnist.training.rundir import write_json
 
@@ -27,7 +27,7 @@ def plot_seed_curves(histories: dict[int, list[dict[str, Any]]], path: Path) -> 
     panels = (("val_acc", "validation accuracy"), ("val_loss", "validation loss"))
     for ax, (key, title) in zip(axes, (*panels, ("train_loss", "training loss")), strict=True):
         for seed, history in histories.items():
-            x, y = _series(history, key)
+            x, y = history_series(history, key)
             if x:
                 ax.plot(x, y, marker="o", markersize=3, label=f"seed {seed}")
         ax.set_title(title)
@@ -35,7 +35,7 @@ def plot_seed_curves(histories: dict[int, list[dict[str, Any]]], path: Path) -> 
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle(f"All seeds' curves ({len(histories)} seeds)")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _ci_text(ci: dict[str, Any] | None) -> str:
@@ -161,11 +161,11 @@ def write_xlsx(record: dict[str, Any], path: Path) -> Path:
     wb = Workbook()
     ws = wb.active
     ws.title = "summary"
-    _write_table(ws, ["key", "mean", "std", "n", "ci_low", "ci_high"], _summary_rows(record))
-    _write_table(wb.create_sheet("per_seed"), PER_SEED_HEADER, per_seed_rows(record))
-    _write_table(wb.create_sheet("per_class"), PER_CLASS_HEADER, per_class_rows(record))
+    write_table(ws, ["key", "mean", "std", "n", "ci_low", "ci_high"], _summary_rows(record))
+    write_table(wb.create_sheet("per_seed"), PER_SEED_HEADER, per_seed_rows(record))
+    write_table(wb.create_sheet("per_class"), PER_CLASS_HEADER, per_class_rows(record))
     plan = record.get("plan", {})
-    _write_table(wb.create_sheet("plan"), ["key", "value"], plan.items())
+    write_table(wb.create_sheet("plan"), ["key", "value"], plan.items())
     tmp = path.with_name(path.name + ".tmp")
     wb.save(tmp)
     tmp.replace(path)

@@ -11,10 +11,10 @@ import platform
 import socket
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from bloodmnist.atomic import write_text_atomic
 from bloodmnist.errors import BloodMNISTError, OutputError, RunLockedError
 
 log = logging.getLogger("bloodmnist")
@@ -166,26 +166,16 @@ def setup_logging(run_dir: Path | None, verbose: bool = True) -> None:
         logger.addHandler(fh)
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Temp file, fsync, rename; a failed write (disk full) leaves the old file and no temp."""
-    tmp = None
+def write_run_text(path: Path, text: str) -> None:
+    """Atomic write of a run-folder text file; a full disk becomes one OutputError line."""
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
-        if isinstance(exc, OSError):
-            raise OutputError.from_os(path, exc) from None
-        raise
+        write_text_atomic(path, text)
+    except OSError as exc:
+        raise OutputError.from_os(path, exc) from None
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
-    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False, allow_nan=False) + "\n")
+    write_run_text(path, json.dumps(data, indent=2, sort_keys=False, allow_nan=False) + "\n")
 
 
 HISTORY_COLUMNS = (
@@ -205,7 +195,7 @@ def write_history(path: Path, rows: list[dict[str, Any]]) -> None:
     lines = [",".join(HISTORY_COLUMNS)]
     for row in rows:
         lines.append(",".join(_fmt(row[c]) for c in HISTORY_COLUMNS))
-    atomic_write_text(path, "\n".join(lines) + "\n")
+    write_run_text(path, "\n".join(lines) + "\n")
 
 
 def _fmt(v: Any) -> str:

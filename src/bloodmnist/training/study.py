@@ -13,12 +13,13 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bloodmnist.errors import BloodMNISTError
+from bloodmnist.errors import BloodMNISTError, TrainingStopped
 
 PLAN_FILE = "study_plan.json"
 LOGS_DIR = "logs"
@@ -123,13 +124,28 @@ def _launch(cmd: list[str], log_path: Path, cwd: str) -> subprocess.Popen:
         return subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=cwd)
 
 
-def _stop_all(running: dict[int, subprocess.Popen]) -> None:
+def _stop_all(running: dict[int, subprocess.Popen], signum: int = signal.SIGINT) -> None:
     """Forward an interrupt: each seed saves its state and exits resumable."""
     for proc in running.values():
         if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
+            proc.send_signal(signum)
     for proc in running.values():
         proc.wait()
+
+
+def _raise_on_sigterm(study_dir: Path):
+    """A SIGTERM handler for the study process. Without it SIGTERM would kill the study alone
+    and leave its seeds training as orphans; this turns it into an error that forwards the
+    signal to them (in `run_seeds`) and says how to resume."""
+
+    def handler(signum: int, frame: object) -> None:
+        raise TrainingStopped(
+            "interrupted by SIGTERM; the running seeds stopped after their current step. "
+            f"Continue with: bloodmnist study --resume {study_dir}",
+            128 + signum,
+        )
+
+    return handler
 
 
 def run_seeds(study_dir: Path, plan: StudyPlan, echo=print) -> dict[int, str]:
@@ -150,6 +166,9 @@ def run_seeds(study_dir: Path, plan: StudyPlan, echo=print) -> dict[int, str]:
         else:
             todo.append((seed, state))
     running: dict[int, subprocess.Popen] = {}
+    previous = None
+    if threading.current_thread() is threading.main_thread():  # signal() works only there
+        previous = signal.signal(signal.SIGTERM, _raise_on_sigterm(study_dir))
     try:
         while todo or running:
             while todo and len(running) < plan.jobs:
@@ -165,9 +184,13 @@ def run_seeds(study_dir: Path, plan: StudyPlan, echo=print) -> dict[int, str]:
                     outcome[seed] = "completed" if rc == 0 else f"failed: exit code {rc}"
                     echo(f"seed {seed}: {outcome[seed]} (log {LOGS_DIR}/seed-{seed}.log)")
             time.sleep(0.2)
-    except BaseException:
-        _stop_all(running)
+    except BaseException as exc:
+        stopped_by_term = isinstance(exc, TrainingStopped)
+        _stop_all(running, signal.SIGTERM if stopped_by_term else signal.SIGINT)
         raise
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return outcome
 
 

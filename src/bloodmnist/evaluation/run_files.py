@@ -1,6 +1,6 @@
 """Read the files a training run leaves in its folder, with one-line errors for missing ones.
 
-Shared by figures, Excel and HTML reports so they all see the same parsed data.
+Shared by the reports (figures, Excel, HTML), `study` and `compare`: all see the same data.
 """
 
 from __future__ import annotations
