@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from bloodmnist.atomic import write_text_atomic
+from bloodmnist.cli.console import say
 from bloodmnist.inference.engines import open_engine
 from bloodmnist.inference.inputs import InferenceError, expand_inputs
 from bloodmnist.inference.predict import (
@@ -56,12 +57,9 @@ def predict(args: argparse.Namespace) -> int:
         write_text_atomic(out, text)
     failed = [r for r in rows if r["status"] != "ok"]
     where = f" -> {out}" if out else ""
-    print(
-        f"bloodmnist predict: {len(rows) - len(failed)} of {len(rows)} files classified{where}",
-        file=sys.stderr,
-    )
+    say(f"bloodmnist predict: {len(rows) - len(failed)} of {len(rows)} files classified{where}")
     for row in failed:
-        print(f"bloodmnist predict: error: {row['path']}: {row['error']}", file=sys.stderr)
+        say(f"bloodmnist predict: error: {row['path']}: {row['error']}")
     return 1 if failed else 0
 
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 from bloodmnist import __version__
+from bloodmnist.cli.console import say
 from bloodmnist.errors import BloodMNISTError
 
 
@@ -172,28 +172,18 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return handler(args)
     except BloodMNISTError as exc:
-        say_error(f"bloodmnist {args.command}: error: {exc}")
+        say(f"bloodmnist {args.command}: error: {exc}")
         return exc.exit_code
     except KeyboardInterrupt:
-        say_error(f"bloodmnist {args.command}: interrupted")
+        say(f"bloodmnist {args.command}: interrupted")
         return 130
     except OSError as exc:  # disk full, permissions, read-only folders: the OS's reason, one line
         where = f" {exc.filename}" if exc.filename else ""
-        say_error(
+        say(
             f"bloodmnist {args.command}: error:{where} {exc.strerror or exc}; check free space "
             "and permissions"
         )
         return 1
-
-
-def say_error(line: str) -> None:
-    """Write one whole line to stderr in a single write.
-
-    stderr is unbuffered (write-through), so print() would issue the text and the newline as two
-    writes; under torchrun every rank shares one pipe and their lines would interleave.
-    """
-    sys.stderr.write(line + "\n")
-    sys.stderr.flush()
 
 
 if __name__ == "__main__":

@@ -6,14 +6,14 @@ import argparse
 import contextlib
 import io
 import json
-import sys
 from pathlib import Path
 
+from bloodmnist.cli.console import say
 from bloodmnist.errors import BloodMNISTError
 
 
 def _echo(text: str) -> None:
-    print(f"study: {text}", file=sys.stderr, flush=True)
+    say(f"study: {text}")
 
 
 def check_train_options(train_args: list[str]) -> None:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -37,10 +37,10 @@ from bloodmnist.training.checkpoint import load_checkpoint, load_model_weights
 from bloodmnist.training.loop import DivergenceError
 from bloodmnist.training.rundir import (
     RunLock,
-    build_manifest,
     remove_stale_temps,
     setup_logging,
     write_json,
+    write_manifest,
 )
 from bloodmnist.training.signals import GracefulStop, StopRequested
 from bloodmnist.training.sync_bn import convert_sync_bn
@@ -111,35 +111,6 @@ def train_run(
             lock.release()
 
 
-def _write_setup_files(
-    cfg: Config,
-    rt: Runtime,
-    run_dir: Path,
-    data,
-    data_info,
-    pretrained: dict[str, Any],
-    resumed: bool,
-) -> None:
-    manifest_path = run_dir / "manifest.json"
-    if resumed and manifest_path.is_file():
-        manifest = json.loads(manifest_path.read_text())
-        manifest.setdefault("resumed", []).append(build_manifest({})["started"])
-    else:
-        save_yaml(cfg, run_dir / "config.yaml")
-        manifest = build_manifest(
-            {
-                "data": {**data_info.as_dict(), **describe(data, _names(cfg))},
-                "runtime": rt.describe(),
-                "device": str(rt.device),
-                "precision": rt.precision,
-                "world_size": rt.world_size,
-                "host": host_info(rt),
-                "pretrained": pretrained,
-            }
-        )
-    write_json(manifest_path, manifest)
-
-
 def _train_locked(
     cfg: Config,
     rt: Runtime,
@@ -175,7 +146,9 @@ def _train_locked(
         )
         pretrained = resume.get("pretrained", pretrained)
     if rt.is_main:
-        _write_setup_files(cfg, rt, run_dir, data, data_info, pretrained, resume is not None)
+        facts = partial(_manifest_facts, cfg, rt, data, data_info, pretrained)
+        if write_manifest(run_dir, facts, resumed=resume is not None):
+            save_yaml(cfg, run_dir / "config.yaml")
     trainer = Trainer(cfg, rt, run_dir, data, _wrap_ddp(model, rt), pretrained)
     if resume is not None:
         trainer.restore(resume)
@@ -197,6 +170,14 @@ def _train_locked(
     }
     state = _fit_guarded(trainer, run_dir, rt, base, stop)
     stop.note = "finishing the final test evaluation and reports first"
+    return _test_once(model, data, cfg, rt, run_dir, {**_state_fields(state), **base})
+
+
+def _test_once(
+    model: nn.Module, data, cfg: Config, rt: Runtime, run_dir: Path, fields: dict[str, Any]
+) -> dict[str, Any]:
+    """Evaluate best.pt on the test split (the one time it is seen), write the results and
+    reports, and return summary.json's content; `fields` are the training facts it carries."""
     best_path = run_dir / "checkpoints" / "best.pt"
     load_model_weights(model, _best_weights(best_path, rt), best_path)
     t0 = time.perf_counter()
@@ -207,9 +188,8 @@ def _train_locked(
     summary = {
         "status": "completed",
         **{k: v for k, v in metrics.items() if k not in ("test", "test_tta")},
-        **_state_fields(state),
+        **fields,
         "test_eval_seconds": round(time.perf_counter() - t0, 2),
-        **base,
         "test": metrics["test"],
         "test_tta": metrics["test_tta"],
     }
@@ -227,6 +207,19 @@ def _train_locked(
                 run_dir,
             )
     return summary
+
+
+def _manifest_facts(cfg: Config, rt: Runtime, data, data_info, pretrained: dict) -> dict:
+    """What manifest.json records about this run beyond versions: data, device, pretrained."""
+    return {
+        "data": {**data_info.as_dict(), **describe(data, _names(cfg))},
+        "runtime": rt.describe(),
+        "device": str(rt.device),
+        "precision": rt.precision,
+        "world_size": rt.world_size,
+        "host": host_info(rt),
+        "pretrained": pretrained,
+    }
 
 
 def _best_weights(best_path: Path, rt: Runtime) -> dict[str, Any]:

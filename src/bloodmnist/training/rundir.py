@@ -11,6 +11,7 @@ import platform
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -240,3 +241,19 @@ def build_manifest(extra: dict[str, Any]) -> dict[str, Any]:
         "started": dt.datetime.now().isoformat(timespec="seconds"),
         **extra,
     }
+
+
+def write_manifest(run_dir: Path, setup: Callable[[], dict[str, Any]], resumed: bool) -> bool:
+    """Write manifest.json; True when it is new (then the caller saves config.yaml too).
+
+    A resumed run keeps its first manifest and appends the restart time, so the record of what
+    the run started with (data hash, device, pretrained) is never rewritten.
+    """
+    path = run_dir / "manifest.json"
+    if resumed and path.is_file():
+        manifest = json.loads(path.read_text())
+        manifest.setdefault("resumed", []).append(build_manifest({})["started"])
+        write_json(path, manifest)
+        return False
+    write_json(path, build_manifest(setup()))
+    return True
