@@ -158,3 +158,59 @@ def test_cli_recipe_fast_trains_with_ema_and_onecycle(shared_data: Path, tmp_pat
         lrs = [float(row["lr"]) for row in csv.DictReader(fh)]
     assert lrs[0] == pytest.approx(saved["optim"]["lr"] / saved["schedule"]["div_factor"])
     assert math.isfinite(lrs[1]) and lrs[1] > lrs[0]  # warming up
+
+
+def _load_benchmark(name: str):
+    """A script under benchmarks/ as a module (they are scripts, not part of the package)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_roofline_flop_counts_match_the_hand_count_and_targets_follow() -> None:
+    roofline = _load_benchmark("roofline")
+    # Multiply-accumulates of one 28x28 image, by hand: stem 3->64 at 28x28; layer1 4 convs
+    # 64->64 at 28x28; layer2/3 (14x14, 7x7) each 102,760,448 incl. the 1x1 downsample;
+    # layer4 at 4x4 134,217,728; fc 512x8.
+    stem = 28 * 28 * 3 * 64 * 9
+    macs = stem + 4 * 28 * 28 * 64 * 64 * 9 + 2 * 102_760_448 + 134_217_728 + 512 * 8
+    rt = Runtime(CPU, "fp32", channels_last=False, threads=1)
+    flops = roofline.flops_per_image(rt)
+    assert flops["forward"] == 2 * macs == 913_405_952
+    # backward: weight grads everywhere, input grads everywhere but the stem (input needs none)
+    assert flops["train"] == 2 * (3 * macs - stem)
+
+    r = {
+        "gflop_per_img_train": 2.0,
+        "gflop_per_img_forward": 1.0,
+        "reference_train_img_s": 10.0,
+        "ceiling_gflop_s": 50.0,
+    }
+    need = roofline.targets(r)
+    assert need["speedup_train_at_ceiling"] == pytest.approx(50.0 / 2.0 / 10.0)
+    assert need["need_gflop_s_speedup_train"] == pytest.approx(2.2 * 10.0 * 2.0)
+    assert need["need_gflop_s_tta_10s"] == pytest.approx(7 * 3421 / 10.0)
+    run = 60 * (11959 * 2.0 + 1712 * 1.0) + 7 * 3421
+    assert need["need_gflop_s_run_55min"] == pytest.approx(run / 3300)
+
+
+def test_roofline_script_reports_consistent_rates(
+    shared_data: Path, capsys: pytest.CaptureFixture
+) -> None:
+    roofline = _load_benchmark("roofline")
+    argv = ["--data", str(shared_data), "--rounds", "1", "--batch", "4", "--matmul-size", "128"]
+    argv += ["--threads", "1"]
+    out = roofline.main(argv)
+    assert out["threads"] == 1 and out["precision"] in ("fp32", "bf16")
+    assert out["ceiling_gflop_s"] == max(out["kernel_gflop_s"].values()) > 0
+    assert len(out["kernel_gflop_s"]) == 5 and out["train_img_s"] > 0
+    assert out["reference_train_img_s"] > 0
+    assert out["train_gflop_s"] == pytest.approx(out["train_img_s"] * out["gflop_per_img_train"])
+    assert out["train_share_of_ceiling"] == pytest.approx(
+        out["train_gflop_s"] / out["ceiling_gflop_s"]
+    )
+    assert capsys.readouterr().out.strip().splitlines()[-1].startswith('{"gflop_per_img_train"')
