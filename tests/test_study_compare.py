@@ -184,6 +184,53 @@ def test_study_resume_of_finished_study_only_reaggregates(study: Path, tmp_path:
     assert json.loads((study / "study.json").read_text())["bootstrap"]["n_boot"] == 50
 
 
+def _files(run: Path) -> dict[Path, int]:
+    return {p.relative_to(run): p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file()}
+
+
+def test_study_adopts_a_finished_run_without_retraining_or_touching_it(
+    study: Path, shared_data: Path, tmp_path: Path
+) -> None:
+    run = (study / f"seed-{SEEDS[0]}").resolve()
+    before = _files(run)
+    args = ["study", "--seeds", f"{SEEDS[0]},5", "--jobs", "1", "--out", "st", "--adopt", str(run)]
+    args += ["--data", str(shared_data), *TINY, "--set", "eval.temperature_scaling=true"]
+    result = run_cli([*args, "--n-boot", "50"], cwd=tmp_path)
+    assert result.returncode == 0, describe(result)
+    assert f"seed {SEEDS[0]}: adopted {run}" in result.stderr
+    st = tmp_path / "st"
+    assert (st / f"seed-{SEEDS[0]}").is_symlink() and (st / f"seed-{SEEDS[0]}").resolve() == run
+    assert not (st / "logs" / f"seed-{SEEDS[0]}.log").exists()  # not trained again
+    assert (st / "logs" / "seed-5.log").is_file()
+    record = json.loads((st / "study.json").read_text())
+    assert record["seeds"] == [SEEDS[0], 5] and record["plan"]["adopted"] == {
+        str(SEEDS[0]): str(run)
+    }
+    adopted = json.loads((run / "summary.json").read_text())
+    assert record["per_seed"][0]["test_acc"] == adopted["test_acc"]
+    assert _files(run) == before  # the adopted run folder was only read
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--seeds", "5,6"], f"it was trained with seed {SEEDS[0]}, not one of [5, 6]"),
+        (["--seeds", f"{SEEDS[0]}", "--epochs", "2"], "train.epochs (run 1, study 2)"),
+    ],
+)
+def test_study_refuses_to_adopt_a_run_with_other_options(
+    study: Path, shared_data: Path, tmp_path: Path, extra: list[str], message: str
+) -> None:
+    run = study / f"seed-{SEEDS[0]}"
+    args = ["study", "--out", "st", "--adopt", str(run), "--data", str(shared_data)]
+    args += [*TINY, "--set", "eval.temperature_scaling=true", *extra]
+    result = run_cli(args, cwd=tmp_path)
+    assert result.returncode == 2, describe(result)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], lines
+    assert not (tmp_path / "st").exists()
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

@@ -111,6 +111,13 @@ def _study_parser(sub) -> None:
     p.add_argument("--jobs", type=int, default=1, help="seeds trained in parallel (default 1)")
     p.add_argument("--out", metavar="DIR", help="study folder (default runs/<time>-study/)")
     p.add_argument("--resume", metavar="STUDY_DIR", help="continue an unfinished study")
+    p.add_argument(
+        "--adopt",
+        action="append",
+        metavar="RUN_DIR",
+        help="a run trained earlier with the study's options stands for its seed (repeatable; "
+        "linked, never moved or modified)",
+    )
     _add_bootstrap(p)
 
 

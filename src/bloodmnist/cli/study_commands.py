@@ -16,21 +16,44 @@ def _echo(text: str) -> None:
     say(f"study: {text}")
 
 
-def check_train_options(train_args: list[str]) -> None:
-    """Parse the forwarded options as `bloodmnist train` would, and build the config once, so
-    a typo fails here in one line instead of in every seed's subprocess."""
-    from bloodmnist.cli.commands import train_config
+def _parse_train(train_args: list[str]) -> argparse.Namespace:
+    """Parse the forwarded options as `bloodmnist train` would; one clear error for a typo."""
     from bloodmnist.cli.main import build_parser
 
     err = io.StringIO()
     try:
         with contextlib.redirect_stderr(err):
-            ns = build_parser().parse_args(["train", *train_args])
+            return build_parser().parse_args(["train", *train_args])
     except SystemExit:
         lines = err.getvalue().strip().splitlines() or ["invalid train options"]
         msg = lines[-1].split("error: ", 1)[-1]
         raise BloodMNISTError(f"{msg} (train options; see bloodmnist train --help)") from None
-    train_config(ns)
+
+
+def check_train_options(train_args: list[str]) -> None:
+    """Build the config once, so a typo fails here in one line instead of in every seed's
+    subprocess."""
+    from bloodmnist.cli.commands import train_config
+
+    train_config(_parse_train(train_args))
+
+
+def _adopt(run_dirs: list[str], seeds: list[int], train_args: list[str]) -> dict[str, str]:
+    """seed -> absolute run folder for each --adopt, each checked against the study's options."""
+    from bloodmnist.cli.commands import train_config
+    from bloodmnist.training.study_adopt import check_adoptable
+
+    def seed_config(seed: int):
+        return train_config(_parse_train([*train_args, "--seed", str(seed)]))
+
+    adopted: dict[str, str] = {}
+    for run_dir in run_dirs:
+        path = Path(run_dir).expanduser().resolve()
+        seed = str(check_adoptable(path, seeds, seed_config))
+        if seed in adopted:
+            raise BloodMNISTError(f"--adopt {path}: seed {seed} is already {adopted[seed]}")
+        adopted[seed] = str(path)
+    return adopted
 
 
 def _plan(args: argparse.Namespace, train_args: list[str]):
@@ -42,8 +65,10 @@ def _plan(args: argparse.Namespace, train_args: list[str]):
         prepare_study_dir,
     )
 
+    adopt = args.adopt or []
     if args.resume:
         given = (["--seeds"] if args.seeds else []) + (["--out"] if args.out else []) + train_args
+        given += ["--adopt"] if adopt else []
         if given:
             raise BloodMNISTError(
                 f"--resume continues the study's saved plan; drop {' '.join(given)}"
@@ -56,6 +81,7 @@ def _plan(args: argparse.Namespace, train_args: list[str]):
     check_train_args(train_args)
     check_train_options(train_args)
     plan = new_plan(seeds, train_args, args.jobs)
+    plan.adopted = _adopt(adopt, seeds, train_args)
     study_dir = prepare_study_dir(args.out, resume=False)
     plan.save(study_dir)
     return study_dir, plan
@@ -66,10 +92,14 @@ def study(args: argparse.Namespace) -> int:
     from bloodmnist.evaluation.study_stats import aggregate_runs, load_seed_run
     from bloodmnist.reporting.study_report import write_study_reports
     from bloodmnist.training.study import failures, run_seeds, seed_dir, study_record
+    from bloodmnist.training.study_adopt import link_adopted
 
     study_dir, plan = _plan(args, list(getattr(args, "train_args", [])))
     threads = f"{plan.threads} threads each" if plan.threads else "threads as set"
     _echo(f"{study_dir}: seeds {plan.seeds}, {plan.jobs} at a time, {threads}")
+    link_adopted(study_dir, plan.adopted)
+    for seed, run_dir in plan.adopted.items():
+        _echo(f"seed {seed}: adopted {run_dir}")
     outcome = run_seeds(study_dir, plan, echo=_echo)
     done = [s for s in plan.seeds if outcome[s] == "completed"]
     runs = [load_seed_run(s, seed_dir(study_dir, s)) for s in done]

@@ -34,6 +34,7 @@ class StudyPlan:
     jobs: int
     threads: int  # torch threads per job (0: the user chose runtime.threads themselves)
     cwd: str = field(default_factory=os.getcwd)  # relative --data/--config paths resolve here
+    adopted: dict[str, str] = field(default_factory=dict)  # seed -> run folder (--adopt)
     created: str = field(default_factory=lambda: dt.datetime.now().isoformat(timespec="seconds"))
 
     def save(self, study_dir: Path) -> None:

@@ -1,0 +1,95 @@
+"""`bloodmnist study --adopt RUN_DIR`: let a run trained earlier stand for one of a study's seeds.
+
+A 60-epoch run costs hours on a small CPU; when one seed of a study already exists as an ordinary
+run folder, retraining it would only repeat the same deterministic computation. An adopted run
+must have been trained with exactly the options the study gives that seed (on the same data, by
+MD5); it is linked into the study as `seed-S` and never moved, copied or modified by the
+adoption (an unfinished one is continued in place, as `train --resume` would).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from bloodmnist.config import Config, from_dict, load_yaml
+from bloodmnist.errors import BloodMNISTError
+from bloodmnist.training.study import seed_state
+
+#: Settings that do not change what a run computes: where it writes, how many threads, whether
+#: reports were built, and the data file's path (its MD5 is compared instead).
+IGNORED = ("data.path", "runtime.threads", "runtime.reports", "runtime.out", "runtime.name")
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        out.update(_flat(v, f"{key}.") if isinstance(v, dict) else {key: v})
+    return out
+
+
+def config_differences(have: Config, want: Config) -> list[str]:
+    """Dotted keys whose values differ, ignoring settings that do not change results."""
+    a, b = _flat(have.to_dict()), _flat(want.to_dict())
+    keys = sorted(set(a) | set(b))
+    return [k for k in keys if k not in IGNORED and a.get(k) != b.get(k)]
+
+
+def expected_md5(cfg: Config) -> str:
+    """MD5 of the data a run with this config trains on: its --data file, or the official one."""
+    from bloodmnist.data.download import file_md5, official_md5
+
+    if cfg.data.path is None:
+        return official_md5(cfg.data.size)
+    path = Path(cfg.data.path)
+    if not path.is_file():
+        raise BloodMNISTError(f"data file {path} not found; pass --data with an existing npz")
+    return file_md5(path)
+
+
+def check_adoptable(run_dir: Path, seeds: list[int], expected: Callable[[int], Config]) -> int:
+    """The seed `run_dir` can stand for, or one clear error saying why it cannot.
+
+    `expected(seed)` is the config the study would train that seed with.
+    """
+    where = f"--adopt {run_dir}"
+    if not (run_dir / "config.yaml").is_file() or not (run_dir / "manifest.json").is_file():
+        raise BloodMNISTError(f"{where}: no config.yaml/manifest.json; not a bloodmnist run folder")
+    if seed_state(run_dir) not in ("completed", "resumable"):
+        raise BloodMNISTError(f"{where}: neither finished nor resumable (no checkpoints/last.pt)")
+    have = from_dict(load_yaml(run_dir / "config.yaml"))
+    seed = have.train.seed
+    if seed not in seeds:
+        raise BloodMNISTError(f"{where}: it was trained with seed {seed}, not one of {seeds}")
+    want = expected(seed)
+    diffs = config_differences(have, want)
+    if diffs:
+        pairs = [f"{k} (run {_get(have, k)!r}, study {_get(want, k)!r})" for k in diffs[:4]]
+        shown = ", ".join(pairs)
+        more = f" and {len(diffs) - 4} more" if len(diffs) > 4 else ""
+        raise BloodMNISTError(
+            f"{where}: trained with other options than the study's for seed {seed}: "
+            f"{shown}{more}; give the study the run's options or leave --adopt out"
+        )
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    run_md5, study_md5 = manifest.get("data", {}).get("md5"), expected_md5(want)
+    if run_md5 != study_md5:
+        raise BloodMNISTError(
+            f"{where}: trained on other data (MD5 {run_md5}) than the study's (MD5 {study_md5})"
+        )
+    return seed
+
+
+def _get(cfg: Config, dotted: str) -> Any:
+    return _flat(cfg.to_dict()).get(dotted)
+
+
+def link_adopted(study_dir: Path, adopted: dict[str, str]) -> None:
+    """Make `seed-S` a link to each adopted run folder (kept as they are when already there)."""
+    for seed, target in adopted.items():
+        link = study_dir / f"seed-{seed}"
+        if not link.is_symlink():
+            link.symlink_to(Path(target), target_is_directory=True)
