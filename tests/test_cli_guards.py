@@ -6,13 +6,18 @@ Each command here fails (or answers) before any training, so the file is quick.
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from bloodmnist import CLASS_NAMES, __version__
+from bloodmnist.errors import RunLockedError
+from bloodmnist.training.rundir import UNREADABLE_LOCK_AGE_S, RunLock
 from conftest import SHARED_NPZ_MD5, describe, error_lines, run_cli
 
 # -- run lock --------------------------------------------------------------------------------
@@ -62,6 +67,23 @@ def test_stale_lock_of_dead_process_is_taken_over(tmp_path: Path) -> None:
     assert error_lines(result)[-1].startswith("bloodmnist train: error: data file not found")
     assert (lock.parent / "train.log").is_file()  # got past the lock
     assert not lock.exists()  # released on exit
+
+
+def test_unreadable_lock_is_stale_only_once_old(tmp_path: Path) -> None:
+    """A process killed between creating the lock and writing its pid leaves an empty file:
+    a fresh one may still be in the making (refused), an old one is taken over."""
+    lock_file = tmp_path / "run.lock"
+    lock_file.write_text("")
+    with pytest.raises(RunLockedError, match="in use by process None"):
+        RunLock(tmp_path).acquire()
+    old = time.time() - UNREADABLE_LOCK_AGE_S - 5
+    os.utime(lock_file, (old, old))
+    lock = RunLock(tmp_path)
+    lock.acquire()
+    assert lock.held and "unreadable, left by a crash" in lock.took_over
+    assert json.loads(lock_file.read_text())["pid"] == os.getpid()
+    lock.release()
+    assert not lock_file.exists()
 
 
 def test_broken_data_file_is_one_error_line(tmp_path: Path) -> None:

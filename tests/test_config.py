@@ -167,11 +167,19 @@ def test_yaml_file_errors_name_the_file(tmp_path: Path) -> None:
         ("runtime.device=tpu", "runtime.device"),
         ("augment.crop_scale=[0.9, 0.5]", "crop_scale"),
         ("augment.hflip=1.5", "flip"),
+        ("eval.batch_size=0", "eval.batch_size"),
+        ("runtime.threads=-1", "runtime.threads"),
+        ("model.arch=vgg11", "model.arch must be resnet18"),
     ],
 )
 def test_cross_field_validation(override: str, words: str) -> None:
     with pytest.raises(ConfigError, match=re.escape(words)):
         build_config(overrides=[override])
+
+
+def test_a_value_then_a_key_below_it_is_one_config_error() -> None:
+    with pytest.raises(ConfigError, match="'optim' was set to a value, not a section"):
+        build_config(overrides=["optim=1", "optim.lr=2"])
 
 
 def test_parse_override_reads_values_as_yaml() -> None:

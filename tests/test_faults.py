@@ -217,6 +217,19 @@ def test_divergence_later_keeps_the_best_checkpoint(reference, tmp_path) -> None
     info = summary(run_dir)
     assert info["status"] == "diverged" and info["best_epoch"] == best_epoch
     assert {p.name: sha256(p) for p in (run_dir / "checkpoints").iterdir()} == before
+    assert "epochs: 4" in (run_dir / "config.yaml").read_text()  # the resumed run's config
+    again = cli("train", "--resume", str(run_dir), timeout=120)  # would only diverge again
+    assert again.returncode == 2
+    one_error_line(again.stderr, "diverged", "would diverge again", "lower optim.lr")
+
+
+def test_resuming_a_finished_run_is_refused_and_changes_nothing(reference, tmp_path) -> None:
+    """Its test split was evaluated once; a resume would evaluate it again."""
+    before = {p.name: sha256(p) for p in reference.dir.rglob("*") if p.is_file()}
+    result = cli("train", "--resume", str(reference.dir), timeout=120)
+    assert result.returncode == 2
+    one_error_line(result.stderr, "has finished", "tested once after 3 epochs", "higher --epochs")
+    assert {p.name: sha256(p) for p in reference.dir.rglob("*") if p.is_file()} == before
 
 
 # -- disk full while saving -----------------------------------------------------------------------

@@ -194,3 +194,16 @@ def test_pickled_objects_are_refused(tmp_path: Path) -> None:
     path = tmp_path / "objects.npz"
     np.savez(path, **arrays)
     _assert_unreadable(path, "not a readable npz")
+
+
+def test_image_size_must_match_data_size(tmp_path: Path) -> None:
+    """A 64 px file trained as data.size=28 would export and predict as 28 px: refused."""
+    from bloodmnist.data.source import load_data
+
+    path = _write(tmp_path, _arrays(size=64), "b64.npz")
+    data, info = load_data(str(path), 64, 8, None, progress=False)
+    assert data.image_size == 64 and info.user_file
+    with pytest.raises(
+        DataError, match=r"holds 64x64 images but data.size is 28; pass --set data.size=64"
+    ):
+        load_data(str(path), 28, 8, None, progress=False)

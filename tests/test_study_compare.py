@@ -283,32 +283,55 @@ def test_study_failed_seeds_run_in_parallel_and_say_how_to_resume(tmp_path: Path
     assert not (tmp_path / "st" / "study.json").exists()  # nothing finished, nothing aggregated
 
 
-def test_sigterm_to_the_study_stops_its_seeds_resumably(shared_data: Path, tmp_path: Path) -> None:
-    """SIGTERM to `study` (e.g. a job scheduler) reaches the seed that is training: it saves its
-    state and the study says how to resume, instead of leaving an orphan that keeps training."""
+@pytest.mark.parametrize(
+    ("signum", "to_group", "code", "said"),
+    [
+        (signal.SIGTERM, False, 143, "interrupted by SIGTERM"),  # a job scheduler
+        (signal.SIGINT, True, 130, "interrupted (Ctrl-C)"),  # a terminal: the whole group
+    ],
+)
+def test_a_signal_to_the_study_stops_its_seeds_resumably(
+    shared_data: Path, tmp_path: Path, signum: int, to_group: bool, code: int, said: str
+) -> None:
+    """The signal reaches the seed that is training exactly once: it saves its state and the
+    study says how to resume, instead of leaving an orphan (SIGTERM) or making the seed exit at
+    once as on a second signal (Ctrl-C, which a terminal sends to the whole process group)."""
     args = [sys.executable, "-m", "bloodmnist", "study", "--seeds", "7", "--out", "st"]
     args += ["--data", str(shared_data), "--subset", "64", "--epochs", "50", "--pretrained", "none"]
     args += ["--set", "optim.batch_size=32", "--set", "runtime.reports=false"]
-    # its own process group, so that a failing test can still stop the study and its seed
+    # its own process group, like a shell job, so a group signal reaches nothing else
     proc = subprocess.Popen(
         args, cwd=tmp_path, stderr=subprocess.PIPE, text=True, start_new_session=True
     )
-    log = tmp_path / "st" / "seed-7" / "train.log"
+    seed_dir = tmp_path / "st" / "seed-7"
+    log = seed_dir / "train.log"
     try:
         deadline = time.monotonic() + 300
         while not (log.is_file() and "training epochs 1..50" in log.read_text()):
             assert proc.poll() is None and time.monotonic() < deadline, "the seed never started"
             time.sleep(0.2)
-        proc.send_signal(signal.SIGTERM)
+        seed_pid = json.loads((seed_dir / "run.lock").read_text())["pid"]
+        assert os.getpgid(seed_pid) != os.getpgid(proc.pid)  # a group signal misses the seed
+        if to_group:
+            os.killpg(proc.pid, signum)
+        else:
+            proc.send_signal(signum)
         _, err = proc.communicate(timeout=120)
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)  # only if something above failed
-        proc.wait()
-    assert proc.returncode == 143, err
+        _kill_if_running(proc, seed_dir / "run.lock")  # only if something above failed
+    assert proc.returncode == code, err
     last = err.strip().splitlines()[-1]
-    assert last.startswith("bloodmnist study: error: interrupted by SIGTERM")
+    assert last.startswith(f"bloodmnist study: error: {said}")
     assert last.endswith(f"bloodmnist study --resume {tmp_path / 'st'}")
-    summary = json.loads((tmp_path / "st" / "seed-7" / "summary.json").read_text())
+    summary = json.loads((seed_dir / "summary.json").read_text())
     assert summary["status"] == "interrupted"  # the seed got the signal and stopped cleanly
-    assert not (tmp_path / "st" / "seed-7" / "run.lock").exists()  # and has exited
+    assert not (seed_dir / "run.lock").exists()  # and has exited
+
+
+def _kill_if_running(proc: subprocess.Popen, seed_lock: Path) -> None:
+    """Stop the study and its seed (own session: found through its run lock) after a failure."""
+    with contextlib.suppress(ProcessLookupError, ValueError, OSError):
+        os.kill(json.loads(seed_lock.read_text())["pid"], signal.SIGKILL)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()

@@ -1,4 +1,5 @@
-"""Atomic file writes: every file the tool writes appears whole or not at all.
+"""Atomic file writes (every file the tool writes appears whole or not at all), and JSON reads
+that fail in one line.
 
 One helper for run-folder files, checkpoints, predictions, results and exported models. The data
 goes to a hidden temp file beside the target (`.<name>.<random>.tmp`, a name
@@ -9,6 +10,7 @@ created with the user's umask, unlike `tempfile.mkstemp`'s 0600.
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
 from collections.abc import Iterator
@@ -48,3 +50,19 @@ def write_bytes_atomic(path: Path, data: bytes | memoryview) -> None:
 def write_text_atomic(path: Path, text: str) -> None:
     with atomic_open(path, binary=False, encoding="utf-8", newline="") as fh:
         fh.write(text)
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    """A JSON object from `path`, or one BloodMNISTError line naming the file."""
+    from bloodmnist.errors import BloodMNISTError
+
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise BloodMNISTError(
+            f"{path} is not readable JSON ({exc}); restore it, or re-create it by re-running "
+            "what wrote it"
+        ) from None
+    if not isinstance(data, dict):
+        raise BloodMNISTError(f"{path} should hold a JSON object, not {type(data).__name__}")
+    return data

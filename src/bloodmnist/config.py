@@ -228,8 +228,11 @@ def nest(dotted: dict[str, Any]) -> dict[str, Any]:
     for key, value in dotted.items():
         node = out
         parts = key.split(".")
-        for part in parts[:-1]:
+        for i, part in enumerate(parts[:-1]):
             node = node.setdefault(part, {})
+            if not isinstance(node, dict):  # e.g. --set optim=1 --set optim.lr=2
+                section = ".".join(parts[: i + 1])
+                raise ConfigError(f"--set {key}: '{section}' was set to a value, not a section")
         node[parts[-1]] = value
     return out
 
@@ -308,6 +311,9 @@ def validate(cfg: Config) -> None:
     checks = [
         (cfg.optim.lr > 0, "optim.lr must be > 0"),
         (cfg.optim.batch_size > 0, "optim.batch_size must be > 0"),
+        (cfg.eval.batch_size > 0, "eval.batch_size must be > 0"),
+        (cfg.runtime.threads >= 0, "runtime.threads must be >= 0 (0: all cores)"),
+        (cfg.model.arch == "resnet18", "model.arch must be resnet18 (the one model built)"),
         (cfg.train.epochs > 0, "train.epochs must be > 0"),
         (cfg.data.size in (28, 64, 128, 224), "data.size must be one of 28, 64, 128, 224"),
         (cfg.data.subset is None or cfg.data.subset > 0, "data.subset must be > 0"),
@@ -330,4 +336,6 @@ def validate(cfg: Config) -> None:
 
 
 def save_yaml(cfg: Config, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
+    from bloodmnist.atomic import write_text_atomic
+
+    write_text_atomic(Path(path), yaml.safe_dump(cfg.to_dict(), sort_keys=False))

@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from bloodmnist.atomic import write_text_atomic
 from bloodmnist.config import build_config, from_dict
 from bloodmnist.errors import BloodMNISTError
 
@@ -38,6 +39,7 @@ def _shared_run_dir(rt, out: str | None, cfg) -> Path:
 def _resume_state(args: argparse.Namespace):
     """Load RUN_DIR/checkpoints/last.pt; the run's own config wins, only --epochs may change."""
     from bloodmnist.training.checkpoint import load_checkpoint
+    from bloodmnist.training.rundir import RunLock
 
     run_dir = Path(args.resume)
     if not run_dir.is_dir():
@@ -55,7 +57,9 @@ def _resume_state(args: argparse.Namespace):
             f"--resume: {last} does not exist, so no epoch finished in {run_dir} and there is "
             "nothing to resume; start a new run with another --out"
         )
+    RunLock(run_dir).check_free()  # a run still training: say so before loading its state
     state = load_checkpoint(last)
+    _refuse_finished(run_dir, state, args.epochs)
     cfg = from_dict(state["config"])
     if args.epochs is not None:
         cfg.train.epochs = args.epochs
@@ -63,6 +67,30 @@ def _resume_state(args: argparse.Namespace):
         cfg.runtime.device = args.device or cfg.runtime.device
         cfg.runtime.precision = args.precision or cfg.runtime.precision
     return run_dir, state, cfg
+
+
+def _refuse_finished(run_dir: Path, state: dict, epochs: int | None) -> None:
+    """A completed run has been tested once; resuming it would test again. Only training on
+    past its last epoch (a higher --epochs, not after early stopping) makes a new final test."""
+    from bloodmnist.atomic import read_json
+
+    summary = run_dir / "summary.json"
+    status = read_json(summary).get("status") if summary.is_file() else None
+    if status == "diverged":
+        raise BloodMNISTError(
+            f"--resume: {run_dir} diverged (see its summary.json) and would diverge again; "
+            "start a new run with a lower optim.lr"
+        )
+    if status != "completed":
+        return
+    done = state.get("train_state", {})
+    more = epochs is not None and epochs > done.get("epoch", 0) and not done.get("stopped_early")
+    if not more:
+        raise BloodMNISTError(
+            f"--resume: {run_dir} has finished (summary.json: completed, tested once after "
+            f"{done.get('epoch')} epochs); to train further pass a higher --epochs (not after "
+            "early stopping), or start a new run with another --out"
+        )
 
 
 def train(args: argparse.Namespace) -> int:
@@ -149,7 +177,7 @@ def evaluate(args: argparse.Namespace) -> int:
     text = json.dumps(out, indent=2)
     print(text)
     if args.json:
-        Path(args.json).write_text(text + "\n", encoding="utf-8")
+        write_text_atomic(Path(args.json), text + "\n")
     return 0
 
 

@@ -108,7 +108,7 @@ def _study_parser(sub) -> None:
         allow_abbrev=False,  # --seed must not silently become --seeds
     )
     p.add_argument("--seeds", metavar="S1,S2,...", help="seeds, one training each (e.g. 42,43,44)")
-    p.add_argument("--jobs", type=int, default=1, help="seeds trained in parallel (default 1)")
+    p.add_argument("--jobs", type=_positive_int, help="seeds trained in parallel (default 1)")
     p.add_argument("--out", metavar="DIR", help="study folder (default runs/<time>-study/)")
     p.add_argument("--resume", metavar="STUDY_DIR", help="continue an unfinished study")
     p.add_argument(
@@ -122,7 +122,9 @@ def _study_parser(sub) -> None:
 
 
 def _add_bootstrap(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (default 1000)")
+    p.add_argument(
+        "--n-boot", type=_positive_int, default=1000, help="bootstrap resamples (default 1000)"
+    )
     p.add_argument("--boot-seed", type=int, default=0, help="bootstrap RNG seed (default 0)")
 
 
@@ -140,6 +142,16 @@ def _compare_parser(sub) -> None:
     _add_bootstrap(p)
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expects a whole number >= 1, got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="bloodmnist",
@@ -155,6 +167,10 @@ def build_parser() -> argparse.ArgumentParser:
     _export_parser(sub)
     _study_parser(sub)
     _compare_parser(sub)
+    # No option abbreviations: `study` forwards options it does not know to `train`, where
+    # `--res X` would otherwise silently mean --resume (and slip past study's own checks).
+    for p in (parser, *sub.choices.values()):
+        p.allow_abbrev = False
     return parser
 
 

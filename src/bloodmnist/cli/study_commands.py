@@ -8,6 +8,7 @@ import io
 import json
 from pathlib import Path
 
+from bloodmnist.atomic import write_text_atomic
 from bloodmnist.cli.console import say
 from bloodmnist.errors import BloodMNISTError
 
@@ -68,7 +69,7 @@ def _plan(args: argparse.Namespace, train_args: list[str]):
     adopt = args.adopt or []
     if args.resume:
         given = (["--seeds"] if args.seeds else []) + (["--out"] if args.out else []) + train_args
-        given += ["--adopt"] if adopt else []
+        given += (["--adopt"] if adopt else []) + (["--jobs"] if args.jobs is not None else [])
         if given:
             raise BloodMNISTError(
                 f"--resume continues the study's saved plan; drop {' '.join(given)}"
@@ -80,7 +81,7 @@ def _plan(args: argparse.Namespace, train_args: list[str]):
     seeds = parse_seeds(args.seeds)
     check_train_args(train_args)
     check_train_options(train_args)
-    plan = new_plan(seeds, train_args, args.jobs)
+    plan = new_plan(seeds, train_args, 1 if args.jobs is None else args.jobs)
     plan.adopted = _adopt(adopt, seeds, train_args)
     study_dir = prepare_study_dir(args.out, resume=False)
     plan.save(study_dir)
@@ -135,5 +136,5 @@ def compare(args: argparse.Namespace) -> int:
     text = json.dumps(result, indent=2, allow_nan=False)
     print(text)
     if args.json:
-        Path(args.json).write_text(text + "\n", encoding="utf-8")
+        write_text_atomic(Path(args.json), text + "\n")
     return 0

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from bloodmnist.data.download import fetch_dataset, file_md5, official_md5
 from bloodmnist.data.npz import Dataset, load_npz
+from bloodmnist.errors import DataError
 
 log = logging.getLogger("bloodmnist")
 
@@ -51,4 +52,10 @@ def load_data(
     path: str | None, size: int, num_classes: int, subset: int | None, progress: bool = True
 ) -> tuple[Dataset, DataInfo]:
     info = resolve_data(path, size, progress)
-    return load_npz(info.path, num_classes=num_classes, subset=subset), info
+    data = load_npz(info.path, num_classes=num_classes, subset=subset)
+    if data.image_size != size:  # the model, export and predict all take data.size as truth
+        raise DataError(
+            f"{info.path} holds {data.image_size}x{data.image_size} images but data.size is "
+            f"{size}; pass --set data.size={data.image_size} (or a {size} px file)"
+        )
+    return data, info

@@ -14,13 +14,13 @@ Refuses (one line) when the two used different data files (MD5) or different tes
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from bloodmnist.atomic import read_json
 from bloodmnist.errors import BloodMNISTError
 from bloodmnist.evaluation.run_files import (
     load_manifest,
@@ -87,7 +87,7 @@ def load_side(path: Path) -> Side:
         return _load_runs(path, [path], "run")
     study = path / "study.json"
     if study.is_file():
-        record = json.loads(study.read_text(encoding="utf-8"))
+        record = read_json(study)
         dirs = [path / row["run_dir"] for row in record.get("per_seed", [])]
         if not dirs:
             raise BloodMNISTError(f"{study} lists no completed seed runs")

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from bloodmnist.atomic import atomic_open
 from bloodmnist.errors import BloodMNISTError
 from bloodmnist.evaluation.metrics import roc_auc_ovr
 
@@ -58,13 +59,11 @@ def write_evaluator_csv(
     path = Path(folder) / evaluator_filename(split, size, auc, acc, run)
     if path.exists():
         raise BloodMNISTError(f"{path} already exists; move it away or write to another folder")
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", newline="", encoding="utf-8") as fh:
+    with atomic_open(path, binary=False, newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
         for i, row in enumerate(np.asarray(probs, dtype=np.float64)):
             # repr-precision floats: the evaluator recomputes AUC from these exact values
             writer.writerow([i, *(repr(float(v)) for v in row)])
-    tmp.replace(path)
     return path
 
 

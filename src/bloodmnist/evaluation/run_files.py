@@ -6,7 +6,6 @@ Shared by the reports (figures, Excel, HTML), `study` and `compare`: all see the
 from __future__ import annotations
 
 import csv
-import json
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from bloodmnist import CLASS_NAMES
+from bloodmnist.atomic import read_json
 from bloodmnist.errors import BloodMNISTError
 from bloodmnist.evaluation.calibration import (
     apply_temperature,
@@ -45,25 +45,15 @@ def check_run_dir(run_dir: Path) -> None:
         require_file(run_dir, name)
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise BloodMNISTError(f"{path} is not readable JSON: {exc}") from exc
-    if not isinstance(data, dict):
-        raise BloodMNISTError(f"{path} should hold a JSON object, not {type(data).__name__}")
-    return data
-
-
 def load_summary(run_dir: Path) -> dict[str, Any]:
     """The run's summary.json as a dict."""
-    return _read_json(require_file(run_dir, "summary.json"))
+    return read_json(require_file(run_dir, "summary.json"))
 
 
 def load_manifest(run_dir: Path) -> dict[str, Any]:
     """manifest.json as a dict; optional, so an empty dict when absent."""
     path = Path(run_dir) / "manifest.json"
-    return _read_json(path) if path.is_file() else {}
+    return read_json(path) if path.is_file() else {}
 
 
 def parse_number(text: str) -> int | float | str:

@@ -12,6 +12,7 @@ from openpyxl.styles import Font
 from openpyxl.utils import get_column_letter
 from openpyxl.worksheet.worksheet import Worksheet
 
+from bloodmnist.atomic import atomic_open
 from bloodmnist.evaluation.run_files import (
     CALIBRATION_HEADER,
     calibration_rows,
@@ -101,7 +102,6 @@ def write_excel(run_dir: Path) -> Path:
     write_table(wb.create_sheet("manifest"), ["key", "value"], load_manifest(run_dir).items())
 
     path = run_dir / "report.xlsx"
-    tmp = path.with_name(path.name + ".tmp")
-    wb.save(tmp)
-    tmp.replace(path)  # never leave a half-written workbook where a reader expects a report
+    with atomic_open(path) as fh:  # never a half-written workbook where a reader expects one
+        wb.save(fh)
     return path

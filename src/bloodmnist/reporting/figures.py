@@ -15,6 +15,7 @@ import numpy as np  # noqa: E402
 from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from bloodmnist.atomic import atomic_open
 from bloodmnist.evaluation.calibration import (  # noqa: E402
     apply_temperature,
     ece,
@@ -43,7 +44,8 @@ GOOD, BAD = "#1a7f37", "#cf222e"  # green / red titles for right / wrong predict
 
 
 def save_figure(fig: Figure, path: Path) -> Path:
-    fig.savefig(path, dpi=DPI, facecolor="white")
+    with atomic_open(Path(path)) as fh:
+        fig.savefig(fh, format="png", dpi=DPI, facecolor="white")
     plt.close(fig)  # figures are not garbage-collected while pyplot tracks them
     return path
 

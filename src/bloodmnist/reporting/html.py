@@ -10,6 +10,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from bloodmnist.atomic import write_text_atomic
 from bloodmnist.evaluation.run_files import (
     CALIBRATION_HEADER,
     FIGURES_DIR,
@@ -240,7 +241,5 @@ def write_html(run_dir: Path) -> Path:
         f"<body><main>\n{chr(10).join(s for s in sections if s)}\n</main></body></html>\n"
     )
     path = run_dir / "report.html"
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(page, encoding="utf-8")
-    tmp.replace(path)
+    write_text_atomic(path, page)
     return path

@@ -10,6 +10,7 @@ from typing import Any
 
 from openpyxl import Workbook
 
+from bloodmnist.atomic import atomic_open, write_text_atomic
 from bloodmnist.evaluation.stats import format_mean_std
 from bloodmnist.reporting.excel import write_table
 from bloodmnist.reporting.figures import history_series, plt, save_figure
@@ -166,9 +167,8 @@ def write_xlsx(record: dict[str, Any], path: Path) -> Path:
     write_table(wb.create_sheet("per_class"), PER_CLASS_HEADER, per_class_rows(record))
     plan = record.get("plan", {})
     write_table(wb.create_sheet("plan"), ["key", "value"], plan.items())
-    tmp = path.with_name(path.name + ".tmp")
-    wb.save(tmp)
-    tmp.replace(path)
+    with atomic_open(path) as fh:
+        wb.save(fh)
     return path
 
 
@@ -182,9 +182,7 @@ def write_study_reports(
     figure = plot_seed_curves(histories, study_dir / "figures" / FIGURE)
     page = _html_page(record, figure, f"BloodMNIST study: {study_dir.name}")
     html_path = study_dir / "study.html"
-    tmp = html_path.with_name(html_path.name + ".tmp")
-    tmp.write_text(page, encoding="utf-8")
-    tmp.replace(html_path)
+    write_text_atomic(html_path, page)
     return {
         "json": study_dir / "study.json",
         "figure": figure,

@@ -147,8 +147,8 @@ def _train_locked(
         pretrained = resume.get("pretrained", pretrained)
     if rt.is_main:
         facts = partial(_manifest_facts, cfg, rt, data, data_info, pretrained)
-        if write_manifest(run_dir, facts, resumed=resume is not None):
-            save_yaml(cfg, run_dir / "config.yaml")
+        write_manifest(run_dir, facts, resumed=resume is not None)
+        save_yaml(cfg, run_dir / "config.yaml")  # on resume too: --epochs/--device may change
     trainer = Trainer(cfg, rt, run_dir, data, _wrap_ddp(model, rt), pretrained)
     if resume is not None:
         trainer.restore(resume)
@@ -233,10 +233,9 @@ def _best_weights(best_path: Path, rt: Runtime) -> dict[str, Any]:
 def _headline(summary: dict[str, Any]) -> str:
     parts = []
     for key, label in (("test_acc", "acc"), ("test_macro_f1", "macro-F1"), ("test_auc", "AUC")):
-        tta = summary.get(f"{key}_tta")
-        parts.append(
-            f"{label} {summary[key]:.4f}" + (f" (TTA {tta:.4f})" if tta is not None else "")
-        )
+        plain, tta = summary.get(key), summary.get(f"{key}_tta")
+        text = f"{label} {plain:.4f}" if plain is not None else f"{label} n/a"
+        parts.append(text + (f" (TTA {tta:.4f})" if tta is not None else ""))
     return "  ".join(parts)
 
 

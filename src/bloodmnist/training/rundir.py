@@ -8,14 +8,16 @@ import json
 import logging
 import os
 import platform
+import re
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bloodmnist.atomic import write_text_atomic
+from bloodmnist.atomic import read_json, write_text_atomic
 from bloodmnist.errors import BloodMNISTError, OutputError, RunLockedError
 
 log = logging.getLogger("bloodmnist")
@@ -55,6 +57,10 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+#: An unreadable lock file older than this is stale: writing the pid takes microseconds.
+UNREADABLE_LOCK_AGE_S = 30
+
+
 class RunLock:
     """Exclusive lock on a run folder: O_EXCL lock file holding host and pid.
 
@@ -89,6 +95,11 @@ class RunLock:
         return owner.get("pid"), owner.get("host")
 
     def _is_stale(self, pid: object, host: object) -> bool:
+        if pid is None and host is None:  # unreadable: its writer died between create and write
+            try:
+                return time.time() - self.path.stat().st_mtime > UNREADABLE_LOCK_AGE_S
+            except OSError:
+                return False
         return isinstance(pid, int) and host == socket.gethostname() and not _pid_alive(pid)
 
     def _check_stale(self) -> None:
@@ -96,7 +107,8 @@ class RunLock:
             return
         pid, host = self._owner()
         if self._is_stale(pid, host):
-            self.took_over = f"taking over stale lock {self.path} (process {pid} is gone)"
+            gone = f"process {pid} is gone" if pid is not None else "unreadable, left by a crash"
+            self.took_over = f"taking over stale lock {self.path} ({gone})"
             self.path.unlink(missing_ok=True)
             return
         raise RunLockedError(
@@ -122,15 +134,8 @@ class RunLock:
         self.release()
 
 
-# Files written through a temp file (`.<name>.<random>[.tmp]`) next to them.
-ATOMIC_FILES = (
-    "best.pt",
-    "last.pt",
-    "history.csv",
-    "summary.json",
-    "manifest.json",
-    "predictions.npz",
-)
+# The temp names bloodmnist.atomic gives a file while it is written (`.<name>.<8 hex>.tmp`).
+_TEMP_NAME = re.compile(r"^\..+\.[0-9a-f]{8}\.tmp$")
 
 
 def remove_stale_temps(run_dir: Path) -> list[Path]:
@@ -142,7 +147,7 @@ def remove_stale_temps(run_dir: Path) -> list[Path]:
     removed = []
     for folder in (run_dir, run_dir / "checkpoints"):
         for p in folder.glob(".*") if folder.is_dir() else ():
-            if p.is_file() and any(p.name.startswith(f".{name}.") for name in ATOMIC_FILES):
+            if p.is_file() and _TEMP_NAME.match(p.name):
                 p.unlink(missing_ok=True)
                 removed.append(p)
     return removed
@@ -243,17 +248,13 @@ def build_manifest(extra: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def write_manifest(run_dir: Path, setup: Callable[[], dict[str, Any]], resumed: bool) -> bool:
-    """Write manifest.json; True when it is new (then the caller saves config.yaml too).
-
-    A resumed run keeps its first manifest and appends the restart time, so the record of what
-    the run started with (data hash, device, pretrained) is never rewritten.
-    """
+def write_manifest(run_dir: Path, setup: Callable[[], dict[str, Any]], resumed: bool) -> None:
+    """Write manifest.json. A resumed run keeps its first manifest and appends the restart time,
+    so the record of what the run started with (data hash, device, pretrained) stays."""
     path = run_dir / "manifest.json"
     if resumed and path.is_file():
-        manifest = json.loads(path.read_text())
-        manifest.setdefault("resumed", []).append(build_manifest({})["started"])
+        manifest = read_json(path)
+        manifest.setdefault("resumed", []).append(dt.datetime.now().isoformat(timespec="seconds"))
         write_json(path, manifest)
-        return False
+        return
     write_json(path, build_manifest(setup()))
-    return True

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bloodmnist.atomic import read_json, write_text_atomic
 from bloodmnist.errors import BloodMNISTError, TrainingStopped
 
 PLAN_FILE = "study_plan.json"
@@ -38,14 +39,19 @@ class StudyPlan:
     created: str = field(default_factory=lambda: dt.datetime.now().isoformat(timespec="seconds"))
 
     def save(self, study_dir: Path) -> None:
-        (study_dir / PLAN_FILE).write_text(json.dumps(asdict(self), indent=2) + "\n")
+        write_text_atomic(study_dir / PLAN_FILE, json.dumps(asdict(self), indent=2) + "\n")
 
     @classmethod
     def load(cls, study_dir: Path) -> StudyPlan:
         path = study_dir / PLAN_FILE
         if not path.is_file():
             raise BloodMNISTError(f"{study_dir} has no {PLAN_FILE}; is it a study folder?")
-        return cls(**json.loads(path.read_text()))
+        try:
+            return cls(**read_json(path))
+        except TypeError:
+            raise BloodMNISTError(
+                f"{path} does not match this version's study plan; start a new study"
+            ) from None
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -69,20 +75,27 @@ def split_cores(n_seeds: int, jobs: int, cores: int) -> tuple[int, int]:
     return j, max(1, cores // j)
 
 
+def _overrides(train_args: list[str]) -> list[str]:
+    """The `key=value` texts among the forwarded options, `--set=key=value` form included."""
+    texts = (a.split("=", 1)[1] if a.startswith("--set=") else a for a in train_args)
+    return [t.replace(" ", "") for t in texts]
+
+
 def check_train_args(train_args: list[str]) -> None:
-    """The study owns --seed/--out/--resume and train.seed; everything else goes to train."""
+    """The study owns --seed/--out/--resume and train.seed; everything else goes to train.
+    (The parsers refuse abbreviations, so `--se`/`--res` cannot slip past this check.)"""
     for arg in train_args:
         opt = arg.split("=", 1)[0]
         if opt in RESERVED_OPTIONS:
             raise BloodMNISTError(
                 f"study sets {opt} for each seed itself; drop {opt} (use --seeds)"
             )
-        if arg.replace(" ", "").startswith("train.seed="):
-            raise BloodMNISTError("study sets train.seed for each seed; use --seeds instead")
+    if any(t.startswith("train.seed=") for t in _overrides(train_args)):
+        raise BloodMNISTError("study sets train.seed for each seed; use --seeds instead")
 
 
 def _user_sets_threads(train_args: list[str]) -> bool:
-    return any(a.replace(" ", "").startswith("runtime.threads=") for a in train_args)
+    return any(t.startswith("runtime.threads=") for t in _overrides(train_args))
 
 
 def seed_dir(study_dir: Path, seed: int) -> Path:
@@ -90,14 +103,15 @@ def seed_dir(study_dir: Path, seed: int) -> Path:
 
 
 def seed_state(run_dir: Path) -> str:
-    """'completed' | 'resumable' (has last.pt) | 'new' (absent/empty) | 'broken' (neither)."""
+    """'completed' | 'diverged' | 'resumable' (has last.pt) | 'new' (absent/empty) | 'broken'."""
     summary = run_dir / "summary.json"
     if summary.is_file():
         try:
-            if json.loads(summary.read_text()).get("status") == "completed":
-                return "completed"
+            status = json.loads(summary.read_text()).get("status")
         except ValueError:
-            pass
+            status = None
+        if status in ("completed", "diverged"):  # resuming a diverged run diverges again
+            return status
     if (run_dir / "checkpoints" / "last.pt").is_file():
         return "resumable"
     if not run_dir.exists() or all(p.name == "run.lock" for p in run_dir.iterdir()):
@@ -122,16 +136,26 @@ def _launch(cmd: list[str], log_path: Path, cwd: str) -> subprocess.Popen:
     with log_path.open("a", encoding="utf-8") as fh:  # the child keeps its own copy of the fd
         fh.write(f"\n$ {' '.join(cmd)}\n")
         fh.flush()
-        return subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=cwd)
+        # Own session: a terminal's Ctrl-C goes to the study alone, which forwards it once;
+        # otherwise each seed would get it twice and take the second as "exit at once".
+        return subprocess.Popen(
+            cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=cwd, start_new_session=True
+        )
 
 
 def _stop_all(running: dict[int, subprocess.Popen], signum: int = signal.SIGINT) -> None:
-    """Forward an interrupt: each seed saves its state and exits resumable."""
-    for proc in running.values():
-        if proc.poll() is None:
+    """Forward an interrupt: each seed saves its state and exits resumable. A second signal
+    while waiting is forwarded too, so the seeds exit at once, as `train` does on its own."""
+    pending = [p for p in running.values() if p.poll() is None]
+    while pending:
+        for proc in pending:
             proc.send_signal(signum)
-    for proc in running.values():
-        proc.wait()
+        try:
+            for proc in pending:
+                proc.wait()
+        except (KeyboardInterrupt, TrainingStopped):
+            pass
+        pending = [p for p in pending if p.poll() is None]
 
 
 def _raise_on_sigterm(study_dir: Path):
@@ -159,6 +183,8 @@ def run_seeds(study_dir: Path, plan: StudyPlan, echo=print) -> dict[int, str]:
         state = seed_state(seed_dir(study_dir, seed))
         if state == "completed":
             outcome[seed] = "completed"
+        elif state == "diverged":
+            outcome[seed] = "failed: training diverged (see its summary.json); lower optim.lr"
         elif state == "broken":
             outcome[seed] = (
                 "failed: its folder has no checkpoints/last.pt to resume from; "
@@ -188,6 +214,12 @@ def run_seeds(study_dir: Path, plan: StudyPlan, echo=print) -> dict[int, str]:
     except BaseException as exc:
         stopped_by_term = isinstance(exc, TrainingStopped)
         _stop_all(running, signal.SIGTERM if stopped_by_term else signal.SIGINT)
+        if isinstance(exc, KeyboardInterrupt):
+            raise TrainingStopped(
+                "interrupted (Ctrl-C); the running seeds stopped after their current step. "
+                f"Continue with: bloodmnist study --resume {study_dir}",
+                130,
+            ) from None
         raise
     finally:
         if previous is not None:

@@ -9,13 +9,14 @@ adoption (an unfinished one is continued in place, as `train --resume` would).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from bloodmnist.atomic import read_json
 from bloodmnist.config import Config, from_dict, load_yaml
-from bloodmnist.errors import BloodMNISTError
+from bloodmnist.errors import BloodMNISTError, RunLockedError
+from bloodmnist.training.rundir import RunLock
 from bloodmnist.training.study import seed_state
 
 #: Settings that do not change what a run computes: where it writes, how many threads, whether
@@ -58,6 +59,11 @@ def check_adoptable(run_dir: Path, seeds: list[int], expected: Callable[[int], C
     where = f"--adopt {run_dir}"
     if not (run_dir / "config.yaml").is_file() or not (run_dir / "manifest.json").is_file():
         raise BloodMNISTError(f"{where}: no config.yaml/manifest.json; not a bloodmnist run folder")
+    try:
+        RunLock(run_dir).check_free()
+    except RunLockedError as exc:
+        msg = f"{where}: still training; adopt it once it finished ({exc})"
+        raise BloodMNISTError(msg) from None
     if seed_state(run_dir) not in ("completed", "resumable"):
         raise BloodMNISTError(f"{where}: neither finished nor resumable (no checkpoints/last.pt)")
     have = from_dict(load_yaml(run_dir / "config.yaml"))
@@ -74,7 +80,7 @@ def check_adoptable(run_dir: Path, seeds: list[int], expected: Callable[[int], C
             f"{where}: trained with other options than the study's for seed {seed}: "
             f"{shown}{more}; give the study the run's options or leave --adopt out"
         )
-    manifest = json.loads((run_dir / "manifest.json").read_text())
+    manifest = read_json(run_dir / "manifest.json")
     run_md5, study_md5 = manifest.get("data", {}).get("md5"), expected_md5(want)
     if run_md5 != study_md5:
         raise BloodMNISTError(
