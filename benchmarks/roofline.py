@@ -24,6 +24,7 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -55,7 +56,7 @@ def flops_per_image(rt: Runtime) -> dict[str, float]:
     return {"train": train.get_total_flops() / 4, "forward": fwd.get_total_flops() / 4}
 
 
-def _best_seconds(fn, repeat: int) -> float:
+def _best_seconds(fn: Callable[[], object], repeat: int) -> float:
     """Fastest of `repeat` calls: the least disturbed by other processes."""
     best = float("inf")
     for _ in range(repeat):
@@ -69,7 +70,7 @@ def _best_seconds(fn, repeat: int) -> float:
 MODEL_CONVS = ((64, 28), (128, 14), (256, 7), (512, 4))
 
 
-def conv_kernels(rt: Runtime, batch: int) -> dict[str, tuple[float, object]]:
+def conv_kernels(rt: Runtime, batch: int) -> dict[str, tuple[float, Callable[[], None]]]:
     """name -> (FLOPs, callable) for each of the model's 3x3 convolutions, forward only."""
     fmt = torch.channels_last if rt.channels_last else torch.contiguous_format
     out = {}
@@ -88,9 +89,9 @@ def conv_kernels(rt: Runtime, batch: int) -> dict[str, tuple[float, object]]:
     return out
 
 
-def make_workloads(rt: Runtime, batch: int, size: int):
+def make_workloads(rt: Runtime, batch: int, size: int) -> tuple[Callable[[], None], ...]:
     """Three callables: one matmul of size^3, one training step, one forward pass of `batch`."""
-    dtype = torch.bfloat16 if rt.precision == "bf16" else torch.float32
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(rt.precision, torch.float32)
     a = torch.randn(size, size, device=rt.device, dtype=dtype)
     b = torch.randn(size, size, device=rt.device, dtype=dtype)
     fmt = torch.channels_last if rt.channels_last else torch.contiguous_format
@@ -253,7 +254,7 @@ def main(argv: list[str] | None = None) -> dict:
     return out
 
 
-def _round(o):
+def _round(o: object) -> object:
     """Floats to 3 decimals, nested ones too, for the JSON line."""
     if isinstance(o, float):
         return round(o, 3)
@@ -263,4 +264,4 @@ def _round(o):
 
 
 if __name__ == "__main__":
-    sys.exit(0 if main() else 1)
+    main()

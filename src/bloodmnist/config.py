@@ -44,7 +44,7 @@ class AugmentConfig:
     crop_scale: tuple[float, float] = (0.9, 1.0)
     crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
     mixup_alpha: float = 0.001
-    rot90: bool = False  # random k*90 deg turns; with both flips: the dihedral group (fast recipe)
+    rot90: bool = False  # random k*90 deg turns; with both flips: the dihedral group (opt-in)
 
 
 @dataclass

@@ -8,11 +8,11 @@ import sys
 from pathlib import Path
 
 from bloodmnist.atomic import write_text_atomic
-from bloodmnist.config import build_config, from_dict
+from bloodmnist.config import Config, build_config, from_dict
 from bloodmnist.errors import BloodMNISTError
 
 
-def train_config(args: argparse.Namespace):
+def train_config(args: argparse.Namespace) -> Config:
     flags = {
         # absolute, so the saved config (and --resume) works from any directory
         "data.path": str(Path(args.data).expanduser().resolve()) if args.data else None,
@@ -36,7 +36,7 @@ def _shared_run_dir(rt, out: str | None, cfg) -> Path:
     )
 
 
-def _resume_state(args: argparse.Namespace):
+def _resume_state(args: argparse.Namespace) -> tuple[Path, dict, Config]:
     """Load RUN_DIR/checkpoints/last.pt; the run's own config wins, only --epochs may change."""
     from bloodmnist.training.checkpoint import load_checkpoint
     from bloodmnist.training.rundir import RunLock
@@ -71,7 +71,8 @@ def _resume_state(args: argparse.Namespace):
 
 def _refuse_finished(run_dir: Path, state: dict, epochs: int | None) -> None:
     """A completed run has been tested once; resuming it would test again. Only training on
-    past its last epoch (a higher --epochs, not after early stopping) makes a new final test."""
+    past its last epoch (a higher --epochs, not after early stopping) makes a new final test.
+    A diverged run would diverge again from the same state."""
     from bloodmnist.atomic import read_json
 
     summary = run_dir / "summary.json"

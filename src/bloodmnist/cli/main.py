@@ -22,7 +22,7 @@ def _train_parser(sub) -> None:
         choices=["reference", "fast"],
         default=None,
         help="base settings under --config/flags/--set: reference (default) or fast (one-cycle "
-        "LR, dihedral flips, label smoothing, EMA; a short run for small CPUs)",
+        "LR, horizontal and vertical flips, label smoothing; 3 epochs for small CPUs)",
     )
     p.add_argument("--data", metavar="FILE.npz", help="local BloodMNIST npz (never modified)")
     p.add_argument("--out", metavar="DIR", help="run folder (default runs/<time>-<name>/)")

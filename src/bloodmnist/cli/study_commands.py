@@ -7,10 +7,14 @@ import contextlib
 import io
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bloodmnist.atomic import write_text_atomic
 from bloodmnist.cli.console import say
 from bloodmnist.errors import BloodMNISTError
+
+if TYPE_CHECKING:  # imported lazily below: `compare` needs none of the study machinery
+    from bloodmnist.training.study import StudyPlan
 
 
 def _echo(text: str) -> None:
@@ -57,7 +61,7 @@ def _adopt(run_dirs: list[str], seeds: list[int], train_args: list[str]) -> dict
     return adopted
 
 
-def _plan(args: argparse.Namespace, train_args: list[str]):
+def _plan(args: argparse.Namespace, train_args: list[str]) -> tuple[Path, StudyPlan]:
     from bloodmnist.training.study import (
         StudyPlan,
         check_train_args,

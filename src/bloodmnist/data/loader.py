@@ -73,11 +73,3 @@ class TrainBatches:
             idx = order[start : start + self.batch_size]
             x = augment(self.images.index_select(0, idx), self.augment_cfg, gen)
             yield self.normalize(x), self.labels.index_select(0, idx)
-
-
-def eval_batches(
-    images: torch.Tensor, batch_size: int, normalize: Normalizer
-) -> Iterator[torch.Tensor]:
-    """Normalised, un-augmented batches in order."""
-    for start in range(0, len(images), batch_size):
-        yield normalize(images[start : start + batch_size])

@@ -9,12 +9,11 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from bloodmnist.config import Config, save_yaml
-from bloodmnist.data.npz import describe
-from bloodmnist.data.source import load_data
+from bloodmnist.data.npz import Dataset, describe
+from bloodmnist.data.source import DataInfo, load_data
 from bloodmnist.errors import OutputError, TrainingStopped
 from bloodmnist.evaluation.final import (
     evaluate_split,
@@ -23,7 +22,6 @@ from bloodmnist.evaluation.final import (
     temperature_scaling,
 )
 from bloodmnist.evaluation.medmnist_csv import write_run_csvs
-from bloodmnist.model.resnet import build_model, resolve_pretrained
 from bloodmnist.reporting.report import build_reports
 from bloodmnist.runtime import (
     Runtime,
@@ -31,10 +29,10 @@ from bloodmnist.runtime import (
     host_info,
     main_first,
     seed_everything,
-    weights_dir,
 )
 from bloodmnist.training.checkpoint import load_checkpoint, load_model_weights
 from bloodmnist.training.loop import DivergenceError
+from bloodmnist.training.model_setup import prepare_model, wrap_ddp
 from bloodmnist.training.rundir import (
     RunLock,
     remove_stale_temps,
@@ -43,41 +41,9 @@ from bloodmnist.training.rundir import (
     write_manifest,
 )
 from bloodmnist.training.signals import GracefulStop, StopRequested
-from bloodmnist.training.sync_bn import convert_sync_bn
 from bloodmnist.training.trainer import Trainer, TrainState
 
 log = logging.getLogger("bloodmnist")
-
-
-def prepare_model(cfg: Config, rt: Runtime) -> tuple[nn.Module, dict[str, Any]]:
-    """Build the adapted ResNet-18 (with ImageNet weights where available), on the device."""
-    state, info = resolve_pretrained(cfg.model.pretrained, cfg.model.pretrained_url, weights_dir())
-    if info.used:
-        log.info("pretrained: %s", info.message)
-    elif cfg.model.pretrained == "auto":
-        log.warning("pretrained: %s", info.message)
-    else:
-        log.info("pretrained: %s", info.message)
-    model = build_model(cfg.model.num_classes, state)
-    if rt.distributed and cfg.train.sync_bn:
-        model = convert_sync_bn(model, rt.device)
-    memory = torch.channels_last if rt.channels_last else torch.preserve_format
-    model = model.to(rt.device, memory_format=memory)
-    return model, {
-        "requested": info.requested,
-        "used": info.used,
-        "source": info.source,
-        "message": info.message,
-    }
-
-
-def _wrap_ddp(model: nn.Module, rt: Runtime) -> nn.Module:
-    if not rt.distributed:
-        return model
-    from torch.nn.parallel import DistributedDataParallel
-
-    ids = [rt.device.index] if rt.device.type == "cuda" else None
-    return DistributedDataParallel(model, device_ids=ids)
 
 
 def train_run(
@@ -149,7 +115,7 @@ def _train_locked(
         facts = partial(_manifest_facts, cfg, rt, data, data_info, pretrained)
         write_manifest(run_dir, facts, resumed=resume is not None)
         save_yaml(cfg, run_dir / "config.yaml")  # on resume too: --epochs/--device may change
-    trainer = Trainer(cfg, rt, run_dir, data, _wrap_ddp(model, rt), pretrained)
+    trainer = Trainer(cfg, rt, run_dir, data, wrap_ddp(model, rt), pretrained)
     if resume is not None:
         trainer.restore(resume)
         log.info(
@@ -174,7 +140,12 @@ def _train_locked(
 
 
 def _test_once(
-    model: nn.Module, data, cfg: Config, rt: Runtime, run_dir: Path, fields: dict[str, Any]
+    model: nn.Module,
+    data: Dataset,
+    cfg: Config,
+    rt: Runtime,
+    run_dir: Path,
+    fields: dict[str, Any],
 ) -> dict[str, Any]:
     """Evaluate best.pt on the test split (the one time it is seen), write the results and
     reports, and return summary.json's content; `fields` are the training facts it carries."""
@@ -209,7 +180,9 @@ def _test_once(
     return summary
 
 
-def _manifest_facts(cfg: Config, rt: Runtime, data, data_info, pretrained: dict) -> dict:
+def _manifest_facts(
+    cfg: Config, rt: Runtime, data: Dataset, data_info: DataInfo, pretrained: dict[str, Any]
+) -> dict[str, Any]:
     """What manifest.json records about this run beyond versions: data, device, pretrained."""
     return {
         "data": {**data_info.as_dict(), **describe(data, _names(cfg))},

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -158,7 +159,7 @@ def _stop_all(running: dict[int, subprocess.Popen], signum: int = signal.SIGINT)
         pending = [p for p in pending if p.poll() is None]
 
 
-def _raise_on_sigterm(study_dir: Path):
+def _raise_on_sigterm(study_dir: Path) -> Callable[[int, object], None]:
     """A SIGTERM handler for the study process. Without it SIGTERM would kill the study alone
     and leave its seeds training as orphans; this turns it into an error that forwards the
     signal to them (in `run_seeds`) and says how to resume."""
@@ -173,7 +174,9 @@ def _raise_on_sigterm(study_dir: Path):
     return handler
 
 
-def run_seeds(study_dir: Path, plan: StudyPlan, echo=print) -> dict[int, str]:
+def run_seeds(
+    study_dir: Path, plan: StudyPlan, echo: Callable[[str], None] = print
+) -> dict[int, str]:
     """Train every seed that is not completed yet; returns seed -> final state/exit summary."""
     if not Path(plan.cwd).is_dir():
         raise BloodMNISTError(f"the study's working folder {plan.cwd} is gone; its paths need it")

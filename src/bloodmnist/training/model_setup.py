@@ -1,0 +1,49 @@
+"""The model a run trains: built (with ImageNet weights where available), placed on the device
+in the chosen memory format, SyncBatchNorm and DDP under torchrun."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+from torch import nn
+
+from bloodmnist.config import Config
+from bloodmnist.model.resnet import build_model, resolve_pretrained
+from bloodmnist.runtime import Runtime, weights_dir
+from bloodmnist.training.sync_bn import convert_sync_bn
+
+log = logging.getLogger("bloodmnist")
+
+
+def prepare_model(cfg: Config, rt: Runtime) -> tuple[nn.Module, dict[str, Any]]:
+    """Build the adapted ResNet-18 (with ImageNet weights where available), on the device."""
+    state, info = resolve_pretrained(cfg.model.pretrained, cfg.model.pretrained_url, weights_dir())
+    if info.used:
+        log.info("pretrained: %s", info.message)
+    elif cfg.model.pretrained == "auto":
+        log.warning("pretrained: %s", info.message)
+    else:
+        log.info("pretrained: %s", info.message)
+    model = build_model(cfg.model.num_classes, state)
+    if rt.distributed and cfg.train.sync_bn:
+        model = convert_sync_bn(model, rt.device)
+    memory = torch.channels_last if rt.channels_last else torch.preserve_format
+    model = model.to(rt.device, memory_format=memory)
+    return model, {
+        "requested": info.requested,
+        "used": info.used,
+        "source": info.source,
+        "message": info.message,
+    }
+
+
+def wrap_ddp(model: nn.Module, rt: Runtime) -> nn.Module:
+    """DistributedDataParallel under torchrun; the model itself otherwise."""
+    if not rt.distributed:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    ids = [rt.device.index] if rt.device.type == "cuda" else None
+    return DistributedDataParallel(model, device_ids=ids)
