@@ -299,9 +299,15 @@ def test_a_signal_to_the_study_stops_its_seeds_resumably(
     args = [sys.executable, "-m", "bloodmnist", "study", "--seeds", "7", "--out", "st"]
     args += ["--data", str(shared_data), "--subset", "64", "--epochs", "50", "--pretrained", "none"]
     args += ["--set", "optim.batch_size=32", "--set", "runtime.reports=false"]
-    # its own process group, like a shell job, so a group signal reaches nothing else
+    # Its own process group, like a shell job, so a group signal reaches nothing else; SIGINT
+    # at its default: a suite started in the background (`make test &`) inherits it ignored.
     proc = subprocess.Popen(
-        args, cwd=tmp_path, stderr=subprocess.PIPE, text=True, start_new_session=True
+        args,
+        cwd=tmp_path,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     seed_dir = tmp_path / "st" / "seed-7"
     log = seed_dir / "train.log"

@@ -133,8 +133,8 @@ class RunLock:
         self.release()
 
 
-# The temp names bloodmnist.atomic gives a file while it is written (`.<name>.<8 hex>.tmp`).
-_TEMP_NAME = re.compile(r"^\..+\.[0-9a-f]{8}\.tmp$")
+# The temp names bloodmnist.atomic gives a file while it is written (`.<name>.<random>.tmp`).
+_TEMP_NAME = re.compile(r"^\..+\.[0-9A-Za-z]+\.tmp$")
 
 
 def remove_stale_temps(run_dir: Path) -> list[Path]:

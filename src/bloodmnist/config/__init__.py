@@ -1,0 +1,56 @@
+"""One Config dataclass tree. Defaults are the reference recipe; YAML files and `--set` override.
+
+Precedence (lowest to highest): dataclass defaults, `--config FILE.yaml`, dedicated CLI flags
+(`--epochs`, `--seed`, ...), `--set key=value`. The resolved tree is saved in every run folder and
+checkpoint, so a run can be repeated from its `config.yaml` alone.
+"""
+
+from bloodmnist.config.resolve import (
+    RECIPES,
+    build_config,
+    from_dict,
+    load_yaml,
+    nest,
+    parse_override,
+    recipe_dict,
+    save_yaml,
+    validate,
+)
+from bloodmnist.config.schema import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    TORCHVISION_RESNET18_URL,
+    AugmentConfig,
+    Config,
+    DataConfig,
+    EvalConfig,
+    ModelConfig,
+    OptimConfig,
+    RuntimeConfig,
+    ScheduleConfig,
+    TrainConfig,
+)
+
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "RECIPES",
+    "TORCHVISION_RESNET18_URL",
+    "AugmentConfig",
+    "Config",
+    "DataConfig",
+    "EvalConfig",
+    "ModelConfig",
+    "OptimConfig",
+    "RuntimeConfig",
+    "ScheduleConfig",
+    "TrainConfig",
+    "build_config",
+    "from_dict",
+    "load_yaml",
+    "nest",
+    "parse_override",
+    "recipe_dict",
+    "save_yaml",
+    "validate",
+]

@@ -1,0 +1,124 @@
+"""The Config dataclass tree; its defaults are the reference recipe."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+TORCHVISION_RESNET18_URL = "https://download.pytorch.org/models/resnet18-f37072fd.pth"
+
+
+@dataclass
+class DataConfig:
+    path: str | None = None  # local npz; None downloads the official file into the cache
+    size: int = 28
+    subset: int | None = None  # keep the first N samples of every split (smoke runs)
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+
+@dataclass
+class AugmentConfig:
+    hflip: float = 0.5
+    vflip: float = 0.0
+    rotation: float = 10.0  # degrees, uniform in [-r, r]
+    brightness: float = 0.2
+    contrast: float = 0.2
+    saturation: float = 0.2
+    crop_scale: tuple[float, float] = (0.9, 1.0)
+    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    mixup_alpha: float = 0.001
+    rot90: bool = False  # random k*90 deg turns; with both flips: the dihedral group (opt-in)
+
+
+@dataclass
+class ModelConfig:
+    arch: str = "resnet18"
+    num_classes: int = 8
+    pretrained: str = "auto"  # auto | none | PATH to a torchvision-layout state_dict
+    pretrained_url: str = TORCHVISION_RESNET18_URL
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 0.008
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    nesterov: bool = False
+    batch_size: int = 128  # global batch (split across ranks under torchrun)
+
+
+@dataclass
+class ScheduleConfig:
+    kind: str = "two_phase"  # two_phase (reference) | onecycle (per-step, peak LR = optim.lr)
+    cosine_epochs: int = 33  # cosine annealing drives epochs 1..cosine_epochs
+    t_max: int = 90
+    eta_min: float = 1e-4
+    plateau_factor: float = 0.5  # then ReduceLROnPlateau on validation accuracy
+    plateau_patience: int = 3
+    pct_start: float = 0.25  # onecycle: share of the steps spent warming up
+    div_factor: float = 25.0  # onecycle: start LR = optim.lr / div_factor
+    final_div_factor: float = 1e4  # onecycle: final LR = start LR / final_div_factor
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 60
+    early_stop_patience: int = 15
+    seed: int = 42
+    deterministic: bool = True
+    sync_bn: bool = False
+    label_smoothing: float = 0.0
+    # EMA of weights and BN buffers per step (0 = off); validation, best.pt and test use the EMA
+    ema_decay: float = 0.0
+
+
+@dataclass
+class EvalConfig:
+    tta: bool = True
+    batch_size: int = 512
+    tta_translate: float = 2.0  # pixels
+    tta_scale: float = 1.1
+    tta_blur_sigma: float = 0.4
+    tta_noise_std: float = 0.01  # in [0,1] pixel units, from a seeded generator
+    tta_seed: int = 0
+    # fit a softmax temperature on validation (best.pt) and report test calibration before/after
+    temperature_scaling: bool = False
+
+
+@dataclass
+class RuntimeConfig:
+    device: str = "auto"  # auto | cpu | cuda
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16
+    threads: int = 0  # 0: all cores this process may use
+    out: str = "runs"
+    name: str = "resnet18"
+    # false skips figures and reports at the end of a run (sweeps, tests); `bloodmnist report
+    # RUN_DIR` builds them later from the run folder alone
+    reports: bool = True
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict (tuples become lists) for YAML, JSON and checkpoints."""
+        return _plain(asdict(self))
+
+
+def _plain(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_plain(v) for v in obj]
+    return obj
