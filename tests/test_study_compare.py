@@ -236,6 +236,7 @@ def test_study_refuses_to_adopt_a_run_with_other_options(
     [
         (["--seeds", "1,2", "--seed", "5"], "study sets --seed"),
         (["--seeds", "1", "--bogus"], "unrecognized arguments: --bogus"),
+        (["--seeds", "1", "--res", "x"], "unrecognized arguments: --res x"),  # no abbreviations
         (["--seeds", "1", "--set", "optim.nope=1"], "unknown config key 'optim.nope'"),
     ],
 )
@@ -260,6 +261,8 @@ def test_seed_and_core_planning() -> None:
     assert split_cores(2, 8, 16) == (2, 8)  # never more jobs than seeds
     with pytest.raises(BloodMNISTError, match="use --seeds"):
         check_train_args(["--set", "train.seed=3"])
+    with pytest.raises(BloodMNISTError, match="use --seeds"):
+        check_train_args(["--set=train.seed=5"])  # the one-token form, too
     with pytest.raises(BloodMNISTError, match="study sets --out"):
         check_train_args(["--out=x"])
 
