@@ -9,7 +9,7 @@ import json
 import os
 import socket
 import subprocess
-import time
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +17,7 @@ import pytest
 
 from bloodmnist import CLASS_NAMES, __version__
 from bloodmnist.errors import RunLockedError
-from bloodmnist.training.rundir import UNREADABLE_LOCK_AGE_S, RunLock
+from bloodmnist.training.runlock import RunLock
 from conftest import SHARED_NPZ_MD5, describe, error_lines, run_cli
 
 # -- run lock --------------------------------------------------------------------------------
@@ -69,21 +69,53 @@ def test_stale_lock_of_dead_process_is_taken_over(tmp_path: Path) -> None:
     assert not lock.exists()  # released on exit
 
 
-def test_unreadable_lock_is_stale_only_once_old(tmp_path: Path) -> None:
-    """A process killed between creating the lock and writing its pid leaves an empty file:
-    a fresh one may still be in the making (refused), an old one is taken over."""
+def test_unreadable_lock_left_by_a_crash_is_taken_over(tmp_path: Path) -> None:
+    """A process killed between creating the lock file and writing its pid leaves an empty,
+    un-flocked file: nobody holds it, so it is taken over (with a message)."""
     lock_file = tmp_path / "run.lock"
     lock_file.write_text("")
-    with pytest.raises(RunLockedError, match="in use by process None"):
-        RunLock(tmp_path).acquire()
-    old = time.time() - UNREADABLE_LOCK_AGE_S - 5
-    os.utime(lock_file, (old, old))
     lock = RunLock(tmp_path)
     lock.acquire()
     assert lock.held and "unreadable, left by a crash" in lock.took_over
     assert json.loads(lock_file.read_text())["pid"] == os.getpid()
     lock.release()
     assert not lock_file.exists()
+
+
+_HOLDER = """
+import sys, time
+from pathlib import Path
+from bloodmnist.training.runlock import RunLock
+lock = RunLock(Path(sys.argv[1]))
+lock.acquire()
+print("held", flush=True)
+time.sleep(600)
+"""
+
+
+def test_flock_is_held_until_its_process_dies_however_it_dies(tmp_path: Path) -> None:
+    """The kernel releases the flock of a SIGKILLed owner: the next run takes over at once;
+    while the owner lives, a second process is refused (and the check changes nothing)."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLDER, str(tmp_path)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        before = (tmp_path / "run.lock").read_text()
+        with pytest.raises(RunLockedError, match=f"in use by process {holder.pid} on"):
+            RunLock(tmp_path).acquire()
+        with pytest.raises(RunLockedError, match=f"in use by process {holder.pid}"):
+            RunLock(tmp_path).check_free()
+        assert (tmp_path / "run.lock").read_text() == before
+    finally:
+        holder.kill()
+        holder.wait()
+    lock = RunLock(tmp_path)
+    lock.acquire()
+    assert lock.took_over == f"taking over stale lock {tmp_path / 'run.lock'} " + (
+        f"(process {holder.pid} is gone)"
+    )
+    lock.release()
 
 
 def test_broken_data_file_is_one_error_line(tmp_path: Path) -> None:

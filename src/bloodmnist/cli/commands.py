@@ -39,7 +39,7 @@ def _shared_run_dir(rt, out: str | None, cfg) -> Path:
 def _resume_state(args: argparse.Namespace) -> tuple[Path, dict, Config]:
     """Load RUN_DIR/checkpoints/last.pt; the run's own config wins, only --epochs may change."""
     from bloodmnist.training.checkpoint import load_checkpoint
-    from bloodmnist.training.rundir import RunLock
+    from bloodmnist.training.runlock import RunLock
 
     run_dir = Path(args.resume)
     if not run_dir.is_dir():

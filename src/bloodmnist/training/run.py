@@ -34,12 +34,12 @@ from bloodmnist.training.checkpoint import load_checkpoint, load_model_weights
 from bloodmnist.training.loop import DivergenceError
 from bloodmnist.training.model_setup import prepare_model, wrap_ddp
 from bloodmnist.training.rundir import (
-    RunLock,
     remove_stale_temps,
     setup_logging,
     write_json,
     write_manifest,
 )
+from bloodmnist.training.runlock import RunLock
 from bloodmnist.training.signals import GracefulStop, StopRequested
 from bloodmnist.training.trainer import Trainer, TrainState
 

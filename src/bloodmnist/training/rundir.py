@@ -5,22 +5,19 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import os
 import platform
 import re
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from bloodmnist.atomic import read_json, write_text_atomic
-from bloodmnist.errors import BloodMNISTError, OutputError, RunLockedError
+from bloodmnist.errors import BloodMNISTError, OutputError
+from bloodmnist.training.runlock import LOCK_NAME, RunLock
 
 log = logging.getLogger("bloodmnist")
-LOCK_NAME = "run.lock"
 
 
 def new_run_dir(out: str | Path, name: str, explicit: bool) -> Path:
@@ -44,93 +41,6 @@ def new_run_dir(out: str | Path, name: str, explicit: bool) -> Path:
             f"cannot write to run folder {path} ({exc.strerror}); choose a writable --out"
         ) from None
     return path
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)  # signal 0 only checks existence: nothing is killed
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-#: An unreadable lock file older than this is stale: writing the pid takes microseconds.
-UNREADABLE_LOCK_AGE_S = 30
-
-
-class RunLock:
-    """Exclusive lock on a run folder: O_EXCL lock file holding host and pid.
-
-    A second process refuses with a clear error; a lock left by a dead process on this host is
-    taken over with a message.
-    """
-
-    def __init__(self, run_dir: Path):
-        self.path = run_dir / LOCK_NAME
-        self.held = False
-        self.took_over: str | None = None  # stale-lock message; the caller logs it (train.log)
-
-    def acquire(self) -> None:
-        me = {"pid": os.getpid(), "host": socket.gethostname()}
-        for _ in range(2):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                self._check_stale()
-                continue
-            with os.fdopen(fd, "w") as fh:
-                json.dump(me, fh)
-            self.held = True
-            return
-        raise RunLockedError(f"could not lock {self.path}")
-
-    def _owner(self) -> tuple[object, object]:
-        try:
-            owner = json.loads(self.path.read_text())
-        except (OSError, ValueError):
-            owner = {}
-        return owner.get("pid"), owner.get("host")
-
-    def _is_stale(self, pid: object, host: object) -> bool:
-        if pid is None and host is None:  # unreadable: its writer died between create and write
-            try:
-                return time.time() - self.path.stat().st_mtime > UNREADABLE_LOCK_AGE_S
-            except OSError:
-                return False
-        return isinstance(pid, int) and host == socket.gethostname() and not _pid_alive(pid)
-
-    def _check_stale(self) -> None:
-        if not self.path.exists():  # its owner just finished: try again
-            return
-        pid, host = self._owner()
-        if self._is_stale(pid, host):
-            gone = f"process {pid} is gone" if pid is not None else "unreadable, left by a crash"
-            self.took_over = f"taking over stale lock {self.path} ({gone})"
-            self.path.unlink(missing_ok=True)
-            return
-        raise RunLockedError(
-            f"run folder {self.path.parent} is in use by process {pid} on {host}; wait for it to "
-            f"finish or use another --out (delete {self.path} only if that process is gone)"
-        )
-
-    def check_free(self) -> None:
-        """Raise RunLockedError if another process holds the lock; a stale one is left alone."""
-        if self.path.exists() and not self._is_stale(*self._owner()):
-            self._check_stale()
-
-    def release(self) -> None:
-        if self.held:
-            self.path.unlink(missing_ok=True)
-            self.held = False
-
-    def __enter__(self) -> RunLock:
-        self.acquire()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
 
 
 # The temp names bloodmnist.atomic gives a file while it is written (`.<name>.<random>.tmp`).

@@ -16,7 +16,7 @@ from typing import Any
 from bloodmnist.atomic import read_json
 from bloodmnist.config import Config, from_dict, load_yaml
 from bloodmnist.errors import BloodMNISTError, RunLockedError
-from bloodmnist.training.rundir import RunLock
+from bloodmnist.training.runlock import RunLock
 from bloodmnist.training.study import seed_state
 
 #: Settings that do not change what a run computes: where it writes, how many threads, whether
