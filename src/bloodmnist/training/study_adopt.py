@@ -73,7 +73,8 @@ def check_adoptable(run_dir: Path, seeds: list[int], expected: Callable[[int], C
     want = expected(seed)
     diffs = config_differences(have, want)
     if diffs:
-        pairs = [f"{k} (run {_get(have, k)!r}, study {_get(want, k)!r})" for k in diffs[:4]]
+        ran, asked = _flat(have.to_dict()), _flat(want.to_dict())
+        pairs = [f"{k} (run {ran.get(k)!r}, study {asked.get(k)!r})" for k in diffs[:4]]
         shown = ", ".join(pairs)
         more = f" and {len(diffs) - 4} more" if len(diffs) > 4 else ""
         raise BloodMNISTError(
@@ -87,10 +88,6 @@ def check_adoptable(run_dir: Path, seeds: list[int], expected: Callable[[int], C
             f"{where}: trained on other data (MD5 {run_md5}) than the study's (MD5 {study_md5})"
         )
     return seed
-
-
-def _get(cfg: Config, dotted: str) -> Any:
-    return _flat(cfg.to_dict()).get(dotted)
 
 
 def link_adopted(study_dir: Path, adopted: dict[str, str]) -> None:
