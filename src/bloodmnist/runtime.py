@@ -127,6 +127,9 @@ def setup_runtime(device: str = "auto", precision: str = "auto", threads: int = 
         n = threads or max(1, len(os.sched_getaffinity(0)) // max(1, _local_world(world_size)))
         torch.set_num_threads(n)
     else:
+        # cuBLAS is deterministic only with a fixed workspace, set before its first handle is
+        # made (torch's reproducibility notes); a user's own setting wins.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.cuda.set_device(dev)
         n = torch.get_num_threads()
     backend = None
