@@ -118,6 +118,34 @@ def test_flock_is_held_until_its_process_dies_however_it_dies(tmp_path: Path) ->
     lock.release()
 
 
+def test_resume_refuses_a_last_pt_saved_again_while_it_loaded(tmp_path: Path) -> None:
+    """last.pt is loaded before the lock is taken: if another resume saved a new one meanwhile,
+    continuing from the old state would overwrite newer training, so the run stops at once."""
+    import torch
+
+    from bloodmnist.config import Config
+    from bloodmnist.errors import BloodMNISTError
+    from bloodmnist.runtime import Runtime
+    from bloodmnist.training.checkpoint import file_stamp
+    from bloodmnist.training.run import ResumeFrom, train_run
+
+    last = tmp_path / "checkpoints" / "last.pt"
+    last.parent.mkdir()
+    last.write_bytes(b"epoch 3")
+    stamp = file_stamp(last)
+    newer = last.with_name(".last.pt.tmp")
+    newer.write_bytes(b"epoch 4")
+    os.replace(newer, last)  # how every checkpoint is saved: a rename over the old file
+    rt = Runtime(torch.device("cpu"), "fp32", False, 1)
+    with pytest.raises(BloodMNISTError, match=f"{last} was rewritten by another process"):
+        train_run(Config(), rt, tmp_path, progress=False, resume=ResumeFrom({}, stamp))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoints"]  # lock released
+    assert last.read_bytes() == b"epoch 4"
+    lock = RunLock(tmp_path)  # and free for the next attempt
+    lock.acquire()
+    lock.release()
+
+
 def test_broken_data_file_is_one_error_line(tmp_path: Path) -> None:
     bad = tmp_path / "bad.npz"
     np.savez(bad, train_images=np.zeros((2, 28, 28, 3), np.uint8))

@@ -6,10 +6,14 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bloodmnist.atomic import write_text_atomic
 from bloodmnist.config import Config, build_config, from_dict
 from bloodmnist.errors import BloodMNISTError
+
+if TYPE_CHECKING:
+    from bloodmnist.training.run import ResumeFrom
 
 
 def train_config(args: argparse.Namespace) -> Config:
@@ -36,9 +40,10 @@ def _shared_run_dir(rt, out: str | None, cfg) -> Path:
     )
 
 
-def _resume_state(args: argparse.Namespace) -> tuple[Path, dict, Config]:
+def _resume_state(args: argparse.Namespace) -> tuple[Path, ResumeFrom, Config]:
     """Load RUN_DIR/checkpoints/last.pt; the run's own config wins, only --epochs may change."""
-    from bloodmnist.training.checkpoint import load_checkpoint
+    from bloodmnist.training.checkpoint import file_stamp, load_checkpoint
+    from bloodmnist.training.run import ResumeFrom
     from bloodmnist.training.runlock import RunLock
 
     run_dir = Path(args.resume)
@@ -58,6 +63,7 @@ def _resume_state(args: argparse.Namespace) -> tuple[Path, dict, Config]:
             "nothing to resume; start a new run with another --out"
         )
     RunLock(run_dir).check_free()  # a run still training: say so before loading its state
+    stamp = file_stamp(last)  # train_run checks it again once it holds the lock
     state = load_checkpoint(last)
     _refuse_finished(run_dir, state, args.epochs)
     cfg = from_dict(state["config"])
@@ -66,7 +72,7 @@ def _resume_state(args: argparse.Namespace) -> tuple[Path, dict, Config]:
     if args.device or args.precision:
         cfg.runtime.device = args.device or cfg.runtime.device
         cfg.runtime.precision = args.precision or cfg.runtime.precision
-    return run_dir, state, cfg
+    return run_dir, ResumeFrom(state, stamp), cfg
 
 
 def _refuse_finished(run_dir: Path, state: dict, epochs: int | None) -> None:

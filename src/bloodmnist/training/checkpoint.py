@@ -39,6 +39,12 @@ def save_checkpoint(state: dict[str, Any], path: Path) -> None:
         raise OutputError.from_os(path, exc) from None
 
 
+def file_stamp(path: Path) -> tuple[int, int, int]:
+    """(inode, size, mtime ns) of a file: every save is a rename, so any new save changes it."""
+    st = Path(path).stat()
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load with weights_only=True (no pickled code runs); one-line errors for bad files."""
     p = Path(path)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -14,7 +14,7 @@ from torch import nn
 from bloodmnist.config import Config, save_yaml
 from bloodmnist.data.npz import Dataset, describe
 from bloodmnist.data.source import DataInfo, load_data
-from bloodmnist.errors import OutputError, TrainingStopped
+from bloodmnist.errors import BloodMNISTError, OutputError, TrainingStopped
 from bloodmnist.evaluation.final import (
     evaluate_split,
     save_predictions,
@@ -30,7 +30,7 @@ from bloodmnist.runtime import (
     main_first,
     seed_everything,
 )
-from bloodmnist.training.checkpoint import load_checkpoint, load_model_weights
+from bloodmnist.training.checkpoint import file_stamp, load_checkpoint, load_model_weights
 from bloodmnist.training.loop import DivergenceError
 from bloodmnist.training.model_setup import prepare_model, wrap_ddp
 from bloodmnist.training.rundir import (
@@ -46,20 +46,28 @@ from bloodmnist.training.trainer import Trainer, TrainState
 log = logging.getLogger("bloodmnist")
 
 
+@dataclass
+class ResumeFrom:
+    """A loaded last.pt and the file stamp it had when its loading began."""
+
+    state: dict[str, Any]
+    stamp: tuple[int, int, int]
+
+
 def train_run(
     cfg: Config,
     rt: Runtime,
     run_dir: Path,
     progress: bool = True,
-    resume: dict[str, Any] | None = None,
+    resume: ResumeFrom | None = None,
 ) -> dict[str, Any]:
     """Run the recipe into `run_dir` (already created) and return summary.json's content.
 
-    `resume` is a loaded last.pt: training continues after its epoch with all its state.
+    With `resume`, training continues after last.pt's epoch with all its state.
     """
     lock = RunLock(run_dir) if rt.is_main else None
     # Rank 0 holds the lock for all ranks (only it writes); if it cannot, every rank stops.
-    from_main(rt, lock.acquire if lock else lambda: None, share=False)
+    from_main(rt, partial(_lock_run, lock, run_dir, resume) if lock else lambda: None, share=False)
     try:
         setup_logging(run_dir if rt.is_main else None, verbose=rt.is_main)
         if lock and lock.took_over:
@@ -69,12 +77,26 @@ def train_run(
         # One handler for the whole run: a signal during setup stops before the first step, one
         # during the final evaluation lets it finish (a second signal exits at once).
         with GracefulStop() as stop:
-            return _train_locked(cfg, rt, run_dir, progress, resume, stop)
+            state = resume.state if resume else None
+            return _train_locked(cfg, rt, run_dir, progress, state, stop)
     except OSError as exc:  # e.g. disk full while writing predictions or reports: one line
         raise OutputError.from_os(exc.filename or run_dir, exc) from None
     finally:
         if lock:
             lock.release()
+
+
+def _lock_run(lock: RunLock, run_dir: Path, resume: ResumeFrom | None) -> None:
+    """Take the folder's lock; on resume, also make sure last.pt is still the file that was
+    loaded (it is read before the lock is taken, so another resume could have saved since)."""
+    lock.acquire()
+    last = run_dir / "checkpoints" / "last.pt"
+    if resume is not None and (not last.is_file() or file_stamp(last) != resume.stamp):
+        lock.release()
+        raise BloodMNISTError(
+            f"--resume: {last} was rewritten by another process while this one loaded it; "
+            "run the same --resume command again to continue from the new one"
+        )
 
 
 def _train_locked(
@@ -112,7 +134,7 @@ def _train_locked(
         )
         pretrained = resume.get("pretrained", pretrained)
     if rt.is_main:
-        facts = partial(_manifest_facts, cfg, rt, data, data_info, pretrained)
+        facts = partial(_manifest_facts, _names(cfg), rt, data, data_info, pretrained)
         write_manifest(run_dir, facts, resumed=resume is not None)
         save_yaml(cfg, run_dir / "config.yaml")  # on resume too: --epochs/--device may change
     trainer = Trainer(cfg, rt, run_dir, data, wrap_ddp(model, rt), pretrained)
@@ -181,11 +203,15 @@ def _test_once(
 
 
 def _manifest_facts(
-    cfg: Config, rt: Runtime, data: Dataset, data_info: DataInfo, pretrained: dict[str, Any]
+    class_names: tuple[str, ...],
+    rt: Runtime,
+    data: Dataset,
+    data_info: DataInfo,
+    pretrained: dict[str, Any],
 ) -> dict[str, Any]:
     """What manifest.json records about this run beyond versions: data, device, pretrained."""
     return {
-        "data": {**data_info.as_dict(), **describe(data, _names(cfg))},
+        "data": {**data_info.as_dict(), **describe(data, class_names)},
         "runtime": rt.describe(),
         "device": str(rt.device),
         "precision": rt.precision,
