@@ -17,10 +17,8 @@ import copy
 import json
 import os
 import platform
-import resource
 import statistics
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -39,6 +37,7 @@ from bloodmnist.model.resnet import build_model  # noqa: E402
 from bloodmnist.runtime import Runtime, host_info, setup_runtime  # noqa: E402
 from bloodmnist.training.loop import train_one_epoch  # noqa: E402
 from bloodmnist.training.trainer import epoch_generators  # noqa: E402
+from timing import peak_rss_mb, ratio, timed  # noqa: E402
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "bloodmnist_pbc_28.npz"
 
@@ -66,52 +65,22 @@ def _sgd(model: torch.nn.Module, cfg: Config) -> torch.optim.Optimizer:
     )
 
 
-def _cpu_seconds() -> float:
-    """CPU time of this process (all threads) and of its finished children (DataLoader
-    workers): the per-core cost, which background load on the machine does not inflate."""
-    me, kids = (
-        resource.getrusage(resource.RUSAGE_SELF),
-        resource.getrusage(resource.RUSAGE_CHILDREN),
-    )
-    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
-
-
-def _proc_cpu_seconds(pids: list[int]) -> float:
-    """utime + stime of running processes (the reference's DataLoader workers), from /proc."""
-    total = 0.0
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return total
-
-
-def _timed(fn, pids: list[int] | None = None) -> tuple[float, float]:
-    """(wall seconds, CPU seconds) of fn(); CPU includes the running processes `pids`."""
-    pids = pids or []
-    wall, cpu = time.perf_counter(), _cpu_seconds() + _proc_cpu_seconds(pids)
-    fn()
-    cpu_end = _cpu_seconds() + _proc_cpu_seconds(pids)
-    return time.perf_counter() - wall, cpu_end - cpu
-
-
-def _ratio(num: list[float], den: list[float]) -> float:
-    """Median of the per-rep ratios (pairs measured back to back)."""
-    return statistics.median(a / b for a, b in zip(num, den, strict=True))
-
-
 def measure_train(data, cfg: Config, rt: Runtime, reps: int, steps: int) -> dict[str, float]:
-    """Alternate reference / ours / model-alone reps of `steps` steps; wall and CPU time."""
+    """Alternate reference / ours / model-alone / data-only reps of `steps` steps."""
+    runs, loader = _train_variants(data, cfg, rt, steps)
+    wall, cpu = _alternate(runs, loader, reps, steps * cfg.optim.batch_size, steps)
+    return _train_figures(wall, cpu, steps * cfg.optim.batch_size, steps)
+
+
+def _train_variants(data, cfg: Config, rt: Runtime, steps: int) -> tuple[dict, object]:
+    """The four timed variants, each `fn(rep, running_reference_loader)`, warmed up once."""
     bs, aug = cfg.optim.batch_size, cfg.augment
     m_ref, m_ours = _model_pair(cfg, rt)
     opt_ref, opt_ours = _sgd(m_ref, cfg), _sgd(m_ours, cfg)
     norm = Normalizer(cfg.data.mean, cfg.data.std, rt.device, rt.channels_last)
     images = to_tensor(data.train.images, rt.device)  # once, as the Trainer does
     labels = torch.from_numpy(data.train.labels).to(rt.device)
-    n = steps * bs
-    ours = TrainBatches(images[:n], labels[:n], bs, aug, norm, cfg.train.seed)
+    ours = TrainBatches(images[: steps * bs], labels[: steps * bs], bs, aug, norm, cfg.train.seed)
     loader = ref.train_loader(
         data.train.images, data.train.labels, bs, cfg.data.mean, cfg.data.std, cfg.train.seed
     )
@@ -131,19 +100,24 @@ def measure_train(data, cfg: Config, rt: Runtime, reps: int, steps: int) -> dict
     ref.train_steps(m_ref, warm, opt_ref, 1, rt.device)
     warm.close()
     run_ours(FixedBatches(fixed.x, fixed.y, 1), 0, 0.0)
-    wall: dict[str, list[float]] = {"ref": [], "ours": [], "model": [], "data": []}
-    cpu: dict[str, list[float]] = {k: [] for k in wall}
     runs = {
         "ref": lambda rep, running: ref.train_steps(m_ref, running, opt_ref, steps, rt.device),
         "ours": lambda rep, _: run_ours(ours, rep, aug.mixup_alpha),
         "model": lambda rep, _: run_ours(fixed, rep, 0.0),
         "data": lambda rep, _: data_only(rep),
     }
+    return runs, loader
+
+
+def _alternate(runs: dict, loader, reps: int, n: int, steps: int) -> tuple[dict, dict]:
+    """Wall and CPU seconds of every variant, rep by rep (background load hits all alike)."""
+    wall: dict[str, list[float]] = {k: [] for k in runs}
+    cpu: dict[str, list[float]] = {k: [] for k in runs}
     for rep in range(1, reps + 1):
         for key, fn in runs.items():
             running = ref.RunningLoader(loader) if key == "ref" else None
             pids = running.worker_pids() if running else None
-            w, c = _timed(lambda fn=fn, rep=rep, r=running: fn(rep, r), pids)
+            w, c = timed(lambda fn=fn, rep=rep, r=running: fn(rep, r), pids)
             if running:
                 running.close()
             wall[key].append(w)
@@ -155,20 +129,24 @@ def measure_train(data, cfg: Config, rt: Runtime, reps: int, steps: int) -> dict
             f"data {1000 * wall['data'][-1] / steps:.0f} ms/batch",
             flush=True,
         )
+    return wall, cpu
+
+
+def _train_figures(wall: dict, cpu: dict, n: int, steps: int) -> dict[str, float]:
     w = {k: statistics.median(v) for k, v in wall.items()}
     c = {k: statistics.median(v) for k, v in cpu.items()}
     return {
         "train_img_s_reference": n / w["ref"],
         "train_img_s_ours": n / w["ours"],
         "train_img_s_model_alone": n / w["model"],
-        "speedup_train": _ratio(wall["ref"], wall["ours"]),
+        "speedup_train": ratio(wall["ref"], wall["ours"]),
         "train_img_per_cpu_s_reference": n / c["ref"],
         "train_img_per_cpu_s_ours": n / c["ours"],
-        "speedup_train_per_core": _ratio(cpu["ref"], cpu["ours"]),
+        "speedup_train_per_core": ratio(cpu["ref"], cpu["ours"]),
         # two views of "what our data path adds": full step vs model-alone step, and the
         # batch production (index, augment, normalise) timed on its own
-        "pipeline_overhead_pct_step": 100 * (_ratio(wall["ours"], wall["model"]) - 1),
-        "pipeline_overhead_pct_data": 100 * _ratio(wall["data"], wall["model"]),
+        "pipeline_overhead_pct_step": 100 * (ratio(wall["ours"], wall["model"]) - 1),
+        "pipeline_overhead_pct_data": 100 * ratio(wall["data"], wall["model"]),
         "data_ms_per_batch": 1000 * w["data"] / steps,
     }
 
@@ -189,9 +167,9 @@ def measure_eval(data, cfg: Config, rt: Runtime, n: int, rounds: int) -> dict[st
     norm = Normalizer(mean, std, rt.device, rt.channels_last)
     t_ref, t_ours = [], []
     for _ in range(rounds):
-        t_ref.append(_timed(lambda: ref.evaluate(m_ref, imgs, labels, mean, std, rt.device)))
+        t_ref.append(timed(lambda: ref.evaluate(m_ref, imgs, labels, mean, std, rt.device)))
         x = to_tensor(imgs, rt.device)
-        t_ours.append(_timed(lambda x=x: predict_probs(m_ours, x, rt, norm, cfg.eval.batch_size)))
+        t_ours.append(timed(lambda x=x: predict_probs(m_ours, x, rt, norm, cfg.eval.batch_size)))
     return {
         "eval_img_s_reference": n / min(t[0] for t in t_ref),
         "eval_img_s_ours": n / min(t[0] for t in t_ours),
@@ -209,10 +187,10 @@ def measure_tta(data, cfg: Config, rt: Runtime, n: int, chunk: int = 512) -> dic
     t_ref, t_ours = np.zeros(2), np.zeros(2)
     for lo in range(0, n, chunk):
         imgs, labels = data.test.images[lo : min(n, lo + chunk)], data.test.labels[lo : lo + chunk]
-        t_ref += _timed(
+        t_ref += timed(
             lambda i=imgs, y=labels: ref.tta_per_image(m_ref, i, y, mean, std, rt.device)
         )
-        t_ours += _timed(  # uint8 -> float conversion included: part of our path
+        t_ours += timed(  # uint8 -> float conversion included: part of our path
             lambda i=imgs: predict_probs(
                 m_ours, to_tensor(i, rt.device), rt, norm, cfg.eval.batch_size, cfg.eval
             )
@@ -227,12 +205,6 @@ def measure_tta(data, cfg: Config, rt: Runtime, n: int, chunk: int = 512) -> dic
         "speedup_tta_per_core": t_ref[1] / t_ours[1],
         "tta_images_measured": n,
     }
-
-
-def _peak_rss_mb() -> dict[str, float]:
-    self_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    child_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return {"peak_rss_mb": self_kb / 1024, "peak_rss_workers_mb": child_kb / 1024}
 
 
 def _table(r: dict) -> str:
@@ -302,7 +274,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"eval: {eval_n} val images; TTA: {tta_n} test images", flush=True)
     r.update(measure_eval(data, cfg, rt, eval_n, rounds=1 if args.quick else 2))
     r.update(measure_tta(data, cfg, rt, tta_n))
-    r.update(_peak_rss_mb())
+    r.update(peak_rss_mb())
     info = host_info(rt)
     r.update(
         {

@@ -214,3 +214,13 @@ def test_roofline_script_reports_consistent_rates(
         out["train_gflop_s"] / out["ceiling_gflop_s"]
     )
     assert capsys.readouterr().out.strip().splitlines()[-1].startswith('{"gflop_per_img_train"')
+
+
+def test_benchmark_timing_counts_cpu_and_pairs_ratios() -> None:
+    timing = _load_benchmark("timing")
+    # median of the per-rep ratios (pairs measured back to back), not a ratio of medians
+    assert timing.ratio([2.0, 4.0, 30.0], [1.0, 2.0, 3.0]) == 2.0
+    wall, cpu = timing.timed(lambda: sum(i * i for i in range(300_000)))
+    assert wall > 0 and 0 < cpu < wall + 0.5  # one busy thread: CPU time close to wall time
+    slept_wall, slept_cpu = timing.timed(lambda: time.sleep(0.2))
+    assert slept_wall >= 0.2 and slept_cpu < 0.1  # waiting costs no CPU
