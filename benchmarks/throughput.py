@@ -67,9 +67,10 @@ def _sgd(model: torch.nn.Module, cfg: Config) -> torch.optim.Optimizer:
 
 def measure_train(data, cfg: Config, rt: Runtime, reps: int, steps: int) -> dict[str, float]:
     """Alternate reference / ours / model-alone / data-only reps of `steps` steps."""
+    n = steps * cfg.optim.batch_size  # images per rep
     runs, loader = _train_variants(data, cfg, rt, steps)
-    wall, cpu = _alternate(runs, loader, reps, steps * cfg.optim.batch_size, steps)
-    return _train_figures(wall, cpu, steps * cfg.optim.batch_size, steps)
+    wall, cpu = _alternate(runs, loader, reps, n, steps)
+    return _train_figures(wall, cpu, n, steps)
 
 
 def _train_variants(data, cfg: Config, rt: Runtime, steps: int) -> tuple[dict, object]:

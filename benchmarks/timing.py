@@ -1,7 +1,8 @@
 """Wall and CPU time of a piece of work, children and running worker processes included.
 
-Shared by the benchmark scripts: CPU seconds are the per-core cost, which background load on
-the machine does not inflate, so ratios of them stay comparable when the box is busy.
+Used by throughput.py (roofline.py and inference.py time best-of and percentile loops of their
+own). CPU seconds are the per-core cost, which background load on the machine does not inflate,
+so ratios of them stay comparable when the box is busy.
 """
 
 from __future__ import annotations
