@@ -30,7 +30,7 @@ from bloodmnist.config import Config, from_dict
 from bloodmnist.data.loader import Normalizer, to_tensor
 from bloodmnist.inference.export import export_graph
 from bloodmnist.inference.preprocess import load_image, normalize
-from bloodmnist.model.resnet import build_model
+from bloodmnist.model import build_model, model_from_config
 from bloodmnist.runtime import host_info, setup_runtime
 from bloodmnist.training.checkpoint import load_checkpoint, load_model_weights
 
@@ -67,10 +67,10 @@ def throughput(fn: Callable[[], object], batch: int, iters: int) -> float:
 
 def load_model(checkpoint: str | None) -> tuple[torch.nn.Module, Config]:
     if checkpoint is None:
-        return build_model(8).eval(), Config()
+        return build_model("resnet18", 8).eval(), Config()
     state = load_checkpoint(checkpoint)
     cfg = from_dict(state["config"])
-    model = build_model(cfg.model.num_classes)
+    model = model_from_config(cfg)
     load_model_weights(model, state, checkpoint)
     return model.eval(), cfg
 

@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import reference_pipeline as ref  # noqa: E402
 from bloodmnist.config import DataConfig  # noqa: E402
 from bloodmnist.data.npz import load_npz  # noqa: E402
-from bloodmnist.model.resnet import build_model  # noqa: E402
+from bloodmnist.model import build_model  # noqa: E402
 from bloodmnist.runtime import Runtime, host_info, setup_runtime  # noqa: E402
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "bloodmnist_pbc_28.npz"
@@ -47,7 +47,7 @@ TARGET_SPEEDUP_TRAIN, TARGET_TTA_S, TARGET_RUN_S = 2.2, 10.0, 55 * 60
 
 def flops_per_image(rt: Runtime) -> dict[str, float]:
     """FLOPs (multiply and add counted apart) of a training step and a forward pass, per image."""
-    model = build_model(8).to(rt.device)
+    model = build_model("resnet18", 8).to(rt.device)
     x = torch.randn(4, 3, 28, 28, device=rt.device)
     with FlopCounterMode(display=False) as train:
         model(x).sum().backward()
@@ -95,7 +95,7 @@ def make_workloads(rt: Runtime, batch: int, size: int) -> tuple[Callable[[], Non
     a = torch.randn(size, size, device=rt.device, dtype=dtype)
     b = torch.randn(size, size, device=rt.device, dtype=dtype)
     fmt = torch.channels_last if rt.channels_last else torch.contiguous_format
-    model = build_model(8).to(rt.device, memory_format=fmt)
+    model = build_model("resnet18", 8).to(rt.device, memory_format=fmt)
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=5e-4)
     x = torch.randn(batch, 3, 28, 28, device=rt.device).to(memory_format=fmt)
     y = torch.randint(0, 8, (batch,), device=rt.device)
@@ -130,7 +130,7 @@ def reference_step(data_path: str, batch: int, rt: Runtime, steps: int = 2):
     train = load_npz(data_path).train
     d = DataConfig()
     loader = ref.train_loader(train.images, train.labels, batch, d.mean, d.std, seed=42)
-    model = build_model(8).to(rt.device)
+    model = build_model("resnet18", 8).to(rt.device)
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=5e-4)
 
     def seconds_per_step() -> float:

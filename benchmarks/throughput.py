@@ -33,7 +33,7 @@ from bloodmnist.config import Config  # noqa: E402
 from bloodmnist.data.loader import Normalizer, TrainBatches, to_tensor  # noqa: E402
 from bloodmnist.data.npz import load_npz  # noqa: E402
 from bloodmnist.evaluation.predict import predict_probs  # noqa: E402
-from bloodmnist.model.resnet import build_model  # noqa: E402
+from bloodmnist.model import build_model  # noqa: E402
 from bloodmnist.runtime import Runtime, host_info, setup_runtime  # noqa: E402
 from bloodmnist.training.loop import train_one_epoch  # noqa: E402
 from bloodmnist.training.trainer import epoch_generators  # noqa: E402
@@ -154,7 +154,7 @@ def _train_figures(wall: dict, cpu: dict, n: int, steps: int) -> dict[str, float
 
 def _model_pair(cfg: Config, rt: Runtime) -> tuple[torch.nn.Module, torch.nn.Module]:
     """The same weights twice: fp32 NCHW for the reference, channels_last for ours."""
-    ref_model = build_model(cfg.model.num_classes).to(rt.device)
+    ref_model = build_model("resnet18", cfg.model.num_classes).to(rt.device)
     ours = copy.deepcopy(ref_model).to(memory_format=torch.channels_last)
     return ref_model, ours
 

@@ -12,7 +12,7 @@ from bloodmnist.config import IMAGENET_MEAN, IMAGENET_STD, AugmentConfig, EvalCo
 from bloodmnist.data.augment import augment, geometry_matrices, mixup
 from bloodmnist.data.loader import Normalizer
 from bloodmnist.evaluation.predict import predict_probs, tta_views
-from bloodmnist.model.resnet import build_model
+from bloodmnist.model import build_model
 from bloodmnist.runtime import Runtime
 
 CPU = torch.device("cpu")
@@ -129,7 +129,7 @@ def _small_net() -> torch.nn.Module:
 def resnet() -> torch.nn.Module:
     """Seeded adapted ResNet-18 whose BatchNorm statistics come from one batch (sane logits)."""
     torch.manual_seed(0)
-    net = build_model(8)
+    net = build_model("resnet18", 8)
     for m in net.modules():
         if isinstance(m, torch.nn.BatchNorm2d):
             m.momentum = 1.0

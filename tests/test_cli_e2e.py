@@ -22,7 +22,7 @@ from sklearn.metrics import accuracy_score, f1_score
 from bloodmnist import CLASS_NAMES
 from bloodmnist.config import from_dict, load_yaml
 from bloodmnist.evaluation.metrics import compute_metrics
-from bloodmnist.model.resnet import build_model
+from bloodmnist.model import build_model
 from bloodmnist.training.checkpoint import load_checkpoint
 from browser import assert_renders
 from conftest import SHARED_NPZ_MD5, describe, error_lines, run_cli
@@ -95,6 +95,10 @@ def train_args(data: Path, out: Path) -> list[str]:
         "none",
         "--seed",
         "42",
+        # evaluate's numbers are compared with summary.json's: both fp32 on every CPU (evaluate
+        # defaults to fp32 on CPU; `auto` training would be bf16 on AVX512-BF16/AMX CPUs)
+        "--precision",
+        "fp32",
         "--quiet",
     ]
 
@@ -221,7 +225,7 @@ def test_checkpoints_load_and_carry_the_config(run_dir: Path, shared_data: Path)
         assert from_dict(ckpt["config"]) == saved
         assert ckpt["arch"] == "resnet18" and ckpt["num_classes"] == 8
         assert ckpt["world_size"] == 1 and ckpt["pretrained"]["used"] is False
-        build_model(8).load_state_dict(ckpt["model"])  # strict: every key fits
+        build_model("resnet18", 8).load_state_dict(ckpt["model"])  # strict: every key fits
     assert last["epoch"] == EPOCHS and best["epoch"] == summary["best_epoch"]
     assert best["metrics"]["val_acc"] == summary["best_val_acc"]
     assert last["train_state"]["epoch"] == EPOCHS and len(last["train_state"]["history"]) == 2
@@ -287,7 +291,9 @@ def test_report_rebuilds_deleted_artefacts(run_dir: Path, tmp_path: Path) -> Non
 
 def test_evaluate_reproduces_the_test_accuracy(run_dir: Path, tmp_path: Path) -> None:
     out_json = tmp_path / "eval.json"
-    result = run_cli(["evaluate", str(run_dir), "--no-tta", "--json", str(out_json)], cwd=tmp_path)
+    # fp32 as the training run (on CUDA `auto` would be AMP for evaluate, fp32 was trained)
+    args = ["evaluate", str(run_dir), "--no-tta", "--precision", "fp32", "--json", str(out_json)]
+    result = run_cli(args, cwd=tmp_path)
     assert result.returncode == 0, describe(result)
     printed = json.loads(result.stdout)
     summary = _json(run_dir / "summary.json")
@@ -297,7 +303,7 @@ def test_evaluate_reproduces_the_test_accuracy(run_dir: Path, tmp_path: Path) ->
     assert printed["epoch"] == summary["best_epoch"] and "acc_tta" not in printed
     assert printed["data_md5"] == SHARED_NPZ_MD5
     assert _json(out_json) == printed
-    again = run_cli(["evaluate", str(run_dir), "--no-tta", "--json", str(out_json)], cwd=tmp_path)
+    again = run_cli(args, cwd=tmp_path)
     assert again.returncode == 2 and "already exists" in again.stderr  # never overwrites
 
 

@@ -169,7 +169,7 @@ def test_yaml_file_errors_name_the_file(tmp_path: Path) -> None:
         ("augment.hflip=1.5", "flip"),
         ("eval.batch_size=0", "eval.batch_size"),
         ("runtime.threads=-1", "runtime.threads"),
-        ("model.arch=vgg11", "model.arch must be resnet18"),
+        ("model.arch=vgg11", "model.arch must be one of resnet18, resnet34, resnet50, resnet9"),
     ],
 )
 def test_cross_field_validation(override: str, words: str) -> None:

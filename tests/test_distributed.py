@@ -143,7 +143,8 @@ def test_test_metrics_count_every_image_once(runs, small_npz):
 def test_distributed_checkpoint_evaluates_in_one_process(runs, small_npz, tmp_path):
     """Same numbers from one process on all test images, TTA included: the sharded TTA seeds
     its noise by the image's index in the whole split, not in the shard."""
-    res = run_cli(["evaluate", str(runs["ddp"]), "--data", str(small_npz)], cwd=tmp_path)
+    args = ["evaluate", str(runs["ddp"]), "--data", str(small_npz), "--precision", "fp32"]
+    res = run_cli(args, cwd=tmp_path)  # fp32 as trained (on CUDA `auto` would be AMP)
     assert res.returncode == 0, describe(res)
     out = json.loads(res.stdout)
     summary = json.loads((runs["ddp"] / "summary.json").read_text())
@@ -203,12 +204,12 @@ def test_rank_zero_error_reaches_every_rank(small_npz, tmp_path):
 GRAD_CHECK = """
 import copy, sys, numpy as np, torch, torch.distributed as dist, torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
-from bloodmnist.model.resnet import build_model
+from bloodmnist.model import build_model
 from bloodmnist.training.sync_bn import convert_sync_bn
 dist.init_process_group("gloo")
 rank, world = dist.get_rank(), dist.get_world_size()
 torch.manual_seed(0)
-ref = build_model(8).double().to(memory_format=torch.channels_last)
+ref = build_model("resnet18", 8).double().to(memory_format=torch.channels_last)
 ddp = DistributedDataParallel(convert_sync_bn(copy.deepcopy(ref), torch.device("cpu")))
 plain = DistributedDataParallel(copy.deepcopy(ref))  # control: per-rank BatchNorm
 with np.load(sys.argv[1]) as src:

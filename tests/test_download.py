@@ -173,13 +173,15 @@ SHA = hashlib.sha256(WEIGHTS).hexdigest()
 
 
 def pretrained(url: str, cache: Path, **kw) -> Path:
+    """The weights go through the same pooch path as the dataset (its back-off is recorded)."""
     kw.setdefault("retries", 2)
-    return dl.download_pretrained(url, cache, progress=False, sleep=lambda s: None, **kw)
+    return dl.download_pretrained(url, cache, progress=False, **kw)
 
 
-def test_pretrained_success_and_cache(server, tmp_path):
+def test_pretrained_success_and_cache(server, tmp_path, fast_pooch_backoff):
     url = server.serve(f"/models/resnet18-{SHA[:8]}.pth", WEIGHTS, [STATUS_503, OK])
     path = pretrained(url, tmp_path)
+    assert fast_pooch_backoff == [1]  # pooch's retry, as for the dataset
     assert path == tmp_path / f"resnet18-{SHA[:8]}.pth"
     assert path.read_bytes() == WEIGHTS
     assert server.counts[f"/models/resnet18-{SHA[:8]}.pth"] == 2

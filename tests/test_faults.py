@@ -24,7 +24,7 @@ import pytest
 import torch
 
 from bloodmnist.config import Config
-from bloodmnist.model.resnet import build_model
+from bloodmnist.model import build_model
 from bloodmnist.training.checkpoint import load_checkpoint
 from fault_helpers import (
     DATA,
@@ -288,7 +288,12 @@ def _checkpoint(path: Path, num_classes: int, data: Path, **extra) -> Path:
     cfg = Config().to_dict()
     cfg["data"]["path"] = str(data)
     cfg["runtime"]["threads"] = 1
-    state = {"model": build_model(num_classes).state_dict(), "config": cfg, "epoch": 1, **extra}
+    state = {
+        "model": build_model("resnet18", num_classes).state_dict(),
+        "config": cfg,
+        "epoch": 1,
+        **extra,
+    }
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(state, path)
     return path

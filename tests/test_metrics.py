@@ -1,4 +1,5 @@
-"""The numpy metrics must agree with scikit-learn to 1e-12 and with a hand-worked example."""
+"""Metrics: values worked out by hand on fixed arrays, then agreement with scikit-learn's own
+functions called directly (our wrappers add label checks, MedMNIST's AUC and JSON glue)."""
 
 from __future__ import annotations
 
@@ -68,7 +69,7 @@ def test_label_metrics_match_sklearn(name: str) -> None:
     ref_f1 = skm.f1_score(y, pred, average="macro", zero_division=0)
     assert abs(macro_f1(y, pred, k) - ref_f1) < TOL
     p, r, f, s = skm.precision_recall_fscore_support(y, pred, labels=labels, zero_division=0)
-    scores = per_class_scores(cm)
+    scores = per_class_scores(y, pred, k)
     np.testing.assert_allclose(scores["precision"], p, rtol=0, atol=TOL)
     np.testing.assert_allclose(scores["recall"], r, rtol=0, atol=TOL)
     np.testing.assert_allclose(scores["f1"], f, rtol=0, atol=TOL)
@@ -79,7 +80,7 @@ def test_zero_division_gives_zero() -> None:
     y, probs = _tied_case()
     pred = probs.argmax(axis=1)
     assert 3 not in pred  # precondition: class 3 never predicted
-    scores = per_class_scores(confusion_matrix(y, pred, 4))
+    scores = per_class_scores(y, pred, 4)
     assert scores["precision"][3] == 0.0 and scores["f1"][3] == 0.0
 
 
@@ -144,6 +145,11 @@ def test_hand_computed_example() -> None:
     assert m["nll"] == pytest.approx(-np.mean(np.log(p_true)), abs=TOL)
     assert m["confusion"] == [[1, 1, 0], [0, 1, 1], [0, 0, 2]]
     assert [row["f1"] for row in m["per_class"]] == pytest.approx([2 / 3, 0.5, 0.8], abs=TOL)
+    # precision = TP / column sum (1/1, 1/2, 2/3); recall = TP / row sum (1/2, 1/2, 2/2)
+    assert [row["precision"] for row in m["per_class"]] == pytest.approx([1, 0.5, 2 / 3], abs=TOL)
+    assert [row["recall"] for row in m["per_class"]] == pytest.approx([0.5, 0.5, 1.0], abs=TOL)
+    assert [row["support"] for row in m["per_class"]] == [2, 2, 2]
+    assert [row["auc"] for row in m["per_class"]] == pytest.approx([1, 0.8125, 0.875], abs=TOL)
     assert m["n"] == 6
 
 
@@ -158,6 +164,39 @@ def test_compute_metrics_is_json_ready() -> None:
     # A perfectly confident wrong answer is clipped, not infinite.
     bad = compute_metrics(np.array([0, 1]), np.array([[0.0, 1.0], [0.0, 1.0]]), ["a", "b"])
     assert bad["nll"] == pytest.approx(-np.log(1e-12) / 2)
+
+
+def test_absent_and_unpredicted_classes_by_hand() -> None:
+    """4 classes; class 3 neither occurs nor is predicted, class 2 is predicted but never occurs.
+
+    y_true = 0 0 1 1, predictions = 0 2 1 1.
+    class 0: TP 1, FP 0, FN 1 -> precision 1, recall 1/2, F1 2/3
+    class 1: TP 2, FP 0, FN 0 -> F1 1
+    class 2: TP 0, FP 1, FN 0 -> F1 0 (zero_division gives 0, not NaN)
+    class 3: never seen anywhere -> left out of the macro mean: (2/3 + 1 + 0) / 3 = 5/9
+    AUC: class 0 positives 0.9, 0.3 vs negatives 0.1, 0.2 -> 4/4 = 1; class 1 positives 0.8,
+    0.7 vs 0.05, 0.1 -> 1; classes 2 and 3 have no positives -> undefined (None), skipped.
+    """
+    y = np.array([0, 0, 1, 1])
+    probs = np.array(
+        [
+            [0.9, 0.05, 0.05, 0.0],
+            [0.3, 0.1, 0.6, 0.0],
+            [0.1, 0.8, 0.1, 0.0],
+            [0.2, 0.7, 0.1, 0.0],
+        ]
+    )
+    m = compute_metrics(y, probs, ["a", "b", "c", "d"])
+    assert m["macro_f1"] == pytest.approx(5 / 9, abs=TOL)
+    assert [r["f1"] for r in m["per_class"]] == pytest.approx([2 / 3, 1, 0, 0], abs=TOL)
+    assert [r["auc"] for r in m["per_class"]] == [1.0, 1.0, None, None]
+    assert m["auc"] == 1.0 and m["acc"] == 0.75
+    assert m["confusion"] == [[1, 0, 1, 0], [0, 2, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]]
+    # A tie between a positive and a negative counts 1/2: class 1's positive 0.2 beats 0.1 twice
+    # and ties 0.2 once -> 2.5 / 3; class 0 mirrors it.
+    two = roc_auc_ovr(np.array([0, 0, 0, 1]), np.array([[0.9, 0.1], [0.8, 0.2]] * 2))
+    np.testing.assert_allclose(two, [2.5 / 3, 2.5 / 3], rtol=0, atol=TOL)
+    assert math.isnan(medmnist_auc(np.zeros(3, int), np.full((3, 2), 0.5)))
 
 
 def test_input_validation() -> None:

@@ -14,7 +14,8 @@ import torchvision
 from torch import nn
 
 from bloodmnist.errors import CheckpointError
-from bloodmnist.model.resnet import build_model, resolve_pretrained
+from bloodmnist.model import build_model
+from bloodmnist.model.resnet import resolve_pretrained
 from httpserver import TestHTTPServer, closed_port_url
 
 
@@ -46,7 +47,7 @@ def weights_bytes(imagenet_like: dict[str, torch.Tensor]) -> bytes:
 
 def test_structure_and_forward() -> None:
     torch.manual_seed(0)
-    model = build_model(8)
+    model = build_model("resnet18", 8)
     conv1 = model.conv1
     assert isinstance(conv1, nn.Conv2d)
     assert conv1.kernel_size == (3, 3) and conv1.stride == (1, 1) and conv1.padding == (1, 1)
@@ -57,16 +58,16 @@ def test_structure_and_forward() -> None:
     with torch.no_grad():
         out = model(torch.rand(2, 3, 28, 28))
     assert out.shape == (2, 8) and torch.isfinite(out).all()
-    assert build_model(3).fc.out_features == 3
+    assert build_model("resnet18", 3).fc.out_features == 3
 
 
 def test_transfer_copies_backbone_resizes_stem_keeps_new_head(
     imagenet_like: dict[str, torch.Tensor],
 ) -> None:
     torch.manual_seed(1)
-    fresh_fc = build_model(8).fc.weight.detach().clone()
+    fresh_fc = build_model("resnet18", 8).fc.weight.detach().clone()
     torch.manual_seed(1)
-    model = build_model(8, imagenet_like)
+    model = build_model("resnet18", 8, state_dict=imagenet_like)
     own = model.state_dict()
     assert set(own) == set(imagenet_like)  # same keys; fc and conv1 differ in shape
     copied = 0
@@ -108,7 +109,7 @@ def test_layout_mismatch_is_a_checkpoint_error(
     else:
         broken[key] = torch.zeros(7, *broken[key].shape[1:])
     with pytest.raises(CheckpointError) as info:
-        build_model(8, broken)
+        build_model("resnet18", 8, state_dict=broken)
     assert key.split(".")[0] in str(info.value) and "\n" not in str(info.value)
 
 
@@ -125,7 +126,7 @@ def test_resolve_none_and_local_path(
     assert state is not None and set(state) == set(imagenet_like)
     assert all(torch.equal(state[k], imagenet_like[k]) for k in imagenet_like)
     assert not (tmp_path / "cache").exists()  # a local file needs no cache
-    model = build_model(8, state)
+    model = build_model("resnet18", 8, state_dict=state)
     assert torch.equal(
         model.state_dict()["layer4.1.conv2.weight"], imagenet_like["layer4.1.conv2.weight"]
     )
@@ -161,7 +162,7 @@ def test_auto_downloads_from_local_server(
         # Second call: the verified cache is used, nothing is fetched again.
         state2, info2 = resolve_pretrained("auto", url, cache_dir=tmp_path)
         assert info2.used and server.counts[f"/models/{name}"] == 1
-    model = build_model(8, state2)
+    model = build_model("resnet18", 8, state_dict=state2)
     assert torch.equal(model.state_dict()["layer1.0.bn1.bias"], imagenet_like["layer1.0.bn1.bias"])
 
 

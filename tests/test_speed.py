@@ -21,7 +21,7 @@ from bloodmnist.data.loader import Normalizer, to_tensor
 from bloodmnist.data.npz import load_npz
 from bloodmnist.errors import ConfigError
 from bloodmnist.evaluation.predict import predict_probs
-from bloodmnist.model.resnet import build_model
+from bloodmnist.model import build_model
 from bloodmnist.runtime import Runtime
 from bloodmnist.training.ema import make_ema
 from bloodmnist.training.schedule import OneCycleSchedule, build_schedule
@@ -48,7 +48,7 @@ def test_batched_tta_beats_a_per_image_loop_with_the_same_numbers(
     n = 16
     images = to_tensor(load_npz(shared_data, subset=n).test.images, CPU)
     torch.manual_seed(0)
-    model = build_model(8).to(memory_format=torch.channels_last).eval()
+    model = build_model("resnet18", 8).to(memory_format=torch.channels_last).eval()
     rt = Runtime(CPU, "fp32", True, 1)
     norm = Normalizer(Config().data.mean, Config().data.std, CPU, channels_last=True)
     predict_probs(model, images[:2], rt, norm, 1, tta=EvalConfig())  # warm-up, both shapes

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -107,6 +106,7 @@ def train(args: argparse.Namespace) -> int:
     else:
         cfg = train_config(args)
     # Heavy imports (torchvision, reporting) only now: a bad config fails in a fraction of a second
+    from bloodmnist.progress import wants_bars
     from bloodmnist.runtime import cleanup, per_rank_batch, setup_runtime
     from bloodmnist.training.run import train_run
 
@@ -115,7 +115,8 @@ def train(args: argparse.Namespace) -> int:
         per_rank_batch(cfg.optim.batch_size, rt.world_size)  # before any folder is made
         if resume is None:
             run_dir = _shared_run_dir(rt, args.out, cfg)
-        summary = train_run(cfg, rt, run_dir, progress=not args.quiet, resume=resume)
+        # Bars only in a terminal: a log file, pipe or nohup gets one line per epoch
+        summary = train_run(cfg, rt, run_dir, progress=wants_bars(not args.quiet), resume=resume)
         if rt.is_main:
             print(
                 json.dumps(
@@ -149,19 +150,25 @@ def evaluate(args: argparse.Namespace) -> int:
     state = load_checkpoint(ckpt_path)  # a bad checkpoint fails before the heavy imports
     from bloodmnist.data.source import load_data
     from bloodmnist.evaluation.final import evaluate_split
-    from bloodmnist.model.resnet import build_model
+    from bloodmnist.model import model_from_config
+    from bloodmnist.progress import wants_bars
     from bloodmnist.runtime import setup_runtime
 
     cfg = from_dict(state["config"])
-    rt = setup_runtime(args.device or cfg.runtime.device, args.precision or cfg.runtime.precision)
+    # Inference precision, not the run's: on a CPU `auto` is fp32, so the numbers do not depend
+    # on the CPU; evaluate --precision bf16 asks for bf16 explicitly.
+    rt = setup_runtime(
+        args.device or cfg.runtime.device, args.precision or "auto", purpose="inference"
+    )
     # Without --data, evaluate exactly what the run saw (its --subset too), so the numbers match
     # summary.json; an explicit --data file is evaluated whole.
     subset = None if args.data else cfg.data.subset
     data, info = load_data(args.data or cfg.data.path, cfg.data.size, cfg.model.num_classes, subset)
-    model = build_model(cfg.model.num_classes)
+    model = model_from_config(cfg)
     load_model_weights(model, state, ckpt_path)
     model = model.to(rt.device)
-    result = evaluate_split(model, data, args.split, cfg, rt, tta=args.tta)
+    bars = wants_bars(True)  # a live bar per pass in a terminal only
+    result = evaluate_split(model, data, args.split, cfg, rt, tta=args.tta, progress=bars)
     out = {
         "checkpoint": str(ckpt_path),
         "epoch": state["epoch"],
@@ -169,6 +176,7 @@ def evaluate(args: argparse.Namespace) -> int:
         "data": info.path,
         "data_md5": info.md5,
         "n": result["metrics"]["n"],
+        "precision": rt.precision,
     }
     for key, label in (("metrics", ""), ("metrics_tta", "_tta")):
         if key in result:
@@ -198,16 +206,16 @@ def report(args: argparse.Namespace) -> int:
 
 
 def data(args: argparse.Namespace) -> int:
-    from bloodmnist import CLASS_NAMES
     from bloodmnist.data.download import verify_file
     from bloodmnist.data.npz import describe, load_npz
     from bloodmnist.data.source import resolve_data
+    from bloodmnist.progress import wants_bars
 
     if args.action == "download":
-        info = resolve_data(None, args.size)
+        info = resolve_data(None, args.size, progress=wants_bars(True))  # bar: terminals only
         print(json.dumps(info.as_dict(), indent=2))
         return 0
-    info = resolve_data(args.data, args.size, progress=sys.stderr.isatty())
+    info = resolve_data(args.data, args.size, progress=wants_bars(True))
     ds = load_npz(info.path)
     if args.action == "verify":
         check = verify_file(info.path, args.size)
@@ -222,9 +230,5 @@ def data(args: argparse.Namespace) -> int:
             )
         )
         return 0
-    print(
-        json.dumps(
-            {**describe(ds, CLASS_NAMES), "md5": info.md5, "official": info.official}, indent=2
-        )
-    )
+    print(json.dumps({**describe(ds), "md5": info.md5, "official": info.official}, indent=2))
     return 0

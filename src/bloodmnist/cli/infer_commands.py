@@ -22,6 +22,7 @@ from bloodmnist.inference.predict import (
     predict_paths,
     render,
 )
+from bloodmnist.progress import wants_bars
 
 
 def predict(args: argparse.Namespace) -> int:
@@ -37,7 +38,7 @@ def predict(args: argparse.Namespace) -> int:
         top_k=args.top_k,
         tta=args.tta,
         batch_size=args.batch_size,
-        progress=not args.quiet and sys.stderr.isatty(),
+        progress=wants_bars(not args.quiet),  # a terminal only: no bar characters in logs
     )
     check_options(engine, opts)
     rows = predict_paths(engine, paths, opts)
@@ -45,6 +46,7 @@ def predict(args: argparse.Namespace) -> int:
     header = {
         "model": info.source,
         "engine": info.kind,
+        "precision": info.precision,
         "input_size": info.input_size,
         "preprocess": args.preprocess,
         "tta": args.tta,

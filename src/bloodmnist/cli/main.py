@@ -62,10 +62,35 @@ def _report_parser(sub) -> None:
 
 
 def _data_parser(sub) -> None:
-    p = sub.add_parser("data", help="download, verify or describe BloodMNIST")
-    p.add_argument("action", choices=["download", "verify", "info"])
-    p.add_argument("--size", type=int, choices=[28, 64, 128, 224], default=28)
-    p.add_argument("--data", metavar="FILE.npz", help="check this file instead of the cache")
+    p = sub.add_parser("data", help="download, verify, describe, build or audit a dataset")
+    acts = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    for name, text in (
+        ("download", "download and MD5-check the official file"),
+        ("verify", "check a file against the official MD5 and the npz layout"),
+        ("info", "image size, class names and per-class counts of a file"),
+    ):
+        a = acts.add_parser(name, help=text)
+        a.add_argument("--size", type=int, choices=[28, 64, 128, 224], default=28)
+        a.add_argument("--data", metavar="FILE.npz", help="check this file instead of the cache")
+    b = acts.add_parser("build", help="build a MedMNIST-layout npz from class folders or a CSV")
+    b.add_argument("src", metavar="SRC", help="folder of class folders, or CSV path,label[,split]")
+    b.add_argument("out", metavar="OUT.npz", help="new file (OUT_provenance.csv is written too)")
+    b.add_argument("--size", type=int, choices=[28, 64, 128, 224], default=28)
+    b.add_argument("--split", default="0.7,0.1,0.2", metavar="TRAIN,VAL,TEST")
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--labels", metavar="A,B,...", help="class names in label order")
+    b.add_argument("--strict", action="store_true", help="refuse unreadable files (else skip)")
+    b.add_argument(
+        "--preprocess",
+        choices=["medmnist", "resize"],
+        default="medmnist",
+        help="medmnist (default): centre square crop + bilinear resize (+ JPEG q75 at 28 px), "
+        "as predict does for raw smear images; resize: the whole image",
+    )
+    c = acts.add_parser("audit", help="class balance, duplicates, label conflicts, leakage")
+    c.add_argument("file", metavar="FILE.npz")
+    c.add_argument("--out", metavar="DIR", help="folder for audit.json/html (default FILE_audit/)")
+    c.add_argument("--near-rms", type=float, default=6.0, help="near-duplicate RMS limit (0-255)")
 
 
 def _predict_parser(sub) -> None:
@@ -81,8 +106,8 @@ def _predict_parser(sub) -> None:
         "--preprocess",
         choices=["auto", "medmnist", "resize", "none"],
         default="auto",
-        help="medmnist: BloodMNIST recipe for raw smear crops; auto: medmnist for images larger "
-        "than twice the input size, else resize",
+        help="medmnist: BloodMNIST recipe for raw smear crops; auto: medmnist for PBC frames and "
+        "images larger than twice the input size, else resize",
     )
     p.add_argument("--batch-size", type=int, default=64, metavar="N")
     p.add_argument("--threads", type=int, default=0, metavar="N", help="CPU threads (0: all cores)")
@@ -142,6 +167,74 @@ def _compare_parser(sub) -> None:
     _add_bootstrap(p)
 
 
+def _serve_parser(sub) -> None:
+    p = sub.add_parser("serve", help="HTTP API and web page: classify images, Grad-CAM overlays")
+    p.add_argument("model", metavar="MODEL", help="run folder, .pt checkpoint or exported .onnx")
+    p.add_argument("--host", default="127.0.0.1", help="interface (default 127.0.0.1: this host)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--workers", type=int, default=1, help="server processes, each with the model")
+    p.add_argument("--max-batch", type=int, default=64, metavar="B", help="images per forward pass")
+    p.add_argument("--max-request-mb", type=float, default=32.0, metavar="MB")
+    p.add_argument("--max-files", type=int, default=64, metavar="N", help="files per request")
+    p.add_argument("--max-pixels", type=int, default=25_000_000, metavar="PX", help="per image")
+    p.add_argument("--timeout", type=float, default=30.0, metavar="S", help="seconds per request")
+    p.add_argument("--threads", type=int, default=0, metavar="N", help="CPU threads (0: all cores)")
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info"])
+    _add_runtime(p)
+
+
+def _explain_parser(sub) -> None:
+    p = sub.add_parser("explain", help="Grad-CAM pictures (original | heat map | overlay)")
+    p.add_argument("model", metavar="MODEL", help="run folder or .pt checkpoint")
+    p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="files, folders, globs")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder for <name>_gradcam.png")
+    p.add_argument("--class", dest="target_class", metavar="NAME", help="default: the predicted")
+    p.add_argument("--preprocess", choices=["auto", "medmnist", "resize", "none"], default="auto")
+    _add_runtime(p)
+
+
+def _ensemble_parser(sub) -> None:
+    p = sub.add_parser(
+        "ensemble",
+        help="average finished runs' probabilities on val and test into an ensemble folder",
+    )
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="finished runs on one data file")
+    p.add_argument("--out", metavar="DIR", help="new folder (default runs/<time>-ensemble/)")
+    p.add_argument("--data", metavar="FILE.npz", help="the members' data file if moved")
+    p.add_argument("--threads", type=int, default=0, metavar="N", help="CPU threads (0: all)")
+    p.add_argument(
+        "--reports", action=argparse.BooleanOptionalAction, default=True, help="figures, reports"
+    )
+    p.add_argument("--quiet", action="store_true", help="no log lines")
+    _add_runtime(p)
+
+
+def _tune_parsers(sub) -> None:
+    p = sub.add_parser(
+        "tune",
+        help="hyper-parameter search on Optuna: resumable, parallel, across machines",
+        description="Any other option is a fixed train option of every trial (e.g. --data, "
+        "--recipe, --subset, --set KEY=VALUE). Running the same command again continues.",
+        allow_abbrev=False,
+    )
+    p.add_argument("--space", metavar="SPACE.yaml", help="keys, ranges, sampler and pruner")
+    p.add_argument("--trials", type=_positive_int, help="COMPLETE + PRUNED trials to reach")
+    p.add_argument("--jobs", type=_positive_int, default=1, help="trials side by side here")
+    p.add_argument("--storage", metavar="URL", help="default sqlite:///DIR/study.db")
+    p.add_argument("--study-name", metavar="NAME", help="default: the space file's name")
+    p.add_argument("--timeout", type=_positive_int, metavar="S", help="start no trial after S s")
+    p.add_argument("--out", metavar="DIR", help="search folder (default runs/tune-<space>/)")
+    p.add_argument("--report", metavar="DIR", help="only rebuild DIR's trials.csv/best.yaml/report")
+    r = sub.add_parser("runs", help="table of the run folders under a folder")
+    r.add_argument("dir", metavar="DIR", nargs="?", default="runs")
+    r.add_argument(
+        "--sort",
+        default="name",
+        metavar="KEY",
+        help="name|recipe|arch|seed|epochs|val_acc|test_acc|test_acc_tta|pflop|seconds|status",
+    )
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -167,6 +260,10 @@ def build_parser() -> argparse.ArgumentParser:
     _export_parser(sub)
     _study_parser(sub)
     _compare_parser(sub)
+    _ensemble_parser(sub)
+    _serve_parser(sub)
+    _explain_parser(sub)
+    _tune_parsers(sub)
     # No option abbreviations: `study` forwards options it does not know to `train`, where
     # `--res X` would otherwise silently mean --resume (and slip past study's own checks).
     for p in (parser, *sub.choices.values()):
@@ -177,20 +274,33 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
-    if extra and args.command != "study":  # only study forwards unknown options (to train)
+    if extra and args.command not in ("study", "tune"):  # they forward the rest to train
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.train_args = extra
-    from bloodmnist.cli import commands, infer_commands, study_commands
+    from bloodmnist.cli import (
+        commands,
+        data_commands,
+        infer_commands,
+        serve_commands,
+        study_commands,
+        tune_commands,
+    )
+    from bloodmnist.cli.ensemble_commands import ensemble
 
     handler = {
         "train": commands.train,
         "evaluate": commands.evaluate,
         "report": commands.report,
-        "data": commands.data,
+        "data": data_commands.data,
         "predict": infer_commands.predict,
         "export": infer_commands.export,
         "study": study_commands.study,
         "compare": study_commands.compare,
+        "ensemble": ensemble,
+        "serve": serve_commands.serve,
+        "explain": serve_commands.explain,
+        "tune": tune_commands.tune,
+        "runs": tune_commands.runs,
     }[args.command]
     try:
         return handler(args)

@@ -186,12 +186,15 @@ def from_dict(data: dict[str, Any]) -> Config:
 
 def validate(cfg: Config) -> None:
     """Cross-field checks that types alone cannot express."""
+    from bloodmnist.model.registry import ARCHS  # the registry is the one list of model names
+
     checks = [
         (cfg.optim.lr > 0, "optim.lr must be > 0"),
         (cfg.optim.batch_size > 0, "optim.batch_size must be > 0"),
         (cfg.eval.batch_size > 0, "eval.batch_size must be > 0"),
         (cfg.runtime.threads >= 0, "runtime.threads must be >= 0 (0: all cores)"),
-        (cfg.model.arch == "resnet18", "model.arch must be resnet18 (the one model built)"),
+        (cfg.model.arch in ARCHS, f"model.arch must be one of {', '.join(sorted(ARCHS))}"),
+        (cfg.model.width > 0 and cfg.model.depth >= 0, "model.width must be > 0, depth >= 0"),
         (cfg.train.epochs > 0, "train.epochs must be > 0"),
         (cfg.data.size in (28, 64, 128, 224), "data.size must be one of 28, 64, 128, 224"),
         (cfg.data.subset is None or cfg.data.subset > 0, "data.subset must be > 0"),
@@ -204,9 +207,24 @@ def validate(cfg: Config) -> None:
         (cfg.augment.mixup_alpha >= 0, "augment.mixup_alpha must be >= 0"),
         (0 < cfg.augment.crop_scale[0] <= cfg.augment.crop_scale[1] <= 1, "bad augment.crop_scale"),
         (cfg.model.num_classes > 1, "model.num_classes must be > 1"),
+        (
+            cfg.model.class_names is None or len(cfg.model.class_names) == cfg.model.num_classes,
+            "model.class_names must list model.num_classes names",
+        ),
+        (
+            cfg.model.stem in ("auto", "s1", "s2", "imagenet"),
+            "model.stem must be auto|s1|s2|imagenet",
+        ),
         (cfg.schedule.kind in ("two_phase", "onecycle"), "schedule.kind: two_phase|onecycle"),
         (0 < cfg.schedule.pct_start < 1, "schedule.pct_start must be in (0,1)"),
         (0 <= cfg.train.ema_decay < 1, "train.ema_decay must be in [0,1)"),
+        (cfg.eval.tta_mode in ("reference7", "dihedral8"), "eval.tta_mode: reference7|dihedral8"),
+        (cfg.augment.cutout >= 0, "augment.cutout must be >= 0 (pixels, or a fraction < 1)"),
+        (0 <= cfg.augment.cutout_p <= 1, "augment.cutout_p must be in [0,1]"),
+        (cfg.augment.cutout_fill in ("zero", "mean"), "augment.cutout_fill must be zero|mean"),
+        (cfg.augment.cutmix_alpha >= 0, "augment.cutmix_alpha must be >= 0"),
+        (0 <= cfg.train.distill_alpha <= 1, "train.distill_alpha must be in [0,1]"),
+        (cfg.train.distill_temperature > 0, "train.distill_temperature must be > 0"),
     ]
     for ok, msg in checks:
         if not ok:

@@ -31,14 +31,38 @@ class AugmentConfig:
     crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
     mixup_alpha: float = 0.001
     rot90: bool = False  # random k*90 deg turns; with both flips: the dihedral group (opt-in)
+    translate: float = 0.0  # random shift of up to this many pixels in x and y (black fill)
+    # Cutout / random erasing: a square of `cutout` pixels (>= 1) or image-side fraction (< 1),
+    # inside the image, with probability cutout_p; filled with black (zero) or the image's mean
+    cutout: float = 0.0
+    cutout_p: float = 1.0
+    cutout_fill: str = "zero"  # zero | mean
+    cutmix_alpha: float = 0.0  # CutMix, lambda ~ Beta(a, a) per batch; with MixUp: 50/50 each
 
 
 @dataclass
 class ModelConfig:
-    arch: str = "resnet18"
+    arch: str = "resnet18"  # a name in bloodmnist.model.ARCHS
     num_classes: int = 8
+    width: float = 1.0  # channel multiplier (resnet9)
+    depth: int = 1  # residual blocks per residual stage (resnet9)
     pretrained: str = "auto"  # auto | none | PATH to a torchvision-layout state_dict
     pretrained_url: str = TORCHVISION_RESNET18_URL
+    # resnet18 stem: auto (per data.size, see model/resnet.py) | s1 (3x3 stride 1, no max-pool)
+    # | s2 (3x3 stride 2, no max-pool) | imagenet (7x7 stride 2 + 3x3/2 max-pool)
+    stem: str = "auto"
+    # Class names, label 0 first; set from the npz when it stores them (`bloodmnist data
+    # build`), else None: BloodMNIST's eight names
+    class_names: list[str] | None = None
+
+    def names(self) -> tuple[str, ...]:
+        """The class names reports and `predict` show, one per model output."""
+        from bloodmnist import CLASS_NAMES
+
+        if self.class_names:
+            return tuple(self.class_names)
+        n = self.num_classes
+        return tuple(CLASS_NAMES[i] if i < len(CLASS_NAMES) else f"class_{i}" for i in range(n))
 
 
 @dataclass
@@ -73,11 +97,18 @@ class TrainConfig:
     label_smoothing: float = 0.0
     # EMA of weights and BN buffers per step (0 = off); validation, best.pt and test use the EMA
     ema_decay: float = 0.0
+    # Knowledge distillation: a run folder (checkpoints/best.pt) or an ensemble folder whose
+    # members' mean probabilities at `distill_temperature` are the soft labels;
+    # loss = alpha * KL * T^2 + (1 - alpha) * CE(true labels)
+    teacher: str | None = None
+    distill_alpha: float = 0.5
+    distill_temperature: float = 4.0
 
 
 @dataclass
 class EvalConfig:
     tta: bool = True
+    tta_mode: str = "reference7"  # reference7 (the reference's 7 views) | dihedral8 (D4 poses)
     batch_size: int = 512
     tta_translate: float = 2.0  # pixels
     tta_scale: float = 1.1
@@ -86,6 +117,8 @@ class EvalConfig:
     tta_seed: int = 0
     # fit a softmax temperature on validation (best.pt) and report test calibration before/after
     temperature_scaling: bool = False
+    # false: no test evaluation at the end (hyper-parameter search trials see validation only)
+    final_test: bool = True
 
 
 @dataclass

@@ -7,6 +7,8 @@ contrast and saturation), but the geometry of a whole batch is one `affine_grid`
 the colour ops are a few tensor expressions. Every random draw comes from an explicit generator,
 so a (seed, epoch) pair fixes the augmentation exactly. `rot90` (fast recipe) adds a random
 multiple of 90 degrees to the same matrix: with both flips, the dihedral group at no extra cost.
+Cutout (after the colour ops) and CutMix (per batch, in the training loop like MixUp) are opt-in
+and draw their random numbers only when on, so the reference recipe's stream is unchanged.
 """
 
 from __future__ import annotations
@@ -26,7 +28,9 @@ def _uniform(n: int, lo: float, hi: float, gen: torch.Generator, device: torch.d
     return torch.rand(n, generator=gen, device=device) * (hi - lo) + lo
 
 
-def geometry_matrices(n: int, cfg: AugmentConfig, gen: torch.Generator, device: torch.device):
+def geometry_matrices(
+    n: int, cfg: AugmentConfig, gen: torch.Generator, device: torch.device, size: int = 28
+):
     """(n,2,3) affine matrices mapping output coords to source coords (normalised [-1,1])."""
     area = _uniform(n, cfg.crop_scale[0], cfg.crop_scale[1], gen, device)
     log_r = _uniform(n, math.log(cfg.crop_ratio[0]), math.log(cfg.crop_ratio[1]), gen, device)
@@ -42,6 +46,10 @@ def geometry_matrices(n: int, cfg: AugmentConfig, gen: torch.Generator, device: 
     theta = _uniform(n, -cfg.rotation, cfg.rotation, gen, device) * (math.pi / 180)
     if cfg.rot90:  # drawn only when on, so the reference recipe's random stream is unchanged
         theta = theta + torch.randint(0, 4, (n,), generator=gen, device=device) * (math.pi / 2)
+    if cfg.translate > 0:  # whole-pixel-scale shifts, drawn only when on (same stream otherwise)
+        shift = 2 * cfg.translate / size  # pixels -> normalised coordinates
+        cx = cx + _uniform(n, -shift, shift, gen, device)
+        cy = cy + _uniform(n, -shift, shift, gen, device)
     cos, sin = torch.cos(theta), torch.sin(theta)
     mat = torch.empty(n, 2, 3, device=device)
     mat[:, 0, 0] = cos * w * fx
@@ -86,8 +94,11 @@ def color_jitter(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator) -> t
 
 def augment(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator) -> torch.Tensor:
     """Augment a float batch in [0,1] pixel space (N,3,H,W); returns the same layout."""
-    mat = geometry_matrices(x.shape[0], cfg, gen, x.device)
-    return color_jitter(warp(x, mat), cfg, gen)
+    mat = geometry_matrices(x.shape[0], cfg, gen, x.device, x.shape[-1])
+    x = color_jitter(warp(x, mat), cfg, gen)
+    if cfg.cutout > 0:  # drawn only when on, so the reference recipe's random stream is unchanged
+        x = cutout(x, cfg, gen)
+    return x
 
 
 def mixup(
@@ -102,3 +113,63 @@ def mixup(
     lam = float(rng.beta(alpha, alpha))
     perm = torch.randperm(x.shape[0], generator=gen, device=x.device)
     return lam * x + (1 - lam) * x[perm], y[perm], lam
+
+
+def cutout_side(size: float, image_side: int) -> int:
+    """Cutout square side in pixels: `size` pixels when >= 1, else that fraction of the side."""
+    side = size if size >= 1 else size * image_side
+    return max(1, min(image_side, round(side)))
+
+
+def cutout(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator) -> torch.Tensor:
+    """Cutout / random erasing: per sample (with probability cfg.cutout_p) a square of
+    `cutout_side` pixels, placed wholly inside the image, is set to black (cutout_fill "zero") or
+    to the image's per-channel mean ("mean", which becomes ~0 after normalisation). The square
+    stays inside so every erased sample loses exactly side^2 pixels."""
+    n, _, h, w = x.shape
+    side, dev = cutout_side(cfg.cutout, min(h, w)), x.device
+    top = torch.randint(0, h - side + 1, (n, 1, 1), generator=gen, device=dev)
+    left = torch.randint(0, w - side + 1, (n, 1, 1), generator=gen, device=dev)
+    on = (torch.rand(n, generator=gen, device=dev) < cfg.cutout_p).view(n, 1, 1)
+    rows = torch.arange(h, device=dev).view(1, h, 1)
+    cols = torch.arange(w, device=dev).view(1, 1, w)
+    box = (rows >= top) & (rows < top + side) & (cols >= left) & (cols < left + side) & on
+    fill = x.mean(dim=(2, 3), keepdim=True) if cfg.cutout_fill == "mean" else torch.zeros_like(x)
+    return torch.where(box.unsqueeze(1), fill.expand_as(x), x)
+
+
+def cutmix(
+    x: torch.Tensor, y: torch.Tensor, alpha: float, rng: np.random.Generator, gen: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """CutMix (Yun et al. 2019): one box per batch with area share ~ 1 - lambda, lambda ~
+    Beta(alpha, alpha), pasted from a shuffled partner; the box is clipped at the border and
+    lambda recomputed, so the returned lam is exactly the share of pixels left unpasted."""
+    if alpha <= 0:
+        return x, y, 1.0
+    lam = float(rng.beta(alpha, alpha))
+    h, w = x.shape[-2:]
+    cut = math.sqrt(1.0 - lam)
+    cy, cx = int(rng.integers(h)), int(rng.integers(w))
+    bh, bw = int(h * cut), int(w * cut)
+    y0, y1 = max(cy - bh // 2, 0), min(cy + bh // 2, h)
+    x0, x1 = max(cx - bw // 2, 0), min(cx + bw // 2, w)
+    perm = torch.randperm(x.shape[0], generator=gen, device=x.device)
+    out = x.clone()
+    out[:, :, y0:y1, x0:x1] = x[perm][:, :, y0:y1, x0:x1]
+    return out, y[perm], 1.0 - (y1 - y0) * (x1 - x0) / (h * w)
+
+
+def mix_batch(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    mixup_alpha: float,
+    cutmix_alpha: float,
+    rng: np.random.Generator,
+    gen: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """MixUp or CutMix for one batch: (x, partner labels, lam). With both on, each batch picks
+    one at 50/50 (as timm does); with CutMix off the draws are exactly MixUp's, so the
+    reference recipe's random stream is unchanged."""
+    if cutmix_alpha > 0 and (mixup_alpha <= 0 or rng.random() < 0.5):
+        return cutmix(x, y, cutmix_alpha, rng, gen)
+    return mixup(x, y, mixup_alpha, rng, gen)

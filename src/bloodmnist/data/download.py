@@ -1,29 +1,25 @@
-"""Verified downloads: the BloodMNIST npz files (via pooch) and pretrained weights.
+"""Verified downloads, all through pooch: the BloodMNIST npz files and pretrained weights.
 
-Every download goes to a temporary file in the target folder and is renamed into place only
-after its checksum matches, so the final path never holds a partial or wrong file. This module
-reads no environment variables: ``bloodmnist.runtime`` resolves the cache folder and mirror URL
-and passes them in.
+One path for both (`_fetch`): pooch streams each attempt to a temporary file in the target
+folder, retries network errors and bad hashes with a 1 s, 2 s, ... back-off, and renames the file
+into place only after its checksum matched, so the final path never holds a partial or wrong
+file. This module reads no environment variables: ``bloodmnist.runtime`` resolves the cache
+folder and mirror URL and passes them in.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-import http.client
 import logging
 import os
 import re
-import tempfile
-import time
-import urllib.error
 import urllib.parse
-import urllib.request
-from collections.abc import Callable
+from collections.abc import Iterator
 from pathlib import Path
 
 import pooch
 import requests
-from tqdm.auto import tqdm
 
 from bloodmnist.errors import DataError, DownloadError
 
@@ -104,16 +100,90 @@ def _discard_if_corrupt(path: Path, expected: str, algorithm: str) -> None:
     path.unlink(missing_ok=True)
 
 
-class _SyncedDownloader:
-    """pooch's HTTP downloader plus an fsync, so the renamed file survives a crash intact."""
+class _NotRetried(Exception):
+    """An HTTP answer that another attempt will not change (a 4xx other than 408/429).
 
-    def __init__(self, progress: bool, timeout: float) -> None:
+    Neither a ValueError nor a requests error, so pooch's retry loop lets it through at once.
+    """
+
+
+class _Downloader:
+    """pooch's HTTP downloader plus: no retry of a 4xx that will not change, an fsync (the
+    renamed file survives a crash intact) and the hash check of the temporary file."""
+
+    def __init__(self, progress: bool, timeout: float, algorithm: str, expected: str) -> None:
         self._http = pooch.HTTPDownloader(progressbar=progress, timeout=timeout, chunk_size=_CHUNK)
+        self.algorithm, self.expected = algorithm, expected
 
     def __call__(self, url: str, output_file: str, pooch_obj: object) -> None:
-        self._http(url, output_file, pooch_obj)
+        try:
+            self._http(url, output_file, pooch_obj)
+        except requests.HTTPError as exc:
+            code = exc.response.status_code if exc.response is not None else 0
+            if 400 <= code < 500 and code not in (408, 429):
+                raise _NotRetried(f"HTTP {code} {exc.response.reason}") from exc
+            raise
         with open(output_file, "rb+") as fh:
             os.fsync(fh.fileno())
+        got = _file_digest(output_file, self.algorithm)
+        if not got.startswith(self.expected):  # a ValueError: pooch deletes the file, retries
+            raise ValueError(f"{self.algorithm} hash mismatch: expected {self.expected}, got {got}")
+
+
+@contextlib.contextmanager
+def _pooch_log(progress: bool) -> Iterator[None]:
+    """pooch's own INFO lines ("Downloading file ...") only where a progress bar is wanted."""
+    logger = pooch.get_logger()
+    level = logger.level
+    if not progress:
+        logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _fetch(
+    url: str,
+    target: Path,
+    algorithm: str,
+    expected: str,
+    retries: int,
+    timeout: float,
+    progress: bool,
+    by_hand: str,
+) -> Path:
+    """`target` from `url`, its `algorithm` digest starting with `expected` (a whole MD5 or a
+    sha256 prefix); a cached file that fails the check is deleted first. Errors: one line."""
+    _discard_if_corrupt(target, expected, algorithm)
+    fetcher = pooch.create(
+        path=target.parent,
+        base_url="",
+        registry={target.name: None},  # the hash is checked by _Downloader (prefixes too)
+        urls={target.name: url},
+        retry_if_failed=retries,
+        env=None,  # runtime.py owns the environment; pooch must not read it
+    )
+    downloader = _Downloader(progress, timeout, algorithm, expected)
+    name = "MD5" if algorithm == "md5" else algorithm
+    want = f"{name} {expected}" if len(expected) >= 32 else f"{name} starting with {expected}"
+    try:
+        with _pooch_log(progress):
+            return Path(fetcher.fetch(target.name, downloader=downloader))
+    except ValueError as exc:  # the hash of the last attempt did not match
+        got = re.search(r"got ([0-9a-fA-F]+)", str(exc))
+        got_text = f"got {got.group(1)}" if got else _reason(exc)
+        raise DownloadError(
+            f"{name} mismatch for {url} after {retries + 1} attempt(s): expected {want}, "
+            f"{got_text}; {by_hand}"
+        ) from exc
+    except _NotRetried as exc:
+        raise DownloadError(f"could not download {url} ({exc}); {by_hand}") from exc
+    except (requests.RequestException, OSError) as exc:
+        raise DownloadError(
+            f"could not download {url} after {retries + 1} attempt(s) ({_reason(exc)}); "
+            f"expected {want}; {by_hand}"
+        ) from exc
 
 
 def fetch_dataset(
@@ -128,37 +198,13 @@ def fetch_dataset(
     """Return the path of the verified npz for ``size``, downloading it when needed.
 
     ``expected_md5`` overrides the official MD5 (mirrors with re-packed files, tests).
-    pooch retries ``retries`` times with a 1 s, 2 s, ... back-off on network errors and on
-    hash mismatches, and writes to a temp file that is renamed only after the MD5 matches.
     """
     name, md5 = _official_entry(size)
-    md5 = (expected_md5 or md5).lower()
-    cache = _cache(cache_dir)
-    target = cache / name
-    url = dataset_url(size, base_url)
-    _discard_if_corrupt(target, md5, "md5")
-    fetcher = pooch.create(
-        path=cache,
-        base_url="",
-        registry={name: f"md5:{md5}"},
-        urls={name: url},
-        retry_if_failed=retries,
-        env=None,  # runtime.py owns the environment; pooch must not read it
-    )
+    target = _cache(cache_dir) / name
     by_hand = f"download it by hand and save it as {target}, or pass --data FILE.npz"
-    try:
-        return Path(fetcher.fetch(name, downloader=_SyncedDownloader(progress, timeout)))
-    except ValueError as exc:  # pooch's hash mismatch after all retries
-        got = re.search(r"but got ([0-9a-fA-F]+)", str(exc))
-        got_text = f"got {got.group(1)}" if got else _reason(exc)
-        raise DownloadError(
-            f"MD5 mismatch for {url}: expected {md5}, {got_text}; {by_hand}"
-        ) from exc
-    except (requests.RequestException, OSError) as exc:
-        raise DownloadError(
-            f"could not download {url} after {retries + 1} attempt(s) ({_reason(exc)}); "
-            f"expected MD5 {md5}; {by_hand}"
-        ) from exc
+    url = dataset_url(size, base_url)
+    md5 = (expected_md5 or md5).lower()
+    return _fetch(url, target, "md5", md5, retries, timeout, progress, by_hand)
 
 
 def verify_file(path: str | Path, size: int = 28) -> dict:
@@ -171,90 +217,23 @@ def verify_file(path: str | Path, size: int = 28) -> dict:
     return {"path": str(path), "md5": md5, "expected_md5": expected, "official": md5 == expected}
 
 
-class _TransferError(Exception):
-    """A response that ended early or hashed wrong; worth another attempt."""
-
-
-def _download_once(url: str, dst: Path, prefix: str, timeout: float, progress: bool) -> None:
-    """One attempt: stream to a temp file, fsync, check the sha256 prefix, then os.replace."""
-    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".part")
-    try:
-        request = urllib.request.Request(url, headers={"User-Agent": "bloodmnist"})
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(request, timeout=timeout) as resp:
-            total = int(resp.headers.get("Content-Length") or 0)
-            sha = hashlib.sha256()
-            received = 0
-            bar = tqdm(
-                total=total or None, unit="B", unit_scale=True, desc=dst.name, disable=not progress
-            )
-            with bar:  # closes the bar on errors too
-                while chunk := resp.read(_CHUNK):
-                    out.write(chunk)
-                    sha.update(chunk)
-                    received += len(chunk)
-                    bar.update(len(chunk))
-            # http.client returns a short body silently when the server closes early.
-            if total and received != total:
-                raise _TransferError(f"body ended after {received} of {total} bytes")
-            out.flush()
-            os.fsync(out.fileno())
-        digest = sha.hexdigest()
-        if not digest.startswith(prefix):
-            raise _TransferError(f"sha256 {digest} does not start with {prefix}")
-        os.replace(tmp, dst)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def _retryable(exc: BaseException) -> bool:
-    # A 4xx other than timeout/rate limit will not change on retry: fail fast.
-    if isinstance(exc, urllib.error.HTTPError):
-        return exc.code >= 500 or exc.code in (408, 429)
-    return True
-
-
 def download_pretrained(
     url: str,
     cache_dir: str | Path,
     timeout: float = 60.0,
     retries: int = 3,
     progress: bool = True,
-    *,
-    backoff: float = 1.0,
-    sleep: Callable[[float], None] = time.sleep,
 ) -> Path:
-    """Fetch torchvision-style weights into ``cache_dir/<file name>``, checking the sha256 prefix.
+    """Fetch torchvision-style weights into ``cache_dir/<file name>``, checking that the file's
+    sha256 starts with the hex digits its name ends in (torch.hub's naming rule).
 
-    urllib with ``timeout=`` is used instead of ``torch.hub.download_url_to_file`` because the
-    latter calls ``urlopen`` without a timeout and hangs forever on a stalled server.
+    The same pooch path as the dataset, not ``torch.hub.download_url_to_file``: that one calls
+    ``urlopen`` without a timeout and hangs forever on a stalled server.
     """
     name = Path(urllib.parse.urlsplit(url).path).name
     match = _HASH_PREFIX.search(name)
-    cache = _cache(cache_dir)
-    dst = cache / name
-    by_hand = f"download it by hand and save it as {dst}"
+    target = _cache(cache_dir) / name
+    by_hand = f"download it by hand and save it as {target}"
     if not match:
         raise DownloadError(f"cannot verify {url}: file name has no '-<sha256 prefix>'; {by_hand}")
-    prefix = match.group(1)
-    _discard_if_corrupt(dst, prefix, "sha256")
-    if dst.is_file():
-        return dst
-    try:
-        cache.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise DownloadError(f"cannot create {cache} ({_reason(exc)}); {by_hand}") from exc
-    retryable = (urllib.error.URLError, http.client.HTTPException, OSError, _TransferError)
-    for attempt in range(retries + 1):
-        try:
-            _download_once(url, dst, prefix, timeout, progress)
-            return dst
-        except retryable as exc:
-            if attempt == retries or not _retryable(exc):
-                raise DownloadError(
-                    f"could not download {url} after {attempt + 1} attempt(s) "
-                    f"({_reason(exc)}); {by_hand}"
-                ) from exc
-            log.info("download of %s failed (%s); retrying", url, _reason(exc))
-            sleep(backoff * 2**attempt)
-    raise AssertionError("unreachable")  # the loop returns or raises
+    return _fetch(url, target, "sha256", match.group(1), retries, timeout, progress, by_hand)

@@ -13,6 +13,10 @@ from bloodmnist.errors import DataError
 
 SPLITS = ("train", "val", "test")
 REQUIRED_KEYS = tuple(f"{s}_{k}" for s in SPLITS for k in ("images", "labels"))
+#: Optional key written by `bloodmnist data build`: the class names, label 0 first.
+CLASS_NAMES_KEY = "class_names"
+#: Image sizes the model, augmentation and export support (the MedMNIST and MedMNIST+ sizes).
+SIZES = (28, 64, 128, 224)
 FIX = "use the official bloodmnist.npz (bloodmnist data download) or fix the file"
 
 
@@ -32,6 +36,7 @@ class Dataset:
     test: Split
     path: Path
     num_classes: int
+    class_names: tuple[str, ...] | None = None  # stored in the file (data build); else None
 
     def split(self, name: str) -> Split:
         return {"train": self.train, "val": self.val, "test": self.test}[name]
@@ -58,7 +63,8 @@ def _read_arrays(path: Path) -> dict[str, np.ndarray]:
             missing = [k for k in REQUIRED_KEYS if k not in npz.files]
             if missing:
                 raise _fail(path, f"missing key '{missing[0]}' (needs {', '.join(REQUIRED_KEYS)})")
-            return {k: npz[k] for k in REQUIRED_KEYS}
+            keys = [*REQUIRED_KEYS, *([CLASS_NAMES_KEY] if CLASS_NAMES_KEY in npz.files else [])]
+            return {k: npz[k] for k in keys}
     except DataError:
         raise
     except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError) as exc:
@@ -101,13 +107,37 @@ def _check_split(path: Path, name: str, images: np.ndarray, labels: np.ndarray, 
     return Split(images=np.ascontiguousarray(images), labels=lab.astype(np.int64))
 
 
-def load_npz(path: str | Path, num_classes: int = 8, subset: int | None = None) -> Dataset:
+def _class_names(path: Path, arrays: dict[str, np.ndarray]) -> tuple[str, ...] | None:
+    if CLASS_NAMES_KEY not in arrays:
+        return None
+    raw = arrays[CLASS_NAMES_KEY]
+    if raw.ndim != 1 or raw.dtype.kind != "U" or len(raw) < 2:
+        raise _fail(path, f"key '{CLASS_NAMES_KEY}' must be a 1-D array of two or more strings")
+    names = tuple(str(n) for n in raw)
+    if len(set(names)) != len(names) or not all(n.strip() for n in names):
+        raise _fail(path, f"key '{CLASS_NAMES_KEY}' has empty or repeated names {list(names)}")
+    return names
+
+
+def load_npz(
+    path: str | Path,
+    num_classes: int = 8,
+    subset: int | None = None,
+    classes_from_file: bool = True,
+) -> Dataset:
     """Read and validate every split; `subset` keeps the first N samples of each split.
 
-    Raises DataError with one line naming the file and the offending key.
+    A file with a `class_names` key (from `bloodmnist data build`) sets the number of classes
+    itself when `classes_from_file`; otherwise it must hold `num_classes` names (a trained
+    model's head). Raises DataError with one line naming the file and the offending key.
     """
     p = Path(path)
     arrays = _read_arrays(p)
+    names = _class_names(p, arrays)
+    if names is not None and not classes_from_file and len(names) != num_classes:
+        raise _fail(p, f"holds {len(names)} class names but the model has {num_classes} classes")
+    if names is not None:
+        num_classes = len(names)
     splits = {
         s: _check_split(p, s, arrays[f"{s}_images"], arrays[f"{s}_labels"], num_classes)
         for s in SPLITS
@@ -117,12 +147,19 @@ def load_npz(path: str | Path, num_classes: int = 8, subset: int | None = None) 
         raise _fail(p, f"splits have different image shapes {sorted(sizes)}")
     if subset is not None:
         splits = {k: Split(v.images[:subset], v.labels[:subset]) for k, v in splits.items()}
-    return Dataset(path=p, num_classes=num_classes, **splits)
+    return Dataset(path=p, num_classes=num_classes, class_names=names, **splits)
 
 
-def describe(ds: Dataset, class_names: tuple[str, ...]) -> dict:
-    """Per-split sizes and class counts, for `bloodmnist data info` and the log."""
-    out: dict = {"path": str(ds.path), "image_size": ds.image_size, "splits": {}}
+def describe(ds: Dataset, class_names: tuple[str, ...] | None = None) -> dict:
+    """Per-split sizes and class counts, for `bloodmnist data info` and the log; the names are
+    the file's own when it stores them."""
+    class_names = ds.class_names or class_names or default_names(ds.num_classes)
+    out: dict = {
+        "path": str(ds.path),
+        "image_size": ds.image_size,
+        "class_names": list(class_names),
+        "splits": {},
+    }
     for name in SPLITS:
         sp = ds.split(name)
         counts = np.bincount(sp.labels, minlength=ds.num_classes)
@@ -131,3 +168,12 @@ def describe(ds: Dataset, class_names: tuple[str, ...]) -> dict:
             "per_class": {c: int(n) for c, n in zip(class_names, counts, strict=False)},
         }
     return out
+
+
+def default_names(num_classes: int) -> tuple[str, ...]:
+    """BloodMNIST's names for files that store none (index names past the eighth class)."""
+    from bloodmnist import CLASS_NAMES
+
+    return tuple(
+        CLASS_NAMES[i] if i < len(CLASS_NAMES) else f"class_{i}" for i in range(num_classes)
+    )

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+from bloodmnist.config import Config
 from bloodmnist.data.download import fetch_dataset, file_md5, official_md5
-from bloodmnist.data.npz import Dataset, load_npz
+from bloodmnist.data.npz import SIZES, Dataset, load_npz
 from bloodmnist.errors import DataError
 
 log = logging.getLogger("bloodmnist")
@@ -49,13 +50,42 @@ def resolve_data(path: str | None, size: int, progress: bool = True) -> DataInfo
 
 
 def load_data(
-    path: str | None, size: int, num_classes: int, subset: int | None, progress: bool = True
+    path: str | None,
+    size: int,
+    num_classes: int,
+    subset: int | None,
+    progress: bool = True,
+    follow_file: bool = False,
 ) -> tuple[Dataset, DataInfo]:
+    """Resolve and load the npz. With `follow_file` (training) a user file's image size and
+    stored class names win over `size` and `num_classes` (see `fit_config`); otherwise (a
+    trained model's checkpoint) they must match it."""
     info = resolve_data(path, size, progress)
-    data = load_npz(info.path, num_classes=num_classes, subset=subset)
-    if data.image_size != size:  # the model, export and predict all take data.size as truth
+    data = load_npz(info.path, num_classes, subset, classes_from_file=follow_file)
+    if data.image_size not in SIZES:
+        raise DataError(
+            f"{info.path} holds {data.image_size}x{data.image_size} images; supported sizes are "
+            f"{', '.join(map(str, SIZES))} (rebuild it with bloodmnist data build --size)"
+        )
+    if data.image_size != size and not follow_file:  # a model takes its data.size as truth
         raise DataError(
             f"{info.path} holds {data.image_size}x{data.image_size} images but data.size is "
             f"{size}; pass --set data.size={data.image_size} (or a {size} px file)"
         )
     return data, info
+
+
+def fit_config(cfg: Config, data: Dataset) -> Config:
+    """`cfg` with data.size, model.num_classes and model.class_names taken from the loaded file,
+    so the model, augmentation, reports and every later reader of the checkpoint agree with it."""
+    names = list(data.class_names) if data.class_names else cfg.model.class_names
+    new = replace(
+        cfg,
+        data=replace(cfg.data, size=data.image_size),
+        model=replace(cfg.model, num_classes=data.num_classes, class_names=names),
+    )
+    if new.data.size != cfg.data.size:
+        log.info("data.size %d -> %d: the size of %s", cfg.data.size, new.data.size, data.path)
+    if new.model.num_classes != cfg.model.num_classes or names != cfg.model.class_names:
+        log.info("classes from %s: %s", data.path, ", ".join(new.model.names()))
+    return new

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from torch import nn
 
-from bloodmnist import CLASS_NAMES
 from bloodmnist.atomic import atomic_open
-from bloodmnist.config import Config
+from bloodmnist.config import Config, EvalConfig
 from bloodmnist.data.loader import Normalizer, to_tensor
-from bloodmnist.data.npz import Dataset
+from bloodmnist.data.npz import Dataset, default_names
 from bloodmnist.evaluation.calibration import (
     apply_temperature,
     calibration_metrics,
@@ -20,31 +21,71 @@ from bloodmnist.evaluation.calibration import (
     logits_from_probs,
 )
 from bloodmnist.evaluation.metrics import compute_metrics
-from bloodmnist.evaluation.predict import predict_probs
+from bloodmnist.evaluation.predict import predict_probs, shard_range
+from bloodmnist.progress import make_bar
 from bloodmnist.runtime import Runtime
 
 SAMPLE_IMAGES = 32
 DATASET_SAMPLES_PER_CLASS = 6
 
 
+#: The TTA mode that is also reported (as *_tta_reference7) when another mode is the run's.
+REFERENCE_TTA = "reference7"
+
+
+def _probs(
+    model: nn.Module,
+    images: torch.Tensor,
+    rt: Runtime,
+    norm: Normalizer,
+    cfg: Config,
+    desc: str,
+    tta: EvalConfig | None = None,
+    bar: bool = False,
+) -> np.ndarray:
+    """predict_probs with a live bar (`bar`) over this process's images (its torchrun shard)."""
+    lo, hi = shard_range(len(images), rt.rank, rt.world_size)
+    with make_bar(bar and rt.is_main, hi - lo, desc) as progress:
+        batch = cfg.eval.batch_size
+        return predict_probs(model, images, rt, norm, batch, tta=tta, on_batch=progress.update)
+
+
 def evaluate_split(
-    model: nn.Module, data: Dataset, split: str, cfg: Config, rt: Runtime, tta: bool
+    model: nn.Module,
+    data: Dataset,
+    split: str,
+    cfg: Config,
+    rt: Runtime,
+    tta: bool,
+    compare_tta: bool = True,
+    progress: bool = False,
 ) -> dict[str, Any]:
-    """Probabilities and metrics for `split`; with `tta` also the 7-view TTA variant."""
+    """Probabilities and metrics for `split`; with `tta` also the TTA variant of
+    `cfg.eval.tta_mode`. With another mode than the reference's 7 views and `compare_tta`, the
+    7-view TTA is computed too (`probs_tta_reference7`), so a run reports both. `progress`: a
+    live bar per pass (the caller has checked that stderr is a terminal)."""
     sp = data.split(split)
     images = to_tensor(sp.images, rt.device)
     norm = Normalizer(cfg.data.mean, cfg.data.std, rt.device, rt.channels_last)
-    names = CLASS_NAMES[: cfg.model.num_classes]
-    probs = predict_probs(model, images, rt, norm, cfg.eval.batch_size)
+    names = list(cfg.model.names())  # the data's own names (data build) or BloodMNIST's
+    probs = _probs(model, images, rt, norm, cfg, split, bar=progress)
     out: dict[str, Any] = {
+        "class_names": names,
         "labels": sp.labels,
         "probs": probs,
         "metrics": compute_metrics(sp.labels, probs, names),
     }
     if tta:
-        probs_tta = predict_probs(model, images, rt, norm, cfg.eval.batch_size, tta=cfg.eval)
+        probs_tta = _probs(model, images, rt, norm, cfg, f"{split} TTA", cfg.eval, progress)
+        out["tta_mode"] = cfg.eval.tta_mode
         out["probs_tta"] = probs_tta
         out["metrics_tta"] = compute_metrics(sp.labels, probs_tta, names)
+    if tta and compare_tta and cfg.eval.tta_mode != REFERENCE_TTA:
+        ref = replace(cfg.eval, tta_mode=REFERENCE_TTA)
+        desc = f"{split} TTA ({REFERENCE_TTA})"
+        probs_ref = _probs(model, images, rt, norm, cfg, desc, ref, progress)
+        out[f"probs_tta_{REFERENCE_TTA}"] = probs_ref
+        out[f"metrics_tta_{REFERENCE_TTA}"] = compute_metrics(sp.labels, probs_ref, names)
     return out
 
 
@@ -56,7 +97,9 @@ def dataset_samples(data: Dataset, per_class: int = DATASET_SAMPLES_PER_CLASS):
     return data.train.images[idx], data.train.labels[idx]
 
 
-def save_predictions(path: Path, result: dict[str, Any], data: Dataset) -> None:
+def save_predictions(
+    path: Path, result: dict[str, Any], data: Dataset, extra: dict[str, np.ndarray] | None = None
+) -> None:
     """predictions.npz: everything the reports need, so they rebuild without the model.
 
     Written to a temp file and renamed: a full disk never leaves a truncated predictions.npz.
@@ -71,8 +114,11 @@ def save_predictions(path: Path, result: dict[str, Any], data: Dataset) -> None:
         "sample_labels": data.test.labels[:SAMPLE_IMAGES],
         "dataset_images": ds_images,
         "dataset_labels": ds_labels,
-        "class_names": np.array(CLASS_NAMES[: data.num_classes]),
+        "class_names": np.array(result.get("class_names") or default_names(data.num_classes)),
     }
+    if f"probs_tta_{REFERENCE_TTA}" in result:
+        arrays[f"test_probs_tta_{REFERENCE_TTA}"] = result[f"probs_tta_{REFERENCE_TTA}"]
+    arrays.update(extra or {})  # e.g. an ensemble's validation probabilities
     with atomic_open(path) as fh:
         np.savez_compressed(fh, **arrays)
 
@@ -81,7 +127,12 @@ def summary_metrics(result: dict[str, Any]) -> dict[str, Any]:
     """The flat test_* keys of summary.json plus the full metric dicts."""
     plain = result["metrics"]
     tta = result.get("metrics_tta")  # None when TTA was switched off: no fake TTA numbers
+    ref = result.get(f"metrics_tta_{REFERENCE_TTA}")  # only when another mode was the run's
+    extra = (
+        {f"test_{k}_tta_{REFERENCE_TTA}": ref[k] for k in ("acc", "macro_f1", "auc")} if ref else {}
+    )
     return {
+        "tta_mode": result.get("tta_mode"),
         "test_acc": plain["acc"],
         "test_acc_tta": tta["acc"] if tta else None,
         "test_macro_f1": plain["macro_f1"],
@@ -90,6 +141,7 @@ def summary_metrics(result: dict[str, Any]) -> dict[str, Any]:
         "test_auc_tta": tta["auc"] if tta else None,
         "test_n": plain["n"],
         **calibration_summary(result),
+        **extra,
         "test": plain,
         "test_tta": tta,
     }
@@ -107,7 +159,12 @@ def calibration_summary(result: dict[str, Any]) -> dict[str, float | None]:
 
 
 def temperature_scaling(
-    model: nn.Module, data: Dataset, cfg: Config, rt: Runtime, test: dict[str, Any]
+    model: nn.Module,
+    data: Dataset,
+    cfg: Config,
+    rt: Runtime,
+    test: dict[str, Any],
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Fit T on the validation split only, apply it to the test probabilities, report both.
 
@@ -115,7 +172,14 @@ def temperature_scaling(
     storing. TTA gets its own T, fitted on validation TTA probabilities. Accuracy is unchanged
     (argmax is invariant to T), so only the calibration numbers move.
     """
-    val = evaluate_split(model, data, "val", cfg, rt, tta="probs_tta" in test)
+    tta = "probs_tta" in test
+    val = evaluate_split(model, data, "val", cfg, rt, tta, compare_tta=False, progress=progress)
+    return temperature_from_probs(val, test)
+
+
+def temperature_from_probs(val: dict[str, Any], test: dict[str, Any]) -> dict[str, Any]:
+    """temperature(_tta) fitted on `val`'s probabilities and the test calibration after it
+    (`val`/`test`: dicts with labels, probs and optionally probs_tta)."""
     out: dict[str, Any] = {}
     for key, suffix in (("probs", ""), ("probs_tta", "_tta")):
         if key not in test:

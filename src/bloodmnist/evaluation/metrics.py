@@ -1,7 +1,11 @@
-"""Classification metrics in plain numpy (no torch), checked against scikit-learn in the tests.
+"""Classification metrics: scikit-learn's, plus the MedMNIST glue around them.
 
+scikit-learn computes the confusion matrix, accuracy, precision/recall/F1 and the one-vs-rest
+ROC-AUCs. What is ours: label checks (MedMNIST's (N, 1) labels, whole numbers only), the MedMNIST
+AUC (the mean of the per-class one-vs-rest AUCs, where classes without positives or negatives
+are skipped instead of failing the whole evaluation), clipped NLL and JSON-safe plain floats.
 All functions take integer labels ``0..num_classes-1`` and, where needed, an ``(N, C)`` array of
-class probabilities. They are deterministic and cheap, so they can run on every epoch.
+class probabilities.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
+from sklearn import metrics as skm
 
 #: Probabilities are clipped here before the log so one confident mistake cannot give ``inf``.
 NLL_EPS = 1e-12
@@ -33,92 +38,70 @@ def _check_pair(y_true: np.ndarray, y_pred: np.ndarray) -> tuple[np.ndarray, np.
     return t, p
 
 
+def _check_range(arr: np.ndarray, name: str, num_classes: int) -> None:
+    # scikit-learn would silently drop labels outside `labels=`; a bad label is a bug here.
+    if arr.min() < 0 or arr.max() >= num_classes:
+        raise ValueError(f"{name} has labels outside 0..{num_classes - 1}")
+
+
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:
     """Counts ``cm[true, pred]`` as an int64 ``(num_classes, num_classes)`` array."""
     t, p = _check_pair(y_true, y_pred)
-    for arr, name in ((t, "y_true"), (p, "y_pred")):
-        if arr.min() < 0 or arr.max() >= num_classes:
-            raise ValueError(f"{name} has labels outside 0..{num_classes - 1}")
-    # One bincount over the flattened (true, pred) index is much faster than a Python loop.
-    flat = np.bincount(t * num_classes + p, minlength=num_classes * num_classes)
-    return flat.reshape(num_classes, num_classes).astype(np.int64)
+    _check_range(t, "y_true", num_classes)
+    _check_range(p, "y_pred", num_classes)
+    return skm.confusion_matrix(t, p, labels=np.arange(num_classes)).astype(np.int64)
 
 
 def accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
     """Fraction of samples whose predicted label equals the true label."""
     t, p = _check_pair(y_true, y_pred)
-    return float(np.mean(t == p))
+    return float(skm.accuracy_score(t, p))
 
 
-def _safe_divide(num: np.ndarray, den: np.ndarray) -> np.ndarray:
-    """``num / den`` with 0.0 where ``den == 0`` (sklearn's ``zero_division=0``)."""
-    num = num.astype(np.float64)
-    den = den.astype(np.float64)
-    out = np.zeros_like(num)
-    np.divide(num, den, out=out, where=den != 0)
-    return out
-
-
-def per_class_scores(cm: np.ndarray) -> dict[str, np.ndarray]:
-    """Precision, recall, F1 (float64) and support (int64) per class from a confusion matrix."""
-    cm = np.asarray(cm)
-    tp = np.diag(cm)
-    support = cm.sum(axis=1)  # rows are true classes
-    predicted = cm.sum(axis=0)
-    # F1 as 2TP / (2TP + FP + FN), the same expression sklearn uses, so ties to 1e-12 hold.
+def per_class_scores(
+    y_true: np.ndarray, y_pred: np.ndarray, num_classes: int
+) -> dict[str, np.ndarray]:
+    """Precision, recall, F1 (float64) and support (int64) for every class ``0..num_classes-1``;
+    0.0 where a ratio is undefined (a class never predicted or never present)."""
+    t, p = _check_pair(y_true, y_pred)
+    precision, recall, f1, support = skm.precision_recall_fscore_support(
+        t, p, labels=np.arange(num_classes), zero_division=0
+    )
     return {
-        "precision": _safe_divide(tp, predicted),
-        "recall": _safe_divide(tp, support),
-        "f1": _safe_divide(2 * tp, support + predicted),
+        "precision": precision.astype(np.float64),
+        "recall": recall.astype(np.float64),
+        "f1": f1.astype(np.float64),
         "support": support.astype(np.int64),
     }
 
 
 def macro_f1(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> float:
-    """Unweighted mean F1 over classes that occur in ``y_true`` or ``y_pred``.
+    """Unweighted mean F1 over the classes that occur in ``y_true`` or ``y_pred``.
 
-    Like ``sklearn.metrics.f1_score(average="macro")``: a class that is neither present nor
-    predicted has no defined F1 and is left out instead of dragging the mean down.
+    scikit-learn's default label set: a class that is neither present nor predicted has no
+    defined F1 and is left out instead of dragging the mean down.
     """
-    cm = confusion_matrix(y_true, y_pred, num_classes)
-    f1 = per_class_scores(cm)["f1"]
-    seen = (cm.sum(axis=0) + cm.sum(axis=1)) > 0
-    return float(f1[seen].mean())
-
-
-def _average_ranks(x: np.ndarray) -> np.ndarray:
-    """1-based ranks of ``x`` with tied values sharing their average rank."""
-    order = np.argsort(x, kind="mergesort")
-    xs = x[order]
-    # Start index of each run of equal values in the sorted array.
-    starts = np.flatnonzero(np.r_[True, xs[1:] != xs[:-1]])
-    ends = np.r_[starts[1:], xs.size]
-    avg = (starts + ends + 1) / 2.0  # mean of ranks starts+1 .. ends
-    ranks = np.empty(x.size, dtype=np.float64)
-    ranks[order] = np.repeat(avg, ends - starts)
-    return ranks
+    t, p = _check_pair(y_true, y_pred)
+    _check_range(t, "y_true", num_classes)
+    _check_range(p, "y_pred", num_classes)
+    return float(skm.f1_score(t, p, average="macro", zero_division=0))
 
 
 def roc_auc_ovr(y_true: np.ndarray, probs: np.ndarray) -> np.ndarray:
-    """One-vs-rest ROC-AUC per class via the Mann-Whitney U statistic.
-
-    AUC = (sum of positive ranks - n_pos (n_pos + 1) / 2) / (n_pos n_neg), with average ranks for
-    ties, which equals the trapezoidal ROC area. NaN where a class has no positives or no
-    negatives, since the ROC curve is undefined there.
-    """
+    """One-vs-rest ROC-AUC per class (scikit-learn); NaN where a class has no positives or no
+    negatives in ``y_true``, since the ROC curve is undefined there."""
     probs = np.asarray(probs, dtype=np.float64)
     t = _as_labels(y_true, "y_true")
     if probs.ndim != 2 or probs.shape[0] != t.size:
         raise ValueError(f"probs must have shape ({t.size}, C), got {probs.shape}")
+    onehot = (t[:, None] == np.arange(probs.shape[1])).astype(np.int64)
+    positives = onehot.sum(axis=0)
+    cols = np.flatnonzero((positives > 0) & (positives < t.size))
     aucs = np.full(probs.shape[1], np.nan)
-    for c in range(probs.shape[1]):
-        pos = t == c
-        n_pos = int(pos.sum())
-        n_neg = t.size - n_pos
-        if n_pos == 0 or n_neg == 0:
-            continue
-        ranks = _average_ranks(probs[:, c])
-        aucs[c] = (ranks[pos].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg)
+    # One call, the classes as a multilabel problem (one AUC per column). A class with both
+    # positives and negatives implies a second one, so there are 0 or >= 2 columns.
+    if cols.size:
+        aucs[cols] = skm.roc_auc_score(onehot[:, cols], probs[:, cols], average=None)
     return aucs
 
 
@@ -151,7 +134,7 @@ def compute_metrics(
         raise ValueError(f"probs must have shape ({t.size}, {k}), got {probs.shape}")
     pred = probs.argmax(axis=1)
     cm = confusion_matrix(t, pred, k)
-    scores = per_class_scores(cm)
+    scores = per_class_scores(t, pred, k)
     aucs = roc_auc_ovr(t, probs)
     p_true = np.clip(probs[np.arange(t.size), t], NLL_EPS, 1.0)
     per_class = [

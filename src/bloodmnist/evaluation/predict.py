@@ -44,8 +44,26 @@ def seeded_noise(shape: tuple[int, ...], index: torch.Tensor, seed: int) -> torc
     return out
 
 
+def dihedral_views() -> list[tuple[str, View]]:
+    """The 8 poses of the dihedral group D4: k quarter turns, then the same after an h-flip.
+
+    Exact pixel permutations (no resampling), so for cells without orientation each view is
+    an image the model could equally have been shown.
+    """
+
+    def pose(k: int, flip: bool) -> View:
+        return lambda x, i: torch.rot90(x.flip(3) if flip else x, k, dims=(2, 3))
+
+    return [
+        (f"{'flip-' if f else ''}rot{90 * k}", pose(k, f)) for f in (False, True) for k in range(4)
+    ]
+
+
 def tta_views(cfg: EvalConfig) -> list[tuple[str, View]]:
-    """The reference's 7 CPU views: identity, h-flip, translate, zoom, blur, noise, v-flip."""
+    """`cfg.tta_mode`: reference7 (the reference's 7 CPU views: identity, h-flip, translate, zoom,
+    blur, noise, v-flip) or dihedral8 (`dihedral_views`)."""
+    if cfg.tta_mode == "dihedral8":
+        return dihedral_views()
     sigma = cfg.tta_blur_sigma
 
     def noise(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
@@ -77,19 +95,21 @@ def predict_probs(
     normalize: Normalizer,
     batch_size: int = 512,
     tta: EvalConfig | None = None,
+    on_batch: Callable[[int], None] | None = None,
 ) -> np.ndarray:
     """Softmax probabilities (N, C) for images in [0,1] (N,3,H,W); TTA averages the views.
 
     Under torchrun every rank must pass the same images: each predicts its own shard and the
     shards are gathered, so every rank returns the same full (N, C) array, each image once.
+    `on_batch` gets the number of images of each finished batch (a progress bar).
     """
     if not rt.distributed:
-        return _predict(model, images, rt, normalize, batch_size, tta)
+        return _predict(model, images, rt, normalize, batch_size, tta, on_batch=on_batch)
     lo, hi = shard_range(len(images), rt.rank, rt.world_size)
     # The bare module: a DDP forward could start a buffer broadcast that the other ranks,
     # with a different number of batches, would not match.
     bare = getattr(model, "module", model)
-    part = _predict(bare, images[lo:hi], rt, normalize, batch_size, tta, offset=lo)
+    part = _predict(bare, images[lo:hi], rt, normalize, batch_size, tta, lo, on_batch)
     return np.concatenate([p for p in gather_objects(rt, part) if len(p)])
 
 
@@ -101,6 +121,7 @@ def _predict(
     batch_size: int,
     tta: EvalConfig | None,
     offset: int = 0,
+    on_batch: Callable[[int], None] | None = None,
 ) -> np.ndarray:
     """predict_probs for one process; `offset` is the first row's index in the full split (the
     TTA noise is seeded by that index, so sharding does not change it)."""
@@ -117,6 +138,8 @@ def _predict(
             p = torch.softmax(logits.float(), dim=1)
             acc = p if acc is None else acc + p
         chunks.append((acc / len(views)).cpu())
+        if on_batch is not None:
+            on_batch(len(x))
     if not chunks:  # an empty shard (fewer images than ranks)
         return np.zeros((0, 0), dtype=np.float32)
     return torch.cat(chunks).numpy().astype(np.float32)

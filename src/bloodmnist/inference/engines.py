@@ -37,6 +37,7 @@ class ModelInfo:
     source: str  # the file the weights came from
     kind: str  # pytorch | onnx
     extra: dict[str, Any] = field(default_factory=dict)
+    precision: str = "fp32"  # what the forward pass runs in (ONNX Runtime here: fp32)
 
 
 class Engine(Protocol):

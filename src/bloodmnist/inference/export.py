@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from bloodmnist import CLASS_NAMES, __version__
+from bloodmnist import __version__
 from bloodmnist.atomic import temp_path
 from bloodmnist.config import Config, from_dict
 from bloodmnist.data.loader import Normalizer, to_tensor
@@ -33,7 +33,7 @@ from bloodmnist.data.source import load_data
 from bloodmnist.inference.engines import INPUT_NAME, META_PREFIX, OUTPUT_NAMES, OnnxEngine
 from bloodmnist.inference.inputs import InferenceError, resolve_model
 from bloodmnist.inference.preprocess import normalize
-from bloodmnist.model.resnet import build_model
+from bloodmnist.model import model_from_config
 from bloodmnist.runtime import setup_runtime
 from bloodmnist.training.checkpoint import load_checkpoint, load_model_weights
 
@@ -120,7 +120,7 @@ def embed_metadata(path: Path, meta: dict[str, str]) -> None:
 
 def model_metadata(cfg: Config, ckpt: Path, state: dict) -> dict[str, str]:
     return {
-        "class_names": json.dumps(list(CLASS_NAMES[: cfg.model.num_classes])),
+        "class_names": json.dumps(list(cfg.model.names())),
         "input_size": str(cfg.data.size),
         "mean": json.dumps(list(cfg.data.mean)),
         "std": json.dumps(list(cfg.data.std)),
@@ -206,7 +206,7 @@ def export_checkpoint(
         raise ExportError("--parity-images must be >= 1")
     state = load_checkpoint(ckpt)
     cfg = from_dict(state["config"])
-    model = build_model(cfg.model.num_classes)
+    model = model_from_config(cfg)
     load_model_weights(model, state, ckpt)
     model = model.float().eval()
     dataset, info = load_data(

@@ -7,18 +7,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bloodmnist import CLASS_NAMES
 from bloodmnist.config import from_dict
 from bloodmnist.data.loader import Normalizer, to_tensor
 from bloodmnist.evaluation.predict import predict_probs
 from bloodmnist.inference.engines import ModelInfo
-from bloodmnist.model.resnet import build_model
+from bloodmnist.model import model_from_config
 from bloodmnist.runtime import setup_runtime
 from bloodmnist.training.checkpoint import load_checkpoint, load_model_weights
 
 
 class TorchEngine:
-    """A bloodmnist checkpoint on the device/precision its config (or the caller) asks for."""
+    """A bloodmnist checkpoint on its config's device (or the caller's) at inference precision."""
 
     supports_tta = True
 
@@ -31,10 +30,12 @@ class TorchEngine:
     ):
         state = load_checkpoint(path)
         self.cfg = from_dict(state["config"])
+        # The precision the run trained with is not reused: `auto` means fp32 for inference on
+        # a CPU, so the same file predicts the same numbers on every CPU (runtime.py).
         self.rt = setup_runtime(
-            device or self.cfg.runtime.device, precision or self.cfg.runtime.precision, threads
+            device or self.cfg.runtime.device, precision or "auto", threads, purpose="inference"
         )
-        model = build_model(self.cfg.model.num_classes)
+        model = model_from_config(self.cfg)
         load_model_weights(model, state, path)
         self.model = model.to(self.rt.device).eval()
         if self.rt.channels_last:
@@ -43,13 +44,14 @@ class TorchEngine:
             self.cfg.data.mean, self.cfg.data.std, self.rt.device, self.rt.channels_last
         )
         self.info = ModelInfo(
-            class_names=list(CLASS_NAMES[: self.cfg.model.num_classes]),
+            class_names=list(self.cfg.model.names()),
             input_size=self.cfg.data.size,
             mean=tuple(self.cfg.data.mean),
             std=tuple(self.cfg.data.std),
             source=str(path),
             kind="pytorch",
             extra={"epoch": state["epoch"], "runtime": self.rt.describe()},
+            precision=self.rt.precision,
         )
 
     def probs(self, images: np.ndarray, tta: bool = False) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""ResNet-18 adapted to 28-px inputs: 3x3/stride-1 stem, no max-pool, new head.
+"""torchvision ResNets adapted to 28-px inputs: 3x3/stride-1 stem, no max-pool, new head.
 
 Pretrained ImageNet weights (torchvision IMAGENET1K_V1 layout) are transferred layer by layer;
 the 7x7 stem filters are resized to 3x3 by bicubic interpolation and the classifier is new.
@@ -12,8 +12,8 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+import torchvision
 from torch import nn
-from torchvision.models import resnet18
 
 from bloodmnist.errors import CheckpointError, DownloadError
 
@@ -35,15 +35,12 @@ def adapt_stem_weight(w7: torch.Tensor) -> torch.Tensor:
     return F.interpolate(w7.float(), size=(3, 3), mode="bicubic", align_corners=False)
 
 
-def build_model(
-    num_classes: int = 8, state_dict: dict[str, torch.Tensor] | None = None
-) -> nn.Module:
-    """The adapted ResNet-18; `state_dict` is a torchvision-layout ImageNet state_dict or None."""
-    model = resnet18(weights=None, num_classes=num_classes)
+def adapted_torchvision_resnet(name: str, num_classes: int = 8) -> nn.Module:
+    """A torchvision ResNet (`resnet18`, `resnet34`, `resnet50`) adapted to 28 px: 3x3 stride-1
+    stem and no max-pool, so the 28-px image is not cut to 7 px before the first block."""
+    model = getattr(torchvision.models, name)(weights=None, num_classes=num_classes)
     model.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
     model.maxpool = nn.Identity()
-    if state_dict is not None:
-        transfer_weights(model, state_dict)
     return model
 
 
@@ -59,8 +56,9 @@ def transfer_weights(model: nn.Module, src: dict[str, torch.Tensor]) -> None:
     for key, value in own.items():
         if key.startswith("fc."):
             new[key] = value  # fresh 8-class head
-        elif key == "conv1.weight":
-            new[key] = adapt_stem_weight(src[key]).to(value.dtype)
+        elif key == "conv1.weight":  # 3x3 stems get the filters resized, the 7x7 stem as is
+            w = src[key] if value.shape == src[key].shape else adapt_stem_weight(src[key])
+            new[key] = w.to(value.dtype)
         elif key in src and src[key].shape == value.shape:
             new[key] = src[key].to(value.dtype)
         else:

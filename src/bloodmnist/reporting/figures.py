@@ -41,6 +41,8 @@ FIGURE_NAMES = (
     "reliability_diagram",
 )
 GOOD, BAD = "#1a7f37", "#cf222e"  # green / red titles for right / wrong predictions
+#: Figures drawn only when the run folder has its model (checkpoints/best.pt).
+MODEL_FIGURE_NAMES = ("gradcam",)
 
 
 def save_figure(fig: Figure, path: Path) -> Path:
@@ -246,6 +248,9 @@ def save_figures(run_dir: Path) -> dict[str, Path]:
     empty_imgs = np.zeros((0, 28, 28, 3), np.uint8)
     empty_labels = np.zeros(0, np.int64)
     k = min(len(preds.get("sample_images", empty_imgs)), len(preds["test_probs_tta"]))
+    from bloodmnist.reporting.gradcam_figure import try_plot_gradcam  # torch: only here
+
+    gradcam = try_plot_gradcam(run_dir, out / "gradcam.png")
     return {
         "confusion_matrix": plot_confusion(
             preds["test_labels"], preds["test_probs_tta"], names, out / "confusion_matrix.png"
@@ -269,4 +274,5 @@ def save_figures(run_dir: Path) -> dict[str, Path]:
             calibration_variants(load_summary(run_dir), preds),
             out / "reliability_diagram.png",
         ),
+        **({"gradcam": gradcam} if gradcam else {}),
     }

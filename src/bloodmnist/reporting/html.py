@@ -24,7 +24,7 @@ from bloodmnist.evaluation.run_files import (
     load_summary,
     load_test_metrics,
 )
-from bloodmnist.reporting.figures import FIGURE_NAMES, save_figures
+from bloodmnist.reporting.figures import FIGURE_NAMES, MODEL_FIGURE_NAMES, save_figures
 
 CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;background:#f6f8fa;
@@ -51,6 +51,10 @@ FIGURE_CAPTIONS = {
     "reliability_diagram": (
         "Reliability diagram: accuracy per confidence bin against the diagonal of perfect "
         "calibration (15 equal-width bins); with temperature scaling, the bins after it."
+    ),
+    "gradcam": (
+        "Grad-CAM (where the model looked) for the predicted class: per class the first "
+        "correctly classified and the first misclassified test image, with its overlay."
     ),
 }
 
@@ -163,7 +167,8 @@ def _figures(run_dir: Path) -> str:
     if not all((fig_dir / f"{n}.png").is_file() for n in FIGURE_NAMES):
         save_figures(run_dir)
     parts = []
-    for name in FIGURE_NAMES:
+    extra = [n for n in MODEL_FIGURE_NAMES if (fig_dir / f"{n}.png").is_file()]
+    for name in (*FIGURE_NAMES, *extra):
         data = base64.b64encode((fig_dir / f"{name}.png").read_bytes()).decode("ascii")
         caption = html.escape(FIGURE_CAPTIONS[name])
         parts.append(

@@ -11,9 +11,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bloodmnist.data.augment import mixup
+from bloodmnist.data.augment import mix_batch
 from bloodmnist.data.loader import TrainBatches
 from bloodmnist.runtime import Runtime
+from bloodmnist.training.teacher import Distillation
 
 
 @dataclass
@@ -47,23 +48,30 @@ def train_one_epoch(
     label_smoothing: float = 0.0,
     check_stop: Callable[[], None] | None = None,
     after_step: Callable[[], None] | None = None,
+    cutmix_alpha: float = 0.0,
+    distill: Distillation | None = None,
+    on_step: Callable[[int], None] | None = None,
 ) -> EpochStats:
     """Train for one epoch. Loss/accuracy accumulate on the device; one host sync at the end.
 
-    `after_step` runs after every optimiser step (per-step LR schedule, weight EMA).
+    `after_step` runs after every optimiser step (per-step LR schedule, weight EMA). With
+    `distill` the loss is the distillation loss, its teacher forwarded on this very batch.
+    `on_step` gets each step's batch size (host-side: the progress bar, no device sync).
     """
     model.train()
     # [loss sum, correct] on the device: no .item() per step; the sample count is host-side.
     totals = torch.zeros(2, dtype=torch.float64, device=rt.device)
     samples = 0
     for x, y in batches.epoch(epoch, gen):
-        x, y_b, lam = mixup(x, y, mixup_alpha, rng, gen)
+        x, y_b, lam = mix_batch(x, y, mixup_alpha, cutmix_alpha, rng, gen)
         with rt.autocast():
             logits = model(x)
         logits = logits.float()
         loss = lam * F.cross_entropy(logits, y, label_smoothing=label_smoothing)
         if lam < 1.0:
             loss = loss + (1 - lam) * F.cross_entropy(logits, y_b, label_smoothing=label_smoothing)
+        if distill is not None:
+            loss = distill.loss(x, logits, loss)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -73,6 +81,8 @@ def train_one_epoch(
             check_stop()  # a flag test, no device sync
         n = y.shape[0]
         samples += n
+        if on_step is not None:
+            on_step(n)
         # MixUp accuracy: credit each sample by the weight of the target it is scored against
         # (with alpha 0.001 lam is ~0 or ~1, so scoring only against y would be ~50% wrong).
         pred = logits.argmax(1)

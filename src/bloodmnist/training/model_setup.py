@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 from bloodmnist.config import Config
-from bloodmnist.model.resnet import build_model, resolve_pretrained
+from bloodmnist.model import model_from_config
+from bloodmnist.model.resnet import resolve_pretrained
 from bloodmnist.runtime import Runtime, weights_dir
 from bloodmnist.training.sync_bn import convert_sync_bn
 
@@ -26,7 +27,7 @@ def prepare_model(cfg: Config, rt: Runtime) -> tuple[nn.Module, dict[str, Any]]:
         log.warning("pretrained: %s", info.message)
     else:
         log.info("pretrained: %s", info.message)
-    model = build_model(cfg.model.num_classes, state)
+    model = model_from_config(cfg, state)
     if rt.distributed and cfg.train.sync_bn:
         model = convert_sync_bn(model, rt.device)
     memory = torch.channels_last if rt.channels_last else torch.preserve_format

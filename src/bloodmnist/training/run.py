@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
@@ -13,7 +14,7 @@ from torch import nn
 
 from bloodmnist.config import Config, save_yaml
 from bloodmnist.data.npz import Dataset, describe
-from bloodmnist.data.source import DataInfo, load_data
+from bloodmnist.data.source import DataInfo, fit_config, load_data
 from bloodmnist.errors import BloodMNISTError, OutputError, TrainingStopped
 from bloodmnist.evaluation.final import (
     evaluate_split,
@@ -22,6 +23,7 @@ from bloodmnist.evaluation.final import (
     temperature_scaling,
 )
 from bloodmnist.evaluation.medmnist_csv import write_run_csvs
+from bloodmnist.model.flops import flops_per_image, train_pflop
 from bloodmnist.reporting.report import build_reports
 from bloodmnist.runtime import (
     Runtime,
@@ -30,6 +32,7 @@ from bloodmnist.runtime import (
     main_first,
     seed_everything,
 )
+from bloodmnist.tracking import Tracker, open_tracker
 from bloodmnist.training.checkpoint import file_stamp, load_checkpoint, load_model_weights
 from bloodmnist.training.loop import DivergenceError
 from bloodmnist.training.model_setup import prepare_model, wrap_ddp
@@ -41,6 +44,7 @@ from bloodmnist.training.rundir import (
 )
 from bloodmnist.training.runlock import RunLock
 from bloodmnist.training.signals import GracefulStop, StopRequested
+from bloodmnist.training.teacher import check_teacher_data
 from bloodmnist.training.trainer import Trainer, TrainState
 
 log = logging.getLogger("bloodmnist")
@@ -60,10 +64,12 @@ def train_run(
     run_dir: Path,
     progress: bool = True,
     resume: ResumeFrom | None = None,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Run the recipe into `run_dir` (already created) and return summary.json's content.
 
-    With `resume`, training continues after last.pt's epoch with all its state.
+    With `resume`, training continues after last.pt's epoch with all its state. `on_epoch`
+    gets each epoch's history row (a search prunes a trial by raising from it).
     """
     lock = RunLock(run_dir) if rt.is_main else None
     # Rank 0 holds the lock for all ranks (only it writes); if it cannot, every rank stops.
@@ -78,7 +84,7 @@ def train_run(
         # during the final evaluation lets it finish (a second signal exits at once).
         with GracefulStop() as stop:
             state = resume.state if resume else None
-            return _train_locked(cfg, rt, run_dir, progress, state, stop)
+            return _train_locked(cfg, rt, run_dir, progress, state, stop, on_epoch)
     except OSError as exc:  # e.g. disk full while writing predictions or reports: one line
         raise OutputError.from_os(exc.filename or run_dir, exc) from None
     finally:
@@ -106,6 +112,7 @@ def _train_locked(
     progress: bool,
     resume: dict[str, Any] | None,
     stop: GracefulStop,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     seed_everything(cfg.train.seed, cfg.train.deterministic)
     log.info("run folder: %s", run_dir)
@@ -115,9 +122,15 @@ def _train_locked(
     data, data_info = main_first(
         rt,
         lambda: load_data(
-            cfg.data.path, cfg.data.size, cfg.model.num_classes, cfg.data.subset, progress
+            cfg.data.path,
+            cfg.data.size,
+            cfg.model.num_classes,
+            cfg.data.subset,
+            progress,
+            follow_file=True,
         ),
     )
+    cfg = fit_config(cfg, data)  # size and class names come from the data file
     log.info(
         "data: %s (MD5 %s) train/val/test = %d/%d/%d",
         data_info.path,
@@ -126,6 +139,8 @@ def _train_locked(
         len(data.val),
         len(data.test),
     )
+    if cfg.train.teacher:  # a teacher trained on another file could leak this run's test images
+        check_teacher_data(cfg.train.teacher, data_info.md5)
     if resume is None:
         model, pretrained = main_first(rt, lambda: prepare_model(cfg, rt))
     else:  # weights come from last.pt; keep what the first start recorded
@@ -137,7 +152,7 @@ def _train_locked(
         facts = partial(_manifest_facts, _names(cfg), rt, data, data_info, pretrained)
         write_manifest(run_dir, facts, resumed=resume is not None)
         save_yaml(cfg, run_dir / "config.yaml")  # on resume too: --epochs/--device may change
-    trainer = Trainer(cfg, rt, run_dir, data, wrap_ddp(model, rt), pretrained)
+    trainer = Trainer(cfg, rt, run_dir, data, wrap_ddp(model, rt), pretrained, progress)
     if resume is not None:
         trainer.restore(resume)
         log.info(
@@ -152,13 +167,44 @@ def _train_locked(
         "pretrained": "imagenet" if pretrained["used"] else "none",
         "trained_from_scratch": not pretrained["used"],
         "seed": cfg.train.seed,
+        "image_size": cfg.data.size,
+        "class_names": list(cfg.model.names()),
         "data_md5": data_info.md5,
         "data_official": data_info.official,
         "world_size": rt.world_size,
     }
-    state = _fit_guarded(trainer, run_dir, rt, base, stop)
-    stop.note = "finishing the final test evaluation and reports first"
-    return _test_once(model, data, cfg, rt, run_dir, {**_state_fields(state), **base})
+    tracker = open_tracker(run_dir, len(data.train), enabled=rt.is_main)
+    trainer.on_epoch = partial(_epoch_hooks, tracker, on_epoch)
+    try:
+        state = _fit_guarded(trainer, run_dir, rt, base, stop)
+        stop.note = "finishing the final test evaluation and reports first"
+        work = _compute_fields(model, cfg, len(data.train) * state.epoch)
+        fields = {**_state_fields(state), **base, **work}
+        if not cfg.eval.final_test:  # a search trial: validation only, the test split unseen
+            return _skip_test(run_dir, rt, fields)
+        summary = _test_once(model, data, cfg, rt, run_dir, fields, progress)
+        tracker.final(summary, run_dir / "figures")
+        return summary
+    finally:
+        tracker.close()
+
+
+def _epoch_hooks(
+    tracker: Tracker, on_epoch: Callable[[dict[str, Any]], None] | None, row: dict[str, Any]
+) -> None:
+    tracker.epoch(row)
+    if on_epoch is not None:
+        on_epoch(row)
+
+
+def _skip_test(run_dir: Path, rt: Runtime, fields: dict[str, Any]) -> dict[str, Any]:
+    """summary.json of a run with eval.final_test=false: training facts, no test metrics."""
+    summary = {"status": "completed", "test_evaluated": False, **fields}
+    summary.update(test_acc=None, test_acc_tta=None)
+    if rt.is_main:
+        write_json(run_dir / "summary.json", summary)
+        log.info("final test skipped (eval.final_test=false): the test split was not evaluated")
+    return summary
 
 
 def _test_once(
@@ -168,16 +214,18 @@ def _test_once(
     rt: Runtime,
     run_dir: Path,
     fields: dict[str, Any],
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Evaluate best.pt on the test split (the one time it is seen), write the results and
-    reports, and return summary.json's content; `fields` are the training facts it carries."""
+    reports, and return summary.json's content; `fields` are the training facts it carries.
+    `progress`: live bars for the test passes (stderr is a terminal)."""
     best_path = run_dir / "checkpoints" / "best.pt"
     load_model_weights(model, _best_weights(best_path, rt), best_path)
     t0 = time.perf_counter()
-    result = evaluate_split(model, data, "test", cfg, rt, tta=cfg.eval.tta)
+    result = evaluate_split(model, data, "test", cfg, rt, tta=cfg.eval.tta, progress=progress)
     metrics = summary_metrics(result)
     if cfg.eval.temperature_scaling:  # every rank: the validation pass gathers across ranks
-        metrics.update(temperature_scaling(model, data, cfg, rt, result))
+        metrics.update(temperature_scaling(model, data, cfg, rt, result, progress))
     summary = {
         "status": "completed",
         **{k: v for k, v in metrics.items() if k not in ("test", "test_tta")},
@@ -236,6 +284,17 @@ def _headline(summary: dict[str, Any]) -> str:
         text = f"{label} {plain:.4f}" if plain is not None else f"{label} n/a"
         parts.append(text + (f" (TTA {tta:.4f})" if tta is not None else ""))
     return "  ".join(parts)
+
+
+def _compute_fields(model: nn.Module, cfg: Config, images_seen: int) -> dict[str, Any]:
+    """What the run cost in arithmetic: the model's FLOPs per image and the training PFLOP."""
+    flops = flops_per_image(model, cfg.data.size)
+    return {
+        "arch": cfg.model.arch,
+        "gflop_forward_per_image": round(flops["forward"] / 1e9, 5),
+        "train_images_seen": images_seen,
+        "train_pflop": float(f"{train_pflop(flops['train'], images_seen):.4g}"),
+    }
 
 
 def _state_fields(state: TrainState) -> dict[str, Any]:
@@ -303,6 +362,4 @@ def _stop_message(
 
 
 def _names(cfg: Config) -> tuple[str, ...]:
-    from bloodmnist import CLASS_NAMES
-
-    return CLASS_NAMES[: cfg.model.num_classes]
+    return cfg.model.names()

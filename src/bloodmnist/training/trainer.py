@@ -21,12 +21,14 @@ from bloodmnist.data.npz import Dataset
 from bloodmnist.errors import CheckpointError
 from bloodmnist.evaluation.metrics import accuracy, medmnist_auc
 from bloodmnist.evaluation.predict import predict_probs
+from bloodmnist.progress import TrainProgress
 from bloodmnist.runtime import Runtime, broadcast_object, per_rank_batch, sync_buffers
 from bloodmnist.training.checkpoint import save_checkpoint, unwrap
 from bloodmnist.training.ema import make_ema
-from bloodmnist.training.loop import DivergenceError, nll, train_one_epoch
+from bloodmnist.training.loop import DivergenceError, EpochStats, nll, train_one_epoch
 from bloodmnist.training.rundir import write_history
 from bloodmnist.training.schedule import build_schedule
+from bloodmnist.training.teacher import make_distillation
 
 log = logging.getLogger("bloodmnist")
 
@@ -84,6 +86,7 @@ class Trainer:
         data: Dataset,
         model: nn.Module,
         pretrained: dict[str, Any] | None = None,
+        progress: bool = False,
     ):
         self.cfg, self.rt, self.run_dir = cfg, rt, run_dir
         self.pretrained = pretrained or {}
@@ -111,10 +114,17 @@ class Trainer:
             self.optimizer, cfg.schedule, cfg.train.epochs, len(self.batches)
         )
         self.ema = make_ema(unwrap(model), cfg.train.ema_decay)  # None for the reference recipe
+        # train.teacher: frozen teacher model(s) (distill.teacher.models, for FLOP counting)
+        self.distill = make_distillation(cfg, rt)
         self.val_images = to_tensor(data.val.images, rt.device)
         self.val_labels = data.val.labels
         self.state = TrainState()
         self.check_stop: Callable[[], None] | None = None  # set by the caller (signal handling)
+        # a live bar per epoch when `progress` (the caller checked that stderr is a terminal)
+        per_rank_images = -(-len(data.train) // rt.world_size)
+        self.progress = TrainProgress(progress, cfg.train.epochs, per_rank_images)
+        # called with each epoch's history row once it is saved (tracking, search pruning)
+        self.on_epoch: Callable[[dict[str, Any]], None] | None = None
 
     # -- checkpoints -------------------------------------------------------------------------
     @property
@@ -197,6 +207,23 @@ class Trainer:
         t0 = time.perf_counter()
         gen, rng = epoch_generators(self.cfg.train.seed, epoch, self.rt.rank, self.rt.device)
         lr = self.schedule.lr
+        self.progress.start_epoch(epoch)
+        try:
+            stats, val = self._train_and_validate(epoch, gen, rng)
+        finally:  # an error or a stop request must not leave a half-drawn bar behind
+            self.progress.end_epoch()
+        self.schedule.step(epoch, val["val_acc"])
+        seconds = time.perf_counter() - t0
+        return {
+            "epoch": epoch,
+            "train_loss": stats.loss,
+            "train_acc": stats.acc,
+            **val,
+            "lr": lr,
+            "seconds": seconds,
+        }
+
+    def _train_and_validate(self, epoch: int, gen, rng) -> tuple[EpochStats, dict[str, float]]:
         stats = train_one_epoch(
             self.model,
             self.batches,
@@ -209,18 +236,12 @@ class Trainer:
             self.cfg.train.label_smoothing,
             self.check_stop,
             after_step=self._after_step(),
+            cutmix_alpha=self.cfg.augment.cutmix_alpha,
+            distill=self.distill,
+            on_step=self.progress.step,
         )
-        val = self.validate()
-        self.schedule.step(epoch, val["val_acc"])
-        seconds = time.perf_counter() - t0
-        return {
-            "epoch": epoch,
-            "train_loss": stats.loss,
-            "train_acc": stats.acc,
-            **val,
-            "lr": lr,
-            "seconds": seconds,
-        }
+        self.progress.validating()
+        return stats, self.validate()
 
     # -- the run -----------------------------------------------------------------------------
     def fit(self) -> TrainState:
@@ -261,6 +282,8 @@ class Trainer:
                     save_checkpoint(state, ckpt_dir / "best.pt")
                 save_checkpoint(state, ckpt_dir / "last.pt")
                 write_history(self.run_dir / "history.csv", st.history)
+            if self.on_epoch is not None:  # may raise (a pruned search trial stops here)
+                self.on_epoch(row)
         if st.stopped_early:
             log.info(
                 "early stopping: no val_acc gain for %d epochs (best %.4f at epoch %d)",

@@ -1,0 +1,1 @@
+"""Ensembles of finished runs: averaged probabilities, written as a run-like folder."""

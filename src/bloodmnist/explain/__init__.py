@@ -1,0 +1,1 @@
+"""Explanations: Grad-CAM heat maps (captum) and the pictures made from them."""

@@ -1,0 +1,59 @@
+"""Models by name: adding a model is adding one entry to `ARCHS`.
+
+Every builder takes (num_classes, size, width, depth) and returns an nn.Module mapping
+(N,3,size,size) images to (N,num_classes) logits. `pretrained` names the builders whose layout
+takes torchvision's ImageNet ResNet weights (`transfer_weights`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from bloodmnist.model.resnet import adapted_torchvision_resnet, transfer_weights
+from bloodmnist.model.resnet9 import ResNet9
+from bloodmnist.model.stems import set_stem
+
+Builder = Callable[[int, int, float, int], nn.Module]
+
+ARCHS: dict[str, Builder] = {
+    # The reference: torchvision ResNet-18, 3x3 stride-1 stem, no max-pool (28 px).
+    # Its stem follows the input size (`model.stem`, model/stems.py): the reference's at 28 px.
+    "resnet18": lambda n, size, width, depth: adapted_torchvision_resnet("resnet18", n),
+    "resnet34": lambda n, size, width, depth: adapted_torchvision_resnet("resnet34", n),
+    "resnet50": lambda n, size, width, depth: adapted_torchvision_resnet("resnet50", n),
+    # Compute-efficient 28-px family (width/depth knobs): the fast and best recipes.
+    "resnet9": lambda n, size, width, depth: ResNet9(n, width, depth),
+}
+#: Architectures whose weights can start from torchvision's ImageNet ResNet-18 file.
+PRETRAINED_ARCHS = frozenset({"resnet18"})
+#: Architectures whose stem `model.stem` sets (auto: per input size).
+STEM_ARCHS = frozenset({"resnet18"})
+
+
+def build_model(
+    arch: str = "resnet18",
+    num_classes: int = 8,
+    size: int = 28,
+    state_dict: dict[str, torch.Tensor] | None = None,
+    width: float = 1.0,
+    depth: int = 1,
+    stem: str = "auto",
+) -> nn.Module:
+    """The registered model `arch`; `state_dict` is a torchvision-layout ImageNet state_dict."""
+    if arch not in ARCHS:
+        raise ValueError(f"unknown model.arch {arch!r} (known: {', '.join(sorted(ARCHS))})")
+    model = ARCHS[arch](num_classes, size, width, depth)
+    if arch in STEM_ARCHS:
+        set_stem(model, stem, size)
+    if state_dict is not None:
+        transfer_weights(model, state_dict)
+    return model
+
+
+def model_from_config(cfg, state_dict: dict[str, torch.Tensor] | None = None) -> nn.Module:
+    """The model a Config (or a checkpoint's saved config) describes."""
+    m = cfg.model
+    return build_model(m.arch, m.num_classes, cfg.data.size, state_dict, m.width, m.depth, m.stem)

@@ -1,0 +1,43 @@
+"""The ResNet stem per input size (`model.stem`).
+
+- s1: 3x3 conv stride 1, no max-pool. The reference's 28-px stem: stage 1 sees 28x28.
+- s2: 3x3 conv stride 2, no max-pool: stage 1 sees size/2 (32x32 at 64 px).
+- imagenet: torchvision's 7x7 conv stride 2 + 3x3/2 max-pool: stage 1 sees size/4.
+
+`auto` keeps stage 1 near the 28-32 px the reference was tuned at, which also keeps the compute
+per image within ~1.4x of the 28-px model at 64 and 128 px: s1 at 28, s2 at 64, imagenet at 128
+and 224 (56 px at stage 1, torchvision's own ImageNet geometry). These defaults are set by that
+rule, not yet by a measured accuracy-per-FLOP comparison (docs/data.md lists the commands).
+Pretrained ImageNet weights transfer with every stem: the 7x7 filters as they are, or resized
+to 3x3 (`resnet.adapt_stem_weight`).
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+STEMS = ("auto", "s1", "s2", "imagenet")
+DEFAULT_STEM = {28: "s1", 64: "s2", 128: "imagenet", 224: "imagenet"}
+
+
+def resolve_stem(stem: str, size: int) -> str:
+    """`auto` -> the default for `size` (sizes other than the four: s1 up to 48 px, else s2)."""
+    if stem not in STEMS:
+        raise ValueError(f"unknown model.stem {stem!r} (known: {', '.join(STEMS)})")
+    if stem != "auto":
+        return stem
+    return DEFAULT_STEM.get(size, "s1" if size <= 48 else "s2")
+
+
+def set_stem(model: nn.Module, stem: str, size: int) -> nn.Module:
+    """Replace a torchvision ResNet's `conv1`/`maxpool` with the stem for `size`, in place."""
+    kind = resolve_stem(stem, size)
+    width = model.conv1.out_channels
+    if kind == "imagenet":
+        model.conv1 = nn.Conv2d(3, width, kernel_size=7, stride=2, padding=3, bias=False)
+        model.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+    else:
+        stride = 1 if kind == "s1" else 2
+        model.conv1 = nn.Conv2d(3, width, kernel_size=3, stride=stride, padding=1, bias=False)
+        model.maxpool = nn.Identity()
+    return model

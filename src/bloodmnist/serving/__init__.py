@@ -1,0 +1,1 @@
+"""HTTP serving: `bloodmnist serve` (FastAPI app, request batching, limits, the web page)."""

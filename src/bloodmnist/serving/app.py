@@ -1,0 +1,187 @@
+"""The FastAPI application: JSON API under /v1, health check, OpenAPI document and the page.
+
+Stateless: each request's uploads live in memory only while it is answered. Request bodies are
+buffered by BodyLimitMiddleware (413 above the limit), so multipart parts never spill to disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Annotated, Literal
+
+from fastapi import Depends, FastAPI, File, HTTPException, Query, Request, UploadFile
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from starlette.formparsers import MultiPartParser
+
+from bloodmnist import __version__
+from bloodmnist.serving.batching import Batcher
+from bloodmnist.serving.limits import BodyLimitMiddleware, Limits
+from bloodmnist.serving.model_service import ModelService
+from bloodmnist.serving.pipeline import (
+    RequestError,
+    Upload,
+    check_uploads,
+    classify,
+    decode_all,
+    resolve_target,
+)
+
+STATIC = Path(__file__).with_name("static")
+Preprocess = Literal["auto", "medmnist", "resize", "none"]
+_ERRORS = {
+    413: {"description": "request, file count or image pixels above the limits"},
+    415: {"description": "not multipart/form-data, or a part that is not an image"},
+    422: {"description": "invalid parameters or no files"},
+    503: {"description": "the request took longer than the per-request timeout"},
+}
+#: The page loads nothing from elsewhere; results are shown from data: URLs.
+CSP = "default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'"
+
+
+def require_multipart(request: Request) -> None:
+    ctype = request.headers.get("content-type", "")
+    if not ctype.lower().startswith("multipart/form-data"):
+        raise HTTPException(
+            415, f"send multipart/form-data with image files, not {ctype or 'no type'}"
+        )
+
+
+def create_app(service: ModelService, limits: Limits, max_batch: int = 64) -> FastAPI:
+    # Parts stay in memory: the body is already bounded by max_request_bytes (see middleware).
+    MultiPartParser.spool_max_size = limits.max_request_bytes + 1
+    batcher = Batcher(service.engine, max_batch=max_batch)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        batcher.start()
+        yield
+        await batcher.stop()
+
+    app = FastAPI(
+        title="bloodmnist",
+        version=__version__,
+        description="Classify blood-cell images and show Grad-CAM heat maps.",
+        lifespan=lifespan,
+    )
+    app.add_middleware(BodyLimitMiddleware, limit=limits.max_request_bytes)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    app.state.service, app.state.limits, app.state.batcher = service, limits, batcher
+
+    @app.exception_handler(RequestError)
+    async def _refused(_request: Request, exc: RequestError) -> JSONResponse:
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status)
+
+    @app.get("/", include_in_schema=False)
+    async def page() -> FileResponse:
+        return FileResponse(STATIC / "index.html", headers={"Content-Security-Policy": CSP})
+
+    @app.get("/healthz", tags=["service"])
+    async def healthz() -> dict:
+        return {"status": "ok", "forward_passes": batcher.passes}
+
+    @app.get("/v1/model", tags=["service"])
+    async def model() -> dict:
+        return {**service.describe(), "max_batch": max_batch, "limits": limits.describe()}
+
+    async def run(
+        files: list[UploadFile], top_k: int, tta: bool, preprocess: str, target: str | None
+    ) -> dict:
+        names = service.engine.info.class_names
+        if top_k > len(names):
+            raise RequestError(422, f"top_k must be between 1 and {len(names)}")
+        if tta and not service.engine.supports_tta:
+            raise RequestError(422, "tta=true needs a PyTorch model; this server runs ONNX")
+        wanted = resolve_target(target, names)
+        uploads = [Upload(f.filename or "upload", f.content_type, await f.read()) for f in files]
+        check_uploads(uploads, limits)
+
+        async def work() -> dict:
+            decoded = await asyncio.to_thread(
+                decode_all, uploads, service.engine.info.input_size, preprocess, limits.max_pixels
+            )
+            rows, images, ready = await classify(service, batcher, uploads, decoded, top_k, tta)
+            if target is not None and ready:
+                await add_explanations(service, batcher, rows, images, ready, wanted)
+            return {"model": service.sha256[:12], "tta": tta, "results": rows}
+
+        try:
+            return await asyncio.wait_for(work(), timeout=limits.timeout_s)
+        except asyncio.TimeoutError:
+            raise RequestError(
+                503,
+                f"not finished within the {limits.timeout_s:g} s per-request limit; "
+                "send fewer images per request",
+            ) from None
+
+    @app.post(
+        "/v1/predict",
+        tags=["classify"],
+        responses=_ERRORS,
+        dependencies=[Depends(require_multipart)],
+    )
+    async def predict(
+        files: Annotated[list[UploadFile], File(description="one or more images")],
+        top_k: Annotated[int, Query(ge=1, le=64)] = 3,
+        tta: bool = False,
+        preprocess: Preprocess = "auto",
+    ) -> dict:
+        """Top-k classes with probabilities per file; unreadable files get an error entry."""
+        return await run(files, top_k, tta, preprocess, None)
+
+    @app.post(
+        "/v1/explain",
+        tags=["classify"],
+        responses=_ERRORS,
+        dependencies=[Depends(require_multipart)],
+    )
+    async def explain(
+        files: Annotated[list[UploadFile], File(description="one or more images")],
+        top_k: Annotated[int, Query(ge=1, le=64)] = 3,
+        tta: bool = False,
+        preprocess: Preprocess = "auto",
+        target_class: Annotated[
+            str | None, Query(alias="class", description="class name or index (default: predicted)")
+        ] = None,
+    ) -> dict:
+        """As /v1/predict, plus a Grad-CAM heat map per image (PNG, base64)."""
+        if not service.explain:
+            raise RequestError(
+                422, "Grad-CAM needs the PyTorch model (run folder or .pt); this server runs ONNX"
+            )
+        return await run(files, top_k, tta, preprocess, target_class or "")
+
+    return app
+
+
+async def add_explanations(service, batcher, rows, images, ready, wanted) -> None:
+    """Grad-CAM for the readable files (on the inference thread), as base64 PNGs."""
+    from bloodmnist.explain.gradcam import engine_cams
+    from bloodmnist.explain.overlay import enlarge, heat_rgb, overlay, png_base64
+
+    names = service.engine.info.class_names
+    targets = [wanted if wanted is not None else names.index(rows[i]["pred"]) for i in ready]
+    cams = await batcher.run(engine_cams, service.engine, images, targets)
+    for j, i in enumerate(ready):
+        rows[i]["explain"] = {
+            "class": names[targets[j]],
+            "heatmap_png": png_base64(heat_rgb(cams[j])),
+            "overlay_png": png_base64(overlay(images[j], cams[j])),
+            "input_png": png_base64(enlarge(images[j])),
+        }
+
+
+#: Environment variable carrying the settings to each worker process (`--workers N > 1`).
+ENV_SETTINGS = "BLOODMNIST_SERVE_SETTINGS"
+
+
+def app_from_env() -> FastAPI:
+    """uvicorn factory for multi-worker serving: every worker opens the model itself."""
+    import json
+    import os
+
+    s = json.loads(os.environ[ENV_SETTINGS])
+    service = ModelService.open(s["model"], s["device"], s["precision"], s["threads"])
+    return create_app(service, Limits(**s["limits"]), s["max_batch"])

@@ -1,0 +1,225 @@
+"""The Optuna study behind `bloodmnist tune`: storage, sampler, pruner, workers, resume.
+
+Every worker is its own Optuna client on one storage (SQLite file by default, PostgreSQL or any
+database URL Optuna accepts for several machines), so J workers on one machine and workers on
+several machines are the same thing. Only COMPLETE and PRUNED trials count toward --trials.
+A trial left RUNNING by a dead worker is marked FAIL: at once when the worker ran on this host
+(its pid is gone), else by Optuna's heartbeat once it is older than the grace period.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import random
+import socket
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from bloodmnist.atomic import read_json, write_text_atomic
+from bloodmnist.errors import BloodMNISTError
+from bloodmnist.tuning.objective import DONE, process_identity, trial_dir
+from bloodmnist.tuning.space import Space
+
+PLAN_FILE = "tune_plan.json"
+LOGS_DIR = "logs"
+#: Heartbeat of a running trial; a trial silent for GRACE_S is failed by the other workers.
+HEARTBEAT_S = 10
+GRACE_S = 60
+POLL_S = 2.0  # how often a worker waiting for others' last trials looks again
+RUNNING = optuna.trial.TrialState.RUNNING
+FAIL = optuna.trial.TrialState.FAIL
+
+
+@dataclass
+class TunePlan:
+    """What `tune` was asked for; saved in DIR so workers and a rerun read the same."""
+
+    space_file: str
+    space: dict[str, Any]
+    base: dict[str, Any]  # BaseSpec as a dict
+    n_trials: int
+    jobs: int
+    threads: int
+    storage: str
+    study_name: str
+    cwd: str = field(default_factory=os.getcwd)
+    created: str = field(default_factory=lambda: dt.datetime.now().isoformat(timespec="seconds"))
+
+    def save(self, tune_dir: Path) -> None:
+        write_text_atomic(tune_dir / PLAN_FILE, json.dumps(asdict(self), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, tune_dir: Path) -> TunePlan:
+        path = tune_dir / PLAN_FILE
+        if not path.is_file():
+            raise BloodMNISTError(f"{tune_dir} has no {PLAN_FILE}; is it a tune folder?")
+        try:
+            return cls(**read_json(path))
+        except TypeError:
+            raise BloodMNISTError(f"{path} does not match this version's tune plan") from None
+
+
+def default_storage(tune_dir: Path) -> str:
+    return f"sqlite:///{tune_dir.resolve() / 'study.db'}"
+
+
+def open_storage(url: str) -> optuna.storages.RDBStorage:
+    """Optuna's database storage with heartbeats; a bad URL or server is one error line."""
+    kwargs: dict[str, Any] = {}
+    if url.startswith("sqlite"):  # several processes on one file: wait for the lock
+        kwargs = {"connect_args": {"timeout": 120}}
+    for attempt in range(3):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(
+                    url, engine_kwargs=kwargs, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S
+                )
+        except Exception as exc:  # sqlalchemy's URL, driver and connection errors alike
+            # Workers starting together on a fresh database race to create Optuna's tables;
+            # the loser's error says the tables now exist, so a second try finds them.
+            racing = "already exists" in str(exc) or "duplicate key" in str(exc)
+            if racing and attempt < 2:
+                time.sleep(1 + random.random())
+                continue
+            first = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+            raise BloodMNISTError(f"--storage {_safe(url)}: cannot open it ({first})") from None
+    raise AssertionError("unreachable")
+
+
+def _safe(url: str) -> str:
+    """The URL without its password, for messages."""
+    head, sep, tail = url.partition("@")
+    if not sep or "://" not in head:
+        return url
+    scheme, _, cred = head.partition("://")
+    return f"{scheme}://{cred.split(':')[0]}:***@{tail}"
+
+
+def make_sampler(spec: dict[str, Any], worker: int) -> optuna.samplers.BaseSampler:
+    """TPE (constant liar: parallel workers do not all try the same point) or random; a seed
+    in the space is offset per worker so workers do not repeat each other's draws."""
+    seed = spec.get("seed")
+    seed = None if seed is None else int(seed) + worker
+    if spec["kind"] == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    startup = int(spec.get("startup_trials", 4))
+    return optuna.samplers.TPESampler(seed=seed, constant_liar=True, n_startup_trials=startup)
+
+
+def make_pruner(spec: dict[str, Any]) -> optuna.pruners.BasePruner:
+    """Median or Hyperband on per-epoch validation accuracy; `none` never prunes."""
+    if spec["kind"] == "hyperband":
+        return optuna.pruners.HyperbandPruner(
+            min_resource=int(spec.get("min_epochs", 1)),
+            reduction_factor=int(spec.get("reduction_factor", 3)),
+        )
+    if spec["kind"] == "median":
+        return optuna.pruners.MedianPruner(
+            n_startup_trials=int(spec.get("startup_trials", 2)),
+            n_warmup_steps=int(spec.get("warmup_epochs", 0)),
+        )
+    return optuna.pruners.NopPruner()
+
+
+def open_study(plan: TunePlan, space: Space, worker: int = 0) -> optuna.Study:
+    """Create or join the plan's study; a study made for another space is refused."""
+    study = optuna.create_study(
+        storage=open_storage(plan.storage),
+        study_name=plan.study_name,
+        direction="maximize",
+        load_if_exists=True,
+        sampler=make_sampler(space.sampler, worker),
+        pruner=make_pruner(space.pruner),
+    )
+    if study.direction != optuna.study.StudyDirection.MAXIMIZE:
+        raise BloodMNISTError(f"study '{plan.study_name}' minimises; it is not a tune study")
+    known = study.user_attrs.get("space")
+    if known is None:
+        study.set_user_attr("space", plan.space)
+    elif known != plan.space:
+        raise BloodMNISTError(
+            f"study '{plan.study_name}' in {_safe(plan.storage)} searches another space than "
+            f"{plan.space_file}; use another --study-name (or the same space file)"
+        )
+    return study
+
+
+def counts(study: optuna.Study) -> tuple[int, int]:
+    """(trials that count: COMPLETE + PRUNED, trials RUNNING now)."""
+    trials = study.get_trials(deepcopy=False)
+    return sum(t.state in DONE for t in trials), sum(t.state == RUNNING for t in trials)
+
+
+def _alive(attrs: dict[str, Any]) -> bool:
+    """Whether the process that ran a trial on this host is still that process."""
+    from bloodmnist.tuning.objective import pid_stamp
+
+    pid = attrs.get("pid")
+    return isinstance(pid, int) and pid_stamp(pid)["pid_start"] == attrs.get("pid_start")
+
+
+def fail_orphans(study: optuna.Study, tune_dir: Path | None = None) -> list[int]:
+    """Mark FAIL the RUNNING trials whose worker on this host is gone (killed tune); Optuna's
+    heartbeat does the same for other hosts after GRACE_S. Returns the trial numbers."""
+    me = process_identity()
+    failed = []
+    for t in study.get_trials(deepcopy=False, states=(RUNNING,)):
+        a = t.user_attrs
+        if a.get("host") != me["host"] or a.get("boot_id") != me["boot_id"] or _alive(a):
+            continue
+        try:
+            study._storage.set_trial_user_attr(t._trial_id, "note", "its worker was killed")
+            study._storage.set_trial_state_values(t._trial_id, FAIL)
+        except (RuntimeError, optuna.exceptions.UpdateFinishedTrialError):
+            continue  # another worker got there first
+        failed.append(t.number)
+        _mark_folder(tune_dir, t.number)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+    return failed
+
+
+def _mark_folder(tune_dir: Path | None, number: int) -> None:
+    """A killed trial's folder says so (it has no summary.json of its own)."""
+    from bloodmnist.training.rundir import write_json
+
+    run_dir = trial_dir(tune_dir, number) if tune_dir else None
+    if run_dir is not None and run_dir.is_dir() and not (run_dir / "summary.json").exists():
+        msg = "its tune worker was killed; the study marked the trial FAIL and runs another"
+        write_json(run_dir / "summary.json", {"status": "failed", "message": msg})
+
+
+def worker_loop(study: optuna.Study, objective: Any, setup: Any, deadline: float | None) -> int:
+    """Run trials until the study has its count (or the deadline); returns trials run here."""
+    ran = 0
+    while deadline is None or time.time() < deadline:
+        fail_orphans(study, setup.tune_dir)
+        done, running = counts(study)
+        if done >= setup.n_trials:
+            break
+        if done + running >= setup.n_trials:  # the last places are taken: wait, they may fail
+            time.sleep(POLL_S)
+            continue
+        from bloodmnist.tuning.objective import SurplusTrial
+
+        study.optimize(
+            lambda trial: objective(trial, setup),
+            n_trials=1,
+            catch=(SurplusTrial,),
+            gc_after_trial=True,
+        )
+        ran += 1
+    return ran
+
+
+def host_label() -> str:
+    return socket.gethostname()

@@ -1,0 +1,118 @@
+"""`bloodmnist ensemble`: exact averages of the members' saved probabilities, the usual run files,
+val computed from best.pt, refusal of members that do not fit, and an ensemble as a teacher."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from bloodmnist.config import build_config
+from bloodmnist.ensembles.members import load_members
+from bloodmnist.errors import BloodMNISTError
+from bloodmnist.runtime import Runtime
+from bloodmnist.training.teacher import Teacher
+from conftest import SHARED_NPZ_MD5, describe, error_lines, run_cli
+
+TINY = ["--set", "model.arch=resnet9", "--set", "model.width=0.125"]
+COMMON = ["--subset", "128", "--epochs", "1", "--precision", "fp32", "--pretrained", "none"]
+COMMON += ["--quiet", "--set", "runtime.threads=1", "--set", "runtime.reports=false", *TINY]
+
+
+@pytest.fixture(scope="module")
+def members(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    root = tmp_path_factory.mktemp("ensemble")
+    runs = []
+    for seed, mode in ((1, "reference7"), (2, "dihedral8")):
+        run = root / f"seed{seed}"
+        args = ["train", "--data", str(shared_data), "--out", str(run), "--seed", str(seed)]
+        result = run_cli([*args, *COMMON, "--set", f"eval.tta_mode={mode}"], cwd=root)
+        assert result.returncode == 0, describe(result)
+        runs.append(run)
+    return runs
+
+
+@pytest.fixture(scope="module")
+def ensemble_dir(members: list[Path]) -> Path:
+    out = members[0].parent / "ens"
+    args = ["ensemble", *map(str, members), "--out", str(out), "--threads", "1"]
+    result = run_cli([*args, "--precision", "fp32"], cwd=out.parent)
+    assert result.returncode == 0, describe(result)
+    assert json.loads(result.stdout)["ensemble_dir"] == str(out)
+    return out
+
+
+def test_test_probs_are_the_mean_of_the_members(members: list[Path], ensemble_dir: Path) -> None:
+    preds = [np.load(m / "predictions.npz") for m in members]
+    ens = np.load(ensemble_dir / "predictions.npz")
+    for key in ("test_probs", "test_probs_tta"):
+        mean = np.mean(np.stack([p[key].astype(np.float64) for p in preds]), axis=0)
+        np.testing.assert_array_equal(ens[key], mean.astype(np.float32))
+    # Member 2 ran dihedral8 and saved its reference7 TTA too: the 7-view mean is reported.
+    ref = np.mean(
+        np.stack([preds[0]["test_probs_tta"], preds[1]["test_probs_tta_reference7"]]).astype(
+            np.float64
+        ),
+        axis=0,
+    ).astype(np.float32)
+    np.testing.assert_array_equal(ens["test_probs_tta_reference7"], ref)
+    summary = json.loads((ensemble_dir / "summary.json").read_text())
+    labels = ens["test_labels"]
+    np.testing.assert_array_equal(labels, preds[0]["test_labels"])
+    assert summary["test_acc"] == pytest.approx(np.mean(ens["test_probs"].argmax(1) == labels))
+    assert summary["test_acc_tta"] == pytest.approx(
+        np.mean(ens["test_probs_tta"].argmax(1) == labels)
+    )
+    assert summary["tta_mode"] == "mixed: dihedral8+reference7"
+    assert summary["kind"] == "ensemble" and summary["data_md5"] == SHARED_NPZ_MD5
+    assert summary["members"] == [str(m.resolve()) for m in members]
+    for name in ("report.html", "report.xlsx", "figures/confusion_matrix.png", "ensemble.json"):
+        assert (ensemble_dir / name).is_file(), name
+    assert len(list(ensemble_dir.glob("bloodmnist_test_*@ens*.csv"))) == 2
+
+
+def test_val_probs_are_the_mean_of_the_members_best_checkpoints(
+    members: list[Path], ensemble_dir: Path
+) -> None:
+    """Runs do not save validation probabilities: evaluate's numbers, averaged, are the
+    ensemble's (val acc of each member recomputed through the evaluate command)."""
+    ens = np.load(ensemble_dir / "predictions.npz")
+    summary = json.loads((ensemble_dir / "summary.json").read_text())
+    assert ens["val_probs"].shape == (128, 8) and ens["val_probs_tta"].shape == (128, 8)
+    np.testing.assert_allclose(ens["val_probs"].sum(1), 1.0, atol=1e-5)
+    acc = float(np.mean(ens["val_probs"].argmax(1) == ens["val_labels"]))
+    assert summary["val_acc"] == pytest.approx(acc)
+    rt = Runtime(torch.device("cpu"), "fp32", True, 1)
+    teacher = Teacher(ensemble_dir, build_config(overrides=TINY[1::2]), rt)
+    assert len(teacher.models) == 2  # an ensemble folder teaches with all its members
+    x = torch.randn(4, 3, 28, 28, generator=torch.Generator().manual_seed(0))
+    singles = [Teacher(m, build_config(overrides=TINY[1::2]), rt).probs(x, 2.0) for m in members]
+    torch.testing.assert_close(teacher.probs(x, 2.0), (singles[0] + singles[1]) / 2)
+
+
+def test_members_that_do_not_fit_are_refused(members: list[Path], tmp_path: Path) -> None:
+    odd = tmp_path / "odd"
+    shutil.copytree(members[1], odd)
+    summary = json.loads((odd / "summary.json").read_text())
+    (odd / "summary.json").write_text(json.dumps({**summary, "data_md5": "0" * 32}))
+    out = tmp_path / "never"
+    result = run_cli(["ensemble", str(members[0]), str(odd), "--out", str(out)], cwd=tmp_path)
+    assert result.returncode != 0
+    assert len(error_lines(result)) == 1 and "trained on data MD5" in result.stderr
+    assert not out.exists()  # nothing written
+
+    classes = tmp_path / "classes"
+    shutil.copytree(members[1], classes)
+    preds = dict(np.load(classes / "predictions.npz"))
+    preds["class_names"] = np.array([f"c{i}" for i in range(8)])
+    np.savez(classes / "predictions.npz", **preds)
+    with pytest.raises(BloodMNISTError, match="same classes"):
+        load_members([str(members[0]), str(classes)])
+    with pytest.raises(BloodMNISTError, match="at least two"):
+        load_members([str(members[0])])
+    with pytest.raises(BloodMNISTError, match="given twice"):
+        load_members([str(members[0]), str(members[0])])

@@ -1,0 +1,92 @@
+"""The model registry: every architecture builds, counts its FLOPs, trains, predicts and exports."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from bloodmnist.config import build_config
+from bloodmnist.errors import ConfigError
+from bloodmnist.model import ARCHS, build_model, model_from_config
+from bloodmnist.model.flops import flops_per_image, train_pflop
+from bloodmnist.model.resnet9 import ResNet9
+from conftest import SHARED_DATA, describe, run_cli
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHS))
+def test_every_arch_maps_images_to_logits(arch: str) -> None:
+    torch.manual_seed(0)
+    model = build_model(arch, 5, 28).eval()
+    with torch.no_grad():
+        out = model(torch.rand(2, 3, 28, 28))
+    assert out.shape == (2, 5) and torch.isfinite(out).all()
+
+
+def test_resnet9_flops_by_hand() -> None:
+    """Multiply and add counted apart: 2 * k*k * c_in * c_out * H*W per 3x3 convolution."""
+    c = [32, 64, 128, 256]  # width 0.5
+
+    def conv(c_in: int, c_out: int, hw: int) -> int:
+        return 2 * 9 * c_in * c_out * hw * hw
+
+    forward = (
+        conv(3, c[0], 28)
+        + conv(c[0], c[1], 28)
+        + 2 * conv(c[1], c[1], 14)  # residual block after the first pool
+        + conv(c[1], c[2], 14)
+        + conv(c[2], c[3], 7)
+        + 2 * conv(c[3], c[3], 3)  # residual block after the third pool (7 -> 3)
+        + 2 * c[3] * 8  # the linear head
+    )
+    flops = flops_per_image(ResNet9(8, width=0.5), 28)
+    assert flops["forward"] == forward
+    assert 2.9 * forward < flops["train"] < 3.1 * forward  # backward ~ 2x forward
+    assert train_pflop(flops["train"], 11959 * 10) == pytest.approx(0.0494, abs=5e-4)
+
+
+def test_width_and_depth_knobs() -> None:
+    small = ResNet9(8, width=0.25, depth=1)
+    deep = ResNet9(8, width=0.25, depth=2)
+    assert small.fc.in_features == 128
+    n_small = sum(p.numel() for p in small.parameters())
+    assert sum(p.numel() for p in deep.parameters()) > n_small
+    f_small = flops_per_image(small)["forward"]
+    assert flops_per_image(ResNet9(8, width=0.5))["forward"] == pytest.approx(4 * f_small, rel=0.02)
+
+
+def test_config_names_the_arch_and_refuses_unknown_ones() -> None:
+    cfg = build_config(overrides=["model.arch=resnet9", "model.width=0.25"])
+    model = model_from_config(cfg)
+    assert isinstance(model, ResNet9) and model.fc.in_features == 128
+    with pytest.raises(ConfigError, match="model.arch must be one of .*resnet9"):
+        build_config(overrides=["model.arch=vgg11"])
+    with pytest.raises(ConfigError, match="model.width"):
+        build_config(overrides=["model.width=0"])
+
+
+@pytest.mark.slow
+def test_resnet9_trains_records_pflop_predicts_and_exports(shared_data: Path, tmp_path) -> None:
+    run = tmp_path / "run"
+    args = ["train", "--data", str(shared_data), "--out", str(run), "--subset", "128"]
+    args += ["--epochs", "2", "--precision", "fp32", "--quiet", "--set", "runtime.threads=1"]
+    args += ["--set", "model.arch=resnet9", "--set", "model.width=0.25"]
+    args += ["--set", "runtime.reports=false", "--set", "augment.translate=2"]
+    result = run_cli(args, cwd=tmp_path)
+    assert result.returncode == 0, describe(result)
+    summary = json.loads((run / "summary.json").read_text())
+    per_image = flops_per_image(ResNet9(8, width=0.25))["train"]
+    assert summary["arch"] == "resnet9" and summary["train_images_seen"] == 2 * 128
+    assert summary["train_pflop"] == pytest.approx(per_image * 256 / 1e15, rel=1e-3)
+    jpgs = sorted((SHARED_DATA / "pbc_sample").rglob("*.jpg"))[:8]
+    pred = run_cli(["predict", str(run), *map(str, jpgs), "--precision", "fp32"], cwd=tmp_path)
+    assert pred.returncode == 0, describe(pred)
+    assert len(pred.stdout.strip().splitlines()) == 1 + len(jpgs)  # header + one row each
+    onnx_out = tmp_path / "m.onnx"
+    exp = run_cli(
+        ["export", str(run), "--out", str(onnx_out), "--data", str(shared_data)], tmp_path
+    )
+    assert exp.returncode == 0, describe(exp)
+    assert json.loads(exp.stdout)["parity"]["max_abs_diff_prob"] < 1e-3

@@ -1,0 +1,70 @@
+"""`bloodmnist runs`: the table of run folders under a folder, from their files alone."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import describe, error_lines, run_cli
+
+pytestmark = pytest.mark.slow
+
+
+def tiny_run(npz: Path, out: str, seed: int, epochs: int, *extra: str) -> list[str]:
+    return [
+        "train", "--data", str(npz), "--subset", "64", "--epochs", str(epochs), "--seed",
+        str(seed), "--precision", "fp32", "--pretrained", "none", "--set", "runtime.threads=1",
+        "--set", "model.arch=resnet9", "--set", "model.width=0.25", "--set",
+        "runtime.reports=false", "--set", "eval.tta=false", "--out", out, "--quiet", *extra,
+    ]  # fmt: skip
+
+
+def table(stdout: str) -> tuple[list[str], list[list[str]]]:
+    """(header cells, data rows) of the printed table (cells are separated by 2+ spaces)."""
+    import re
+
+    lines = stdout.strip().splitlines()[1:]
+    split = [re.split(r"\s{2,}", line.strip()) for line in lines]
+    return split[0], split[1:]
+
+
+def test_runs_lists_a_folder_of_runs(tmp_path: Path, shared_data: Path) -> None:
+    r = run_cli(tiny_run(shared_data, "runs/a", 1, 2), tmp_path)
+    assert r.returncode == 0, describe(r)
+    r = run_cli(tiny_run(shared_data, "runs/group/b", 2, 1, "--recipe", "fast"), tmp_path)
+    assert r.returncode == 0, describe(r)
+    (tmp_path / "runs" / "notes").mkdir()  # not a run folder: not listed
+
+    r = run_cli(["runs", "runs", "--sort", "seed"], tmp_path)
+    assert r.returncode == 0, describe(r)
+    assert r.stdout.splitlines()[0] == "2 run(s) under runs"
+    header, rows = table(r.stdout)
+    assert header == [
+        "run", "recipe", "arch", "seed", "epochs", "best val acc", "test acc", "test TTA",
+        "PFLOP", "wall time", "status",
+    ]  # fmt: skip
+    assert [row[0] for row in rows] == ["a", "group/b"]  # sorted by seed: 1, 2
+    for row, name in zip(rows, ("a", "group/b"), strict=True):
+        summary = json.loads((tmp_path / "runs" / name / "summary.json").read_text())
+        cells = dict(zip(header, row, strict=True))
+        assert cells["arch"] == "resnet9 x0.25"
+        assert cells["seed"] == str(summary["seed"])
+        assert cells["epochs"] == f"{summary['epochs_run']}/{summary['epochs_run']}"
+        assert cells["best val acc"] == f"{summary['best_val_acc']:.4f}"
+        assert cells["test acc"] == f"{summary['test_acc']:.4f}"
+        assert cells["test TTA"] == "-"  # eval.tta=false
+        pflop = summary.get("train_pflop")
+        assert cells["PFLOP"] == ("-" if pflop is None else f"{pflop:.3g}")
+        assert cells["status"] == "completed"
+    assert [row[1] for row in rows] == ["reference", "fast"]
+
+    r = run_cli(["runs", "runs", "--sort", "epochs"], tmp_path)  # most epochs first
+    assert [row[0] for row in table(r.stdout)[1]] == ["a", "group/b"], describe(r)
+    r = run_cli(["runs", "runs", "--sort", "colour"], tmp_path)
+    assert r.returncode == 2
+    assert error_lines(r) == [
+        "bloodmnist runs: error: --sort must be one of name, recipe, arch, seed, epochs, "
+        "val_acc, test_acc, test_acc_tta, pflop, seconds, status, got 'colour'"
+    ]

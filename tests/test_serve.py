@@ -1,0 +1,260 @@
+"""`bloodmnist serve`: a real uvicorn subprocess on 127.0.0.1, called over HTTP.
+
+One tiny model is trained with the CLI (so the run folder has summary.json) and exported to
+ONNX; the API must give `bloodmnist predict`'s answers for the 128 raw PBC JPEGs with both.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import json
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+from PIL import Image
+
+from conftest import SHARED_NPZ_MD5, describe, run_cli
+from serve_helpers import PBC, pbc_files, post_files, server
+
+FP32 = ["--device", "cpu", "--precision", "fp32", "--threads", "1"]
+
+
+@pytest.fixture(scope="module")
+def run_dir(shared_data: Path, tmp_path_factory) -> Path:
+    if not PBC.is_dir():
+        pytest.skip(f"raw sample images not found at {PBC}")
+    work = tmp_path_factory.mktemp("serve")
+    train = ["train", "--data", str(shared_data), "--subset", "128", "--epochs", "1"]
+    train += ["--set", "runtime.reports=false", "--set", "runtime.threads=1", "--precision"]
+    train += ["fp32", "--pretrained", "none", "--out", str(work / "run"), "--quiet"]
+    result = run_cli(train, cwd=work)
+    assert result.returncode == 0, describe(result)
+    export = ["export", str(work / "run"), "--data", str(shared_data), "--parity-images", "64"]
+    result = run_cli(export, cwd=work)
+    assert result.returncode == 0, describe(result)
+    return work / "run"
+
+
+def cli_predictions(model: Path, tmp: Path, *options: str) -> list[dict]:
+    out = tmp / f"{model.name}.json"
+    result = run_cli(["predict", str(model), str(PBC), "--out", str(out), *options], cwd=tmp)
+    assert result.returncode == 0, describe(result)
+    return json.loads(out.read_text())["results"]
+
+
+def served_predictions(url: str, chunk: int) -> list[dict]:
+    paths = pbc_files()
+    parts = [paths[i : i + chunk] for i in range(0, len(paths), chunk)]
+    with ThreadPoolExecutor(4) as pool:  # concurrent requests: the batcher mixes them
+        answers = list(pool.map(lambda p: post_files(url, p)["results"], parts))
+    return [row for rows in answers for row in rows]
+
+
+def assert_same(served: list[dict], cli: list[dict]) -> None:
+    assert len(served) == len(cli) == 128
+    assert [r["file"] for r in served] == [Path(r["path"]).name for r in cli]
+    assert {r["preprocess"] for r in served} == {"medmnist"}
+    names = list(cli[0]["probs"])
+    got = np.array([[r["probs"][n] for n in names] for r in served])
+    ref = np.array([[r["probs"][n] for n in names] for r in cli])
+    assert np.abs(got - ref).max() < 1e-5
+    top2 = np.sort(ref, axis=1)[:, -2:]
+    clear = (top2[:, 1] - top2[:, 0]) > 1e-4  # a near-tie may flip on rounding; none here
+    assert clear.sum() >= 120
+    for s, c, ok in zip(served, cli, clear, strict=True):
+        assert s["status"] == "ok" and (s["pred"] == c["pred"] or not ok)
+        assert [n for n, _ in s["top_k"]][:1] == [s["pred"]]
+
+
+def test_torch_server_matches_predict_model_info_and_batches(run_dir: Path, tmp_path) -> None:
+    cli = cli_predictions(run_dir, tmp_path, *FP32)
+    with server(run_dir, *FP32, log=tmp_path / "serve.log") as url:
+        assert_same(served_predictions(url, 20), cli)
+        info = requests.get(url + "/v1/model", timeout=10).json()
+        summary = json.loads((run_dir / "summary.json").read_text())
+        best = run_dir / "checkpoints" / "best.pt"
+        assert info["classes"] == list(cli[0]["probs"]) and info["input_size"] == 28
+        assert info["arch"] == "resnet18" and info["engine"] == "pytorch" and info["explain"]
+        assert info["sha256"] == hashlib.sha256(best.read_bytes()).hexdigest()
+        training = info["training"]
+        assert training["seed"] == 42 and training["data_md5"] == SHARED_NPZ_MD5
+        assert training["test_acc"] == summary["test_acc"]
+        # 24 single-image requests at once: the batcher answers them in fewer passes.
+        before = requests.get(url + "/healthz", timeout=10).json()["forward_passes"]
+        one = pbc_files()[:24]
+        with ThreadPoolExecutor(24) as pool:
+            rows = list(pool.map(lambda p: post_files(url, [p])["results"][0], one))
+        passes = requests.get(url + "/healthz", timeout=10).json()["forward_passes"] - before
+        assert [r["pred"] for r in rows] == [r["pred"] for r in cli[:24]]
+        assert 1 <= passes < 24, passes
+        # Grad-CAM for a requested class, and for the predicted one by default.
+        body = post_files(url, one[:2], "/v1/explain", **{"class": "platelet"})
+        for row in body["results"]:
+            assert row["explain"]["class"] == "platelet"
+            with Image.open(io.BytesIO(base64.b64decode(row["explain"]["overlay_png"]))) as img:
+                assert img.size == (224, 224)
+                assert len(set(img.convert("RGB").getdata())) > 50
+        row = post_files(url, one[:1], "/v1/explain")["results"][0]
+        assert row["explain"]["class"] == row["pred"]
+        bad = requests.post(
+            url + "/v1/explain",
+            files=[("files", ("a.jpg", one[0].read_bytes()))],
+            params={"class": "dragon"},
+            timeout=30,
+        )
+        assert bad.status_code == 422 and "dragon" in bad.json()["detail"]
+        tta = post_files(url, one[:2], tta="true")["results"]
+        assert all(r["status"] == "ok" for r in tta)
+
+
+TORCH_FREE = """
+import sys, threading, time
+import requests
+from bloodmnist.cli.main import main
+model, port, image = sys.argv[1:4]
+args = ["serve", model, "--port", port, "--log-level", "warning"]
+threading.Thread(target=main, args=(args,), daemon=True).start()
+url = f"http://127.0.0.1:{port}"
+for _ in range(300):
+    try:
+        requests.get(url + "/healthz", timeout=1)
+        break
+    except requests.ConnectionError:
+        time.sleep(0.1)
+files = [("files", ("x.jpg", open(image, "rb").read(), "image/jpeg"))]
+r = requests.post(url + "/v1/predict", files=files, timeout=60)
+heavy = sorted(m for m in ("torch", "torchvision", "captum") if m in sys.modules)
+print(r.status_code, r.json()["results"][0]["status"], heavy)
+"""
+
+
+def test_onnx_server_matches_predict_and_runs_without_torch(run_dir: Path, tmp_path) -> None:
+    onnx = run_dir / "model.onnx"
+    cli = cli_predictions(onnx, tmp_path)
+    with server(onnx, log=tmp_path / "serve.log") as url:
+        assert_same(served_predictions(url, 32), cli)
+        info = requests.get(url + "/v1/model", timeout=10).json()
+        assert info["engine"] == "onnx" and not info["explain"] and not info["tta"]
+        assert info["training"]["seed"] == 42  # RUN/model.onnx finds RUN/summary.json
+        one = [("files", ("a.jpg", pbc_files()[0].read_bytes(), "image/jpeg"))]
+        for endpoint, params in (("/v1/explain", {}), ("/v1/predict", {"tta": "true"})):
+            r = requests.post(url + endpoint, files=one, params=params, timeout=30)
+            assert r.status_code == 422 and "ONNX" in r.json()["detail"], r.text
+    from serve_helpers import free_port
+
+    proc = subprocess.run(
+        [sys.executable, "-c", TORCH_FREE, str(onnx), str(free_port()), str(pbc_files()[0])],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.stdout.strip().splitlines()[-1] == "200 ok []", proc.stdout + proc.stderr
+
+
+def png_bytes(width: int, height: int) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (width, height), (200, 120, 160)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_limits_and_bad_input_get_their_status_and_the_server_keeps_answering(
+    run_dir: Path, tmp_path
+) -> None:
+    limits = ["--max-files", "4", "--max-request-mb", "1", "--max-pixels", "2000000"]
+    jpeg = pbc_files()[0].read_bytes()
+    good = ("files", ("good.jpg", jpeg, "image/jpeg"))
+    with server(run_dir / "model.onnx", *limits, log=tmp_path / "serve.log") as url:
+
+        def post(files=None, **kw) -> requests.Response:
+            return requests.post(url + "/v1/predict", files=files, timeout=30, **kw)
+
+        cases = {
+            "too many files": (post([good] * 5), 413, "limit is 4"),
+            "body over 1 MB": (post([("files", ("big.bin", b"\0" * 1_100_000))]), 413, "byte"),
+            "chunked body over 1 MB": (post(data=iter([b"x" * 65536] * 20)), 413, "byte"),
+            "too many pixels": (
+                post([("files", ("wide.png", png_bytes(2000, 1001), "image/png"))]),
+                413,
+                "wide.png",
+            ),
+            "not an image type": (post([("files", ("a.txt", b"hi", "text/plain"))]), 415, "a.txt"),
+            "JSON body": (post(json={"files": []}), 415, "multipart"),
+            "no files": (post(files={"other": ("x", b"1")}), 422, ""),
+            "top_k 9": (post([good], params={"top_k": 9}), 422, "top_k"),
+            "top_k 0": (post([good], params={"top_k": 0}), 422, ""),
+            "bad preprocess": (post([good], params={"preprocess": "zoom"}), 422, ""),
+        }
+        for name, (response, status, text) in cases.items():
+            assert response.status_code == status, (name, response.status_code, response.text)
+            assert text in response.json()["detail"] if text else True, (name, response.text)
+            assert requests.get(url + "/healthz", timeout=10).status_code == 200, name
+        mixed = [
+            good,
+            ("files", ("garbage.jpg", b"not a jpeg at all", "image/jpeg")),
+            ("files", ("cut.jpg", jpeg[: len(jpeg) // 3], "image/jpeg")),
+            ("files", ("empty.png", b"", "image/png")),
+        ]
+        rows = post(mixed).json()["results"]
+        assert [r["status"] for r in rows] == ["ok", "error", "error", "error"]
+        assert "not an image" in rows[1]["error"] and "damaged" in rows[2]["error"]
+        assert "empty" in rows[3]["error"]
+        assert requests.get(url + "/nowhere", timeout=10).status_code == 404
+        page = requests.get(url + "/", timeout=10)
+        assert (
+            page.status_code == 200
+            and "default-src 'self'" in page.headers["content-security-policy"]
+        )
+        for asset in ("app.js", "style.css"):
+            assert requests.get(f"{url}/static/{asset}", timeout=10).status_code == 200
+    with server(run_dir / "model.onnx", "--timeout", "0.001", log=tmp_path / "t.log") as url:
+        r = requests.post(url + "/v1/predict", files=[good] * 8, timeout=30)
+        assert r.status_code == 503 and "per-request limit" in r.json()["detail"], r.text
+        assert requests.get(url + "/healthz", timeout=10).status_code == 200
+
+
+def test_port_in_use_is_one_clear_error(run_dir: Path, tmp_path) -> None:
+    import socket
+
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = str(taken.getsockname()[1])
+        result = run_cli(["serve", str(run_dir / "model.onnx"), "--port", port], cwd=tmp_path)
+    assert result.returncode == 2 and f"127.0.0.1:{port}" in result.stderr, describe(result)
+    assert len([line for line in result.stderr.splitlines() if line.strip()]) == 1
+
+
+def test_openapi_document_property_based_no_server_errors(run_dir: Path, tmp_path) -> None:
+    """schemathesis generates requests from /openapi.json; none may get a 5xx (bounded run)."""
+    schemathesis = pytest.importorskip("schemathesis", reason="pip install schemathesis")
+    from hypothesis import HealthCheck, given, settings
+
+    seen: dict[str, set[int]] = {}
+    with server(run_dir, *FP32, log=tmp_path / "serve.log") as url:
+        schema = schemathesis.openapi.from_url(url + "/openapi.json")
+        for result in schema.get_all_operations():
+            operation = result.ok()
+
+            @given(case=operation.as_strategy())
+            @settings(
+                max_examples=12,
+                deadline=None,
+                database=None,
+                derandomize=True,  # the same requests on every run
+                suppress_health_check=list(HealthCheck),
+            )
+            def no_5xx(case) -> None:
+                response = case.call(base_url=url, timeout=60)
+                seen.setdefault(case.operation.label, set()).add(response.status_code)
+                assert response.status_code < 500, case.as_curl_command()
+
+            no_5xx()
+        assert requests.get(url + "/healthz", timeout=10).status_code == 200
+    assert set(seen) >= {"POST /v1/predict", "POST /v1/explain", "GET /v1/model", "GET /healthz"}
+    assert 200 in seen["POST /v1/predict"] or 422 in seen["POST /v1/predict"], seen

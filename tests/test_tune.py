@@ -1,0 +1,273 @@
+"""`bloodmnist tune`: space checks, parallel trials with pruning, SIGKILL + resume, several
+workers on one storage (SQLite and a real PostgreSQL server), and best.yaml training."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import describe, error_lines, run_cli
+
+pytestmark = pytest.mark.slow
+
+# Random sampler, seed 10: workers 0 and 1 (seeds 10, 11) both draw lr 0.1 first and 1e-5
+# second, so a worker's second trial (lr 1e-5: val acc 0.125 after epoch 1 on these 64 images)
+# starts after its first (lr 0.1: 0.172) completed, falls below the median and is pruned.
+SPACE = {
+    "sampler": {"kind": "random", "seed": 10},
+    "pruner": {"kind": "median", "startup_trials": 1},
+    "params": {"optim.lr": {"type": "categorical", "choices": [0.1, 1e-5]}},
+}
+
+
+def tiny(npz: Path) -> list[str]:
+    """Fixed train options of every trial: a small, fast, deterministic CPU run."""
+    return [
+        "--data", str(npz), "--subset", "64", "--epochs", "2", "--precision", "fp32",
+        "--pretrained", "none", "--set", "runtime.threads=1", "--set", "model.arch=resnet9",
+        "--set", "model.width=0.25", "--set", "optim.batch_size=16",
+    ]  # fmt: skip
+
+
+def write_space(folder: Path, space: dict = SPACE, name: str = "space.yaml") -> Path:
+    path = folder / name
+    path.write_text(yaml.safe_dump(space))
+    return path
+
+
+def states(tune_dir: Path) -> dict[int, str]:
+    """Trial number -> state, read from the study's own SQLite file."""
+    with sqlite3.connect(tune_dir / "study.db") as db:
+        return dict(db.execute("SELECT number, state FROM trials ORDER BY number"))
+
+
+def trial_csv(tune_dir: Path) -> list[dict[str, str]]:
+    with (tune_dir / "trials.csv").open() as fh:
+        return list(csv.DictReader(fh))
+
+
+# -- bad spaces: one error line, before any trial ------------------------------------------------
+BAD = [
+    ({"optim.lrr": {"type": "float", "low": 0.01, "high": 0.1}}, "unknown config key 'optim.lrr'"),
+    ({"model.arch": {"type": "float", "low": 0.1, "high": 1.0}}, "holds str values"),
+    ({"optim.lr": {"type": "float", "low": 0.1, "high": 0.1}}, "empty range"),
+    ({"train.epochs": {"type": "int", "low": 5, "high": 2}}, "lower bound 5 > upper bound 2"),
+    ({"model.arch": {"type": "categorical", "choices": ["resnet99"]}}, "'model.arch' choice"),
+    ({"optim.lr": {"type": "float", "low": 0.0, "high": 0.1}}, "optim.lr must be > 0"),
+    ({"recipe": {"type": "categorical", "choices": ["fast", "slow"]}}, "'recipe' choice 'slow'"),
+    ({"optim": {"type": "float", "low": 0.1, "high": 1.0}}, "is a config section"),
+]
+
+
+@pytest.mark.parametrize(("params", "message"), BAD)
+def test_bad_space_is_one_error(params: dict, message: str) -> None:
+    from bloodmnist.config import Config
+    from bloodmnist.tuning.space import SpaceError, parse_space
+
+    with pytest.raises(SpaceError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        parse_space({"params": params}, Config())
+
+
+def test_bad_space_stops_before_any_trial(tmp_path: Path, shared_data: Path) -> None:
+    space = write_space(
+        tmp_path, {"params": {"train.epochs": {"type": "int", "low": 5, "high": 2}}}
+    )
+    r = run_cli(["tune", "--space", str(space), "--trials", "2", "--out", "t", *tiny(shared_data)],
+                tmp_path)  # fmt: skip
+    assert r.returncode == 2, describe(r)
+    assert error_lines(r) == [
+        f"bloodmnist tune: error: search space {space}: 'train.epochs': lower bound 5 > upper "
+        "bound 2"
+    ]
+    assert not (tmp_path / "t").exists()  # nothing made, nothing run
+
+
+def test_shipped_spaces_are_valid() -> None:
+    from bloodmnist.config import build_config
+    from bloodmnist.tuning.space import load_space
+
+    root = Path(__file__).resolve().parents[1] / "configs" / "search"
+    for name, recipe in (("fast", "fast"), ("best", "reference")):
+        space = load_space(root / f"{name}.yaml", build_config(recipe=recipe))
+        assert len(space.params) >= 5, name
+
+
+# -- a search: 4 trials on 2 workers, one pruned, validation only -------------------------------
+def test_parallel_search_prunes_and_never_tests(tmp_path: Path, shared_data: Path) -> None:
+    space = write_space(tmp_path)
+    args = ["tune", "--space", str(space), "--trials", "4", "--jobs", "2", "--out", "t"]
+    r = run_cli([*args, *tiny(shared_data)], tmp_path, timeout=400)
+    assert r.returncode == 0, describe(r)
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    tune_dir = tmp_path / "t"
+    st = states(tune_dir)
+    assert sorted(st.values()).count("PRUNED") >= 1, st
+    assert sum(s in ("COMPLETE", "PRUNED") for s in st.values()) == 4, st
+    assert out["complete"] + out["pruned"] == 4
+    rows = trial_csv(tune_dir)
+    assert [int(r["number"]) for r in rows] == sorted(st)
+    for row in rows:
+        if row["state"] not in ("COMPLETE", "PRUNED"):
+            continue
+        run_dir = tune_dir / row["run_dir"]
+        summary = json.loads((run_dir / "summary.json").read_text())
+        assert summary["status"] == row["state"].lower().replace("complete", "completed")
+        assert not (run_dir / "predictions.npz").exists()  # the test split was never evaluated
+        assert summary.get("test_acc") is None
+        assert not (run_dir / "report.html").exists()
+        history = list(csv.DictReader((run_dir / "history.csv").open()))
+        assert float(row["best_val_acc"]) == pytest.approx(
+            max(float(h["val_acc"]) for h in history), abs=1e-6
+        )
+        if row["state"] == "PRUNED":
+            assert summary["epochs_run"] == len(history) == 1  # stopped after epoch 1
+            assert float(row["optim.lr"]) == 1e-5
+    best = yaml.safe_load((tune_dir / "best.yaml").read_text())
+    assert best["optim"]["lr"] == 0.1 and best["eval"]["final_test"] is True
+    assert best["model"]["arch"] == "resnet9" and best["data"]["subset"] == 64
+    report = (tune_dir / "report.html").read_text()
+    assert report.count("data:image/png;base64,") >= 2  # history, parallel coordinates, ...
+    # best.yaml is a config `train --config` takes: it trains and tests once
+    r = run_cli(["train", "--config", str(tune_dir / "best.yaml"), "--epochs", "1", "--out",
+                 "best", "--set", "runtime.reports=false", "--quiet"], tmp_path)  # fmt: skip
+    assert r.returncode == 0, describe(r)
+    summary = json.loads((tmp_path / "best" / "summary.json").read_text())
+    assert summary["status"] == "completed" and 0 <= summary["test_acc"] <= 1
+    assert (tmp_path / "best" / "predictions.npz").is_file()
+    # --report rebuilds the outputs from the study alone
+    (tune_dir / "report.html").unlink()
+    r = run_cli(["tune", "--report", str(tune_dir)], tmp_path)
+    assert r.returncode == 0 and (tune_dir / "report.html").is_file(), describe(r)
+
+
+# -- SIGKILL, then the same command again --------------------------------------------------------
+def _children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(p) for p in path.read_text().split()] if path.is_file() else []
+
+
+def test_sigkilled_tune_resumes_to_the_count(tmp_path: Path, shared_data: Path) -> None:
+    space = write_space(tmp_path)
+    cmd = [sys.executable, "-m", "bloodmnist", "tune", "--space", str(space), "--trials", "2",
+           "--out", "t", *tiny(shared_data)]  # fmt: skip
+    log = (tmp_path / "first.log").open("w")
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT)
+    second = tmp_path / "t" / "trials" / "trial-0001" / "config.yaml"
+    deadline = time.time() + 240
+    while not second.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert second.exists(), (tmp_path / "first.log").read_text()
+    assert not _children(proc.pid)  # --jobs 1: the trial runs in the tune process itself
+    os.kill(proc.pid, signal.SIGKILL)  # nothing gets to clean up
+    proc.wait()
+    assert states(tmp_path / "t")[1] == "RUNNING"  # left behind by the killed process
+    r = run_cli(cmd[3:], tmp_path, timeout=300)
+    assert r.returncode == 0, describe(r)
+    assert "trial 1 was left running by a killed tune: marked FAIL" in r.stderr
+    st = states(tmp_path / "t")
+    assert st[1] == "FAIL"
+    assert sum(s in ("COMPLETE", "PRUNED") for s in st.values()) == 2, st
+    assert "RUNNING" not in st.values()
+    killed = json.loads((tmp_path / "t" / "trials" / "trial-0001" / "summary.json").read_text())
+    assert killed["status"] == "failed"
+    # Once the count is reached, the same command runs nothing more.
+    r = run_cli(cmd[3:], tmp_path)
+    assert r.returncode == 0 and states(tmp_path / "t") == st, describe(r)
+
+
+# -- several workers, one storage -----------------------------------------------------------------
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def postgres_url():
+    """A real PostgreSQL server on 127.0.0.1 in a temporary data folder (Debian `postgresql`);
+    skips with the reason where it cannot start one."""
+    pytest.importorskip("psycopg2", reason="psycopg2 (the PostgreSQL driver) is not installed")
+    bins = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    if not bins:
+        pytest.skip("PostgreSQL is not installed (Debian: apt-get install postgresql)")
+    bindir = bins[-1].parent
+    data = Path(tempfile.mkdtemp(prefix="bloodmnist-pg-"))
+    run_as: list[str] = []
+    if os.geteuid() == 0:  # postgres refuses to run as root: use the package's own user
+        if shutil.which("runuser") is None:
+            pytest.skip("running as root without runuser: cannot start postgres as another user")
+        run_as = ["runuser", "-u", "postgres", "--"]
+        shutil.chown(data, "postgres")
+    port = _free_port()
+    init = subprocess.run([*run_as, str(bindir / "initdb"), "-D", str(data / "db"), "-A", "trust",
+                           "-U", "postgres"], capture_output=True, text=True)  # fmt: skip
+    if init.returncode != 0:
+        shutil.rmtree(data, ignore_errors=True)
+        pytest.skip(f"initdb failed: {init.stderr.strip()[-300:]}")
+    opts = f"-p {port} -k {data} -c listen_addresses=127.0.0.1"
+    ctl = [*run_as, str(bindir / "pg_ctl"), "-D", str(data / "db")]
+    start = subprocess.run([*ctl, "-o", opts, "-l", str(data / "log"), "-w", "start"],
+                           capture_output=True, text=True)  # fmt: skip
+    if start.returncode != 0:
+        shutil.rmtree(data, ignore_errors=True)
+        pytest.skip(f"pg_ctl start failed: {start.stderr.strip()[-300:]}")
+    try:
+        yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run([*ctl, "-m", "immediate", "stop"], capture_output=True)
+        shutil.rmtree(data, ignore_errors=True)
+
+
+def _two_workers_share_one_study(tmp_path: Path, npz: Path, storage: str) -> None:
+    """Two `tune` processes (as on two machines: own folders, one storage) reach the count
+    together; every trial number is run once, in one folder, and none twice."""
+    space = write_space(tmp_path)
+    procs = []
+    for name in ("a", "b"):
+        cmd = [sys.executable, "-m", "bloodmnist", "tune", "--space", str(space), "--trials",
+               "4", "--storage", storage, "--study-name", "shared", "--out", name]  # fmt: skip
+        cmd += tiny(npz)
+        log = (tmp_path / f"{name}.log").open("w")
+        procs.append(subprocess.Popen(cmd, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT))
+    for p in procs:
+        assert p.wait(timeout=400) == 0, [(tmp_path / f"{n}.log").read_text() for n in "ab"]
+    import optuna
+
+    study = optuna.load_study(study_name="shared", storage=storage)
+    trials = study.get_trials()
+    done = [t for t in trials if t.state.name in ("COMPLETE", "PRUNED")]
+    assert len(done) == 4, [(t.number, t.state.name) for t in trials]
+    assert len({t.number for t in trials}) == len(trials)
+    assert not [t for t in trials if t.state.name == "RUNNING"]
+    folders = {n: sorted(p.name for p in (tmp_path / n / "trials").glob("trial-*")) for n in "ab"}
+    ran = folders["a"] + folders["b"]
+    assert len(ran) == len(set(ran))  # no trial ran in both places
+    assert sorted(f"trial-{t.number:04d}" for t in done) == sorted(
+        f for f in ran if json.loads((tmp_path / ("a" if f in folders["a"] else "b") / "trials"
+                                      / f / "summary.json").read_text())["status"]
+        in ("completed", "pruned")
+    )  # fmt: skip
+    assert folders["a"] and folders["b"], folders  # both workers took part
+
+
+def test_two_workers_one_sqlite_storage(tmp_path: Path, shared_data: Path) -> None:
+    _two_workers_share_one_study(tmp_path, shared_data, f"sqlite:///{tmp_path / 'shared.db'}")
+
+
+def test_two_workers_one_postgresql_server(
+    tmp_path: Path, shared_data: Path, postgres_url: str
+) -> None:
+    _two_workers_share_one_study(tmp_path, shared_data, postgres_url)
