@@ -199,6 +199,19 @@ def test_absent_and_unpredicted_classes_by_hand() -> None:
     assert math.isnan(medmnist_auc(np.zeros(3, int), np.full((3, 2), 0.5)))
 
 
+def test_non_finite_scores_give_undefined_auc() -> None:
+    """A diverged model outputs NaN: its AUC is undefined (None in JSON), not an exception, so
+    training reaches its own divergence check. Finite columns keep their AUC (binary path)."""
+    y = np.array([0, 1, 0, 1])
+    probs = np.full((4, 2), np.nan)
+    m = compute_metrics(y, probs, ["a", "b"])
+    assert m["auc"] is None and [r["auc"] for r in m["per_class"]] == [None, None]
+    assert math.isnan(medmnist_auc(y, probs))
+    probs[:, 1] = [0.1, 0.9, 0.2, 0.3]  # class 1: positives 0.9, 0.3 vs negatives 0.1, 0.2 -> 1
+    aucs = roc_auc_ovr(y, probs)
+    assert math.isnan(aucs[0]) and aucs[1] == 1.0 and medmnist_auc(y, probs) == 1.0
+
+
 def test_input_validation() -> None:
     with pytest.raises(ValueError):
         confusion_matrix(np.array([0, 3]), np.array([0, 1]), 3)

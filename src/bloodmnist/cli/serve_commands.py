@@ -22,7 +22,7 @@ def _check_serve_args(args: argparse.Namespace) -> None:
             raise InferenceError(f"--{name.replace('_', '-')} must be >= 1")
     if args.max_request_mb <= 0 or args.timeout <= 0:
         raise InferenceError("--max-request-mb and --timeout must be > 0")
-    if not 0 <= args.port <= 65535:
+    if not 1 <= args.port <= 65535:
         raise InferenceError(f"--port {args.port}: choose a port between 1 and 65535")
     try:  # uvicorn would only log a bind failure; say it here, in one line, before loading
         with socket.create_server((args.host, args.port)):

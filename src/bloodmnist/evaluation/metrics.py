@@ -89,18 +89,21 @@ def macro_f1(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> float:
 
 def roc_auc_ovr(y_true: np.ndarray, probs: np.ndarray) -> np.ndarray:
     """One-vs-rest ROC-AUC per class (scikit-learn); NaN where a class has no positives or no
-    negatives in ``y_true``, since the ROC curve is undefined there."""
+    negatives in ``y_true`` (the ROC curve is undefined there) or non-finite scores."""
     probs = np.asarray(probs, dtype=np.float64)
     t = _as_labels(y_true, "y_true")
     if probs.ndim != 2 or probs.shape[0] != t.size:
         raise ValueError(f"probs must have shape ({t.size}, C), got {probs.shape}")
     onehot = (t[:, None] == np.arange(probs.shape[1])).astype(np.int64)
     positives = onehot.sum(axis=0)
-    cols = np.flatnonzero((positives > 0) & (positives < t.size))
+    # Undefined, so NaN: no positives or no negatives, or non-finite scores (a diverged model's
+    # NaN outputs must reach the divergence check, not fail inside scikit-learn).
+    defined = (positives > 0) & (positives < t.size) & np.isfinite(probs).all(axis=0)
+    cols = np.flatnonzero(defined)
     aucs = np.full(probs.shape[1], np.nan)
-    # One call, the classes as a multilabel problem (one AUC per column). A class with both
-    # positives and negatives implies a second one, so there are 0 or >= 2 columns.
-    if cols.size:
+    if cols.size == 1:
+        aucs[cols] = skm.roc_auc_score(onehot[:, cols[0]], probs[:, cols[0]])
+    elif cols.size > 1:  # one call, the classes as a multilabel problem: one AUC per column
         aucs[cols] = skm.roc_auc_score(onehot[:, cols], probs[:, cols], average=None)
     return aucs
 

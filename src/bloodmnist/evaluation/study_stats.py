@@ -36,7 +36,16 @@ SUMMARY_KEYS = tuple(
     for m in ("acc", "macro_f1", "auc", "ece", "nll", "brier")
     for v in ("", "_tta", "_ts", "_tta_ts")
     if not (m in ("acc", "macro_f1", "auc") and v.endswith("_ts"))
-) + ("temperature", "temperature_tta", "best_val_acc", "best_epoch", "epochs_run", "train_seconds")
+) + (
+    "temperature",
+    "temperature_tta",
+    "test_acc_tta_reference7",
+    "best_val_acc",
+    "best_epoch",
+    "epochs_run",
+    "train_seconds",
+    "train_pflop",
+)
 VARIANT_PROBS = {"plain": "test_probs", "tta": "test_probs_tta"}
 
 

@@ -178,7 +178,8 @@ def _train_locked(
     try:
         state = _fit_guarded(trainer, run_dir, rt, base, stop)
         stop.note = "finishing the final test evaluation and reports first"
-        work = _compute_fields(model, cfg, len(data.train) * state.epoch)
+        teachers = trainer.distill.teacher.models if trainer.distill is not None else []
+        work = _compute_fields(model, teachers, cfg, len(data.train) * state.epoch)
         fields = {**_state_fields(state), **base, **work}
         if not cfg.eval.final_test:  # a search trial: validation only, the test split unseen
             return _skip_test(run_dir, rt, fields)
@@ -286,14 +287,18 @@ def _headline(summary: dict[str, Any]) -> str:
     return "  ".join(parts)
 
 
-def _compute_fields(model: nn.Module, cfg: Config, images_seen: int) -> dict[str, Any]:
-    """What the run cost in arithmetic: the model's FLOPs per image and the training PFLOP."""
+def _compute_fields(
+    model: nn.Module, teachers: list[nn.Module], cfg: Config, images_seen: int
+) -> dict[str, Any]:
+    """What the run cost in arithmetic: the model's FLOPs per image and the training PFLOP,
+    which includes a distillation teacher's forward pass on every training image."""
     flops = flops_per_image(model, cfg.data.size)
+    per_image = flops["train"] + sum(flops_per_image(t, cfg.data.size)["forward"] for t in teachers)
     return {
         "arch": cfg.model.arch,
         "gflop_forward_per_image": round(flops["forward"] / 1e9, 5),
         "train_images_seen": images_seen,
-        "train_pflop": float(f"{train_pflop(flops['train'], images_seen):.4g}"),
+        "train_pflop": float(f"{train_pflop(per_image, images_seen):.4g}"),
     }
 
 

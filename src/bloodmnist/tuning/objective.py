@@ -144,6 +144,7 @@ def objective(trial: optuna.Trial, setup: TrialSetup) -> float:
         if _status(run_dir) == "diverged":  # a bad learning rate is a result, not a crash
             trial.set_user_attr("note", "diverged")
             return float("nan")
+        trial.set_user_attr("note", "interrupted (marked FAIL; the study runs another)")
         raise
     trial.set_user_attr("epochs_run", summary["epochs_run"])
     return float(summary["best_val_acc"])

@@ -66,7 +66,7 @@ def _headline(study: optuna.Study) -> str:
         rows.append(["best trial", best.number])
         rows.append(["best validation accuracy", best.value])
         rows += [[f"best {k}", v] for k, v in best.params.items()]
-    return table(["", ""], rows, cls="headline")
+    return table(["", "value"], rows, cls="headline")
 
 
 def write_report(study: optuna.Study, tune_dir: Path, name: str) -> Path:

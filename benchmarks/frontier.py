@@ -1,0 +1,113 @@
+"""Accuracy against training compute: the frontier table and plot from study results.
+
+    python benchmarks/frontier.py LABEL=STUDY.json[=ARCH] [LABEL=STUDY.json[=ARCH] ...] \
+        [--out-json docs/results/frontier.json] [--out-png docs/images/frontier.png]
+
+Each STUDY.json is a `bloodmnist study` result (its study.json). Training PFLOP per seed comes
+from the runs' `train_pflop` where recorded; for studies made before it was recorded, from the
+seed's `epochs_run` x the training-split size x the recipe's FLOPs per training image (the same
+counter, bloodmnist.model.flops; `=ARCH` names the model where the recipe has changed since).
+The plot has a log PFLOP axis and the published anchors as horizontal lines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from bloodmnist.config import build_config  # noqa: E402
+from bloodmnist.model import model_from_config  # noqa: E402
+from bloodmnist.model.flops import flops_per_image  # noqa: E402
+
+TRAIN_N = 11959
+#: Published BloodMNIST test accuracies (28 px unless said), for reference lines.
+ANCHORS = {
+    "MedMNIST v2 ResNet-18 (28 px, scratch)": 0.958,
+    "Google AutoML Vision": 0.966,
+    "reference README (ImageNet weights)": 0.9722,
+    "MedMNIST+ best at 224 px": 0.9902,
+}
+
+
+def _recipe_train_flops(plan: dict, arch: str | None) -> float:
+    """FLOPs per training image of the model a study's train options build."""
+    args, recipe, sets = plan.get("train_args", []), "reference", []
+    for i, a in enumerate(args):
+        if a == "--recipe":
+            recipe = args[i + 1]
+        if a == "--set":
+            sets.append(args[i + 1])
+    sets = [s for s in sets if s.startswith("model.")] + ([f"model.arch={arch}"] if arch else [])
+    cfg = build_config(recipe=recipe, overrides=sets)
+    return flops_per_image(model_from_config(cfg), cfg.data.size)["train"]
+
+
+def _seed_pflop(study: dict, arch: str | None) -> list[float]:
+    per_seed = study["per_seed"]
+    if all("train_pflop" in s for s in per_seed):
+        return [s["train_pflop"] for s in per_seed]
+    per_image = _recipe_train_flops(study["plan"], arch)
+    return [per_image * TRAIN_N * s["epochs_run"] / 1e15 for s in per_seed]
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def row(label: str, study: dict, arch: str | None = None) -> dict:
+    """One frontier row: seed mean ± std of each metric, PFLOP and wall time."""
+    ms = study["mean_std"]
+    out = {"recipe": label, "seeds": study["seeds"], "command_args": study["plan"]["train_args"]}
+    for key in ("test_acc", "test_acc_tta", "test_macro_f1_tta", "test_auc_tta", "best_val_acc"):
+        if key in ms:
+            out[key] = [ms[key]["mean"], ms[key]["std"]]
+    out["train_pflop"] = list(_mean_std(_seed_pflop(study, arch)))
+    out["train_seconds"] = list(_mean_std([s["train_seconds"] for s in study["per_seed"]]))
+    return out
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for r in rows:
+        x, y = r["train_pflop"][0], r.get("test_acc_tta", r["test_acc"])
+        ax.errorbar(x, 100 * y[0], yerr=100 * y[1], fmt="o", capsize=3, label=r["recipe"])
+    for name, acc in ANCHORS.items():
+        ax.axhline(100 * acc, ls="--", lw=0.8, color="grey")
+        ax.text(ax.get_xlim()[0], 100 * acc, f" {name}", va="bottom", fontsize=7, color="grey")
+    ax.set_xscale("log")
+    ax.set_xlabel("training compute (PFLOP, log scale)")
+    ax.set_ylabel("test accuracy with TTA (%), mean ± std over 3 seeds")
+    ax.set_title("BloodMNIST 28 px from scratch: accuracy vs training compute")
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("studies", nargs="+", metavar="LABEL=STUDY.json[=ARCH]")
+    p.add_argument("--out-json", default="docs/results/frontier.json")
+    p.add_argument("--out-png", default="docs/images/frontier.png")
+    args = p.parse_args(argv)
+    rows = []
+    for item in args.studies:
+        label, _, rest = item.partition("=")
+        path, _, arch = rest.partition("=")
+        rows.append(row(label, json.loads(Path(path).read_text(encoding="utf-8")), arch or None))
+    Path(args.out_json).write_text(json.dumps(rows, indent=1) + "\n", encoding="utf-8")
+    plot(rows, Path(args.out_png))
+    for r in rows:
+        print(json.dumps(r))
+    return rows
+
+
+if __name__ == "__main__":
+    main()
