@@ -20,6 +20,8 @@ DATA = REPO.parent / "shared" / "data" / "bloodmnist_pbc_28.npz"
 # 4x slower wall time), and every run compared bit for bit must use the same thread count.
 TRAIN = [
     "train",
+    "--recipe",
+    "reference",
     "--data",
     str(DATA),
     "--subset",

@@ -83,6 +83,8 @@ CHECKPOINT_KEYS = {
 def train_args(data: Path, out: Path) -> list[str]:
     return [
         "train",
+        "--recipe",
+        "reference",
         "--data",
         str(data),
         "--subset",

@@ -33,6 +33,7 @@ pytestmark = pytest.mark.slow
 N_TRAIN, N_VAL, N_TEST = 256, 33, 101  # odd val/test: shards of unequal size, nothing padded
 TIMEOUT = 900
 TRAIN_ARGS = [
+    "--recipe", "reference",
     "--epochs", "1", "--pretrained", "none", "--precision", "fp32", "--quiet",
     "--set", "optim.batch_size=128",  # 2 optimiser steps on 256 images
     "--set", "optim.lr=0.0002",
@@ -173,7 +174,17 @@ def test_single_process_run_resumes_under_torchrun(runs, tmp_path):
 def test_batch_not_divisible_by_world_size(small_npz, tmp_path):
     out = tmp_path / "run"
     res = torchrun(
-        ["train", "--data", str(small_npz), "--out", str(out), "--set", "optim.batch_size=127"],
+        [
+            "train",
+            "--recipe",
+            "reference",
+            "--data",
+            str(small_npz),
+            "--out",
+            str(out),
+            "--set",
+            "optim.batch_size=127",
+        ],
         cwd=tmp_path,
         timeout=300,
     )
@@ -191,7 +202,9 @@ def test_rank_zero_error_reaches_every_rank(small_npz, tmp_path):
     out.mkdir()
     (out / "notes.txt").write_text("mine")
     res = torchrun(
-        ["train", "--data", str(small_npz), "--out", str(out)], cwd=tmp_path, timeout=300
+        ["train", "--recipe", "reference", "--data", str(small_npz), "--out", str(out)],
+        cwd=tmp_path,
+        timeout=300,
     )
     assert res.returncode != 0
     errors = [ln for ln in res.stderr.splitlines() if ln.startswith("bloodmnist train: error:")]

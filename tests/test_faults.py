@@ -375,7 +375,17 @@ def test_bad_config_is_one_line(args, needle, tmp_path) -> None:
     for name, (text, _) in BAD_YAML.items():
         files[name].write_text(text)
     args = [a.format(**files) for a in args]
-    result = cli("train", "--data", str(DATA), "--out", str(tmp_path / "run"), *args, timeout=60)
+    result = cli(
+        "train",
+        "--recipe",
+        "reference",
+        "--data",
+        str(DATA),
+        "--out",
+        str(tmp_path / "run"),
+        *args,
+        timeout=60,
+    )
     assert result.returncode == 2, result.stderr
     named = [a for a in args if a.endswith(".yaml")]  # a YAML problem names its file
     one_error_line(result.stderr, needle, *named)

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
-from bloodmnist.config import build_config
+from bloodmnist.config import DEFAULT_RECIPE, build_config
 from bloodmnist.errors import ConfigError
 from bloodmnist.model import ARCHS, build_model, model_from_config
 from bloodmnist.model.flops import flops_per_image, train_pflop
@@ -65,6 +66,23 @@ def test_config_names_the_arch_and_refuses_unknown_ones() -> None:
         build_config(overrides=["model.arch=vgg11"])
     with pytest.raises(ConfigError, match="model.width"):
         build_config(overrides=["model.width=0"])
+    with pytest.raises(ConfigError, match="model.pretrained=PATH .* resnet18"):
+        build_config(overrides=["model.arch=resnet9", "model.pretrained=weights.pth"])
+
+
+def test_archs_without_imagenet_weights_download_nothing(tmp_path, monkeypatch) -> None:
+    """`pretrained: auto` (the default) on resnet9 trains from scratch without a download try."""
+    from bloodmnist.runtime import setup_runtime
+    from bloodmnist.training import model_setup
+
+    def no_download(*args, **kwargs):
+        raise AssertionError("resolve_pretrained must not be called for resnet9")
+
+    monkeypatch.setattr(model_setup, "resolve_pretrained", no_download)
+    cfg = build_config(overrides=["model.arch=resnet9", "model.width=0.125"])
+    model, info = model_setup.prepare_model(cfg, setup_runtime("cpu", "fp32", threads=1))
+    assert isinstance(model, ResNet9) and info["used"] is False
+    assert "no ImageNet weights exist for resnet9" in info["message"]
 
 
 @pytest.mark.slow
@@ -72,11 +90,14 @@ def test_resnet9_trains_records_pflop_predicts_and_exports(shared_data: Path, tm
     run = tmp_path / "run"
     args = ["train", "--data", str(shared_data), "--out", str(run), "--subset", "128"]
     args += ["--epochs", "2", "--precision", "fp32", "--quiet", "--set", "runtime.threads=1"]
-    args += ["--set", "model.arch=resnet9", "--set", "model.width=0.25"]
+    args += ["--set", "model.width=0.25"]  # no --recipe: the CLI's default, fast (resnet9)
     args += ["--set", "runtime.reports=false", "--set", "augment.translate=2"]
     result = run_cli(args, cwd=tmp_path)
     assert result.returncode == 0, describe(result)
     summary = json.loads((run / "summary.json").read_text())
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert DEFAULT_RECIPE == "fast" and saved["model"]["arch"] == "resnet9"
+    assert saved["eval"]["tta_mode"] == "dihedral8" and saved["train"]["ema_decay"] == 0.995
     per_image = flops_per_image(ResNet9(8, width=0.25))["train"]
     assert summary["arch"] == "resnet9" and summary["train_images_seen"] == 2 * 128
     assert summary["train_pflop"] == pytest.approx(per_image * 256 / 1e15, rel=1e-3)

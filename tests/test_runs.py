@@ -14,8 +14,9 @@ pytestmark = pytest.mark.slow
 
 def tiny_run(npz: Path, out: str, seed: int, epochs: int, *extra: str) -> list[str]:
     return [
-        "train", "--data", str(npz), "--subset", "64", "--epochs", str(epochs), "--seed",
-        str(seed), "--precision", "fp32", "--pretrained", "none", "--set", "runtime.threads=1",
+        "train", "--recipe", "reference", "--data", str(npz), "--subset", "64", "--epochs",
+        str(epochs), "--seed", str(seed), "--precision", "fp32", "--pretrained", "none",
+        "--set", "runtime.threads=1",
         "--set", "model.arch=resnet9", "--set", "model.width=0.25", "--set",
         "runtime.reports=false", "--set", "eval.tta=false", "--out", out, "--quiet", *extra,
     ]  # fmt: skip

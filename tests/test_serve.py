@@ -31,7 +31,8 @@ def run_dir(shared_data: Path, tmp_path_factory) -> Path:
     if not PBC.is_dir():
         pytest.skip(f"raw sample images not found at {PBC}")
     work = tmp_path_factory.mktemp("serve")
-    train = ["train", "--data", str(shared_data), "--subset", "128", "--epochs", "1"]
+    train = ["train", "--recipe", "reference", "--data", str(shared_data), "--subset", "128"]
+    train += ["--epochs", "1"]
     train += ["--set", "runtime.reports=false", "--set", "runtime.threads=1", "--precision"]
     train += ["fp32", "--pretrained", "none", "--out", str(work / "run"), "--quiet"]
     result = run_cli(train, cwd=work)

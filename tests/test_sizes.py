@@ -114,7 +114,18 @@ def run_64(shared_64: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     with np.load(shared_64) as z:
         arrays = {k: z[k][:ROWS] for k in z.files}
     np.savez_compressed(root / "mine64.npz", **arrays, class_names=np.array(NAMES))
-    args = ["train", "--data", "mine64.npz", "--epochs", "1", "--out", "run", "--pretrained"]
+    args = [
+        "train",
+        "--recipe",
+        "reference",
+        "--data",
+        "mine64.npz",
+        "--epochs",
+        "1",
+        "--out",
+        "run",
+        "--pretrained",
+    ]
     args += ["none", "--precision", "fp32", "--set", "runtime.threads=1", "--quiet"]
     result = run_cli(args, cwd=root, timeout=300)
     assert result.returncode == 0, describe(result)

@@ -67,15 +67,19 @@ def test_batched_tta_beats_a_per_image_loop_with_the_same_numbers(
 def test_fast_recipe_values_and_precedence() -> None:
     cfg = build_config(recipe="fast")
     assert cfg.schedule.kind == "onecycle"
-    # the measured v2 recipe (docs/benchmarks.md, "Fast recipe"): moderate peak, no EMA/rot90
-    assert (cfg.optim.lr, cfg.schedule.div_factor, cfg.schedule.pct_start) == (0.03, 10.0, 0.2)
-    assert cfg.train.ema_decay == 0 and cfg.train.label_smoothing == 0.1
-    assert cfg.train.epochs == 3 and cfg.augment.mixup_alpha == 0
-    assert not cfg.augment.rot90 and cfg.augment.hflip == 0.5 and cfg.augment.vflip == 0.5
-    assert cfg.optim.nesterov
+    # the recipe chosen on validation (docs/frontier.md): resnet9 at 0.35 width, 20 epochs
+    assert (cfg.model.arch, cfg.model.width, cfg.train.epochs) == ("resnet9", 0.35, 20)
+    assert (cfg.optim.lr, cfg.optim.batch_size, cfg.schedule.pct_start) == (0.05, 64, 0.25)
+    assert cfg.train.ema_decay == 0.995 and cfg.train.label_smoothing == 0.1
+    assert cfg.augment.mixup_alpha == 0 and cfg.augment.translate == 2.0
+    assert cfg.augment.rot90 and cfg.augment.hflip == 0.5 and cfg.augment.vflip == 0.5
+    assert cfg.eval.tta_mode == "dihedral8" and cfg.optim.nesterov
+    # no early stop can cut the one cycle short before its LR has annealed
+    assert cfg.train.early_stop_patience > cfg.train.epochs
     # the recipe is only the base: flags and --set win
     cfg = build_config(flags={"train.epochs": 2}, overrides=["optim.lr=0.05"], recipe="fast")
     assert (cfg.train.epochs, cfg.optim.lr, cfg.schedule.kind) == (2, 0.05, "onecycle")
+    assert build_config(recipe="fast", overrides=["optim.lr=0.01"]).optim.lr == 0.01
     assert build_config(recipe="reference") == Config()  # the reference stays the defaults
     with pytest.raises(ConfigError, match="unknown recipe"):
         build_config(recipe="slow")

@@ -32,7 +32,18 @@ from conftest import describe, run_cli
 
 pytestmark = pytest.mark.slow
 SEEDS = (3, 4)
-TINY = ["--subset", "64", "--epochs", "1", "--pretrained", "none", "--set", "eval.tta=false"]
+TINY = [
+    "--recipe",
+    "reference",
+    "--subset",
+    "64",
+    "--epochs",
+    "1",
+    "--pretrained",
+    "none",
+    "--set",
+    "eval.tta=false",
+]
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +108,8 @@ def test_run_calibration_and_temperature(study: Path) -> None:
     assert 0.05 <= summary["temperature"] <= 20 and summary["test_ece_ts"] is not None
     html = (run / "report.html").read_text(encoding="utf-8")
     assert (run / "figures" / "reliability_diagram.png").is_file()
-    assert html.count("data:image/png;base64,") == 5 and "ECE (15 bins)" in html
+    # the five run figures, the reliability diagram and the Grad-CAM figure
+    assert html.count("data:image/png;base64,") == 6 and "ECE (15 bins)" in html
 
 
 def test_medmnist_evaluator_csv(study: Path) -> None:

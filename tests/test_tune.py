@@ -36,7 +36,8 @@ SPACE = {
 def tiny(npz: Path) -> list[str]:
     """Fixed train options of every trial: a small, fast, deterministic CPU run."""
     return [
-        "--data", str(npz), "--subset", "64", "--epochs", "2", "--precision", "fp32",
+        "--recipe", "reference", "--data", str(npz), "--subset", "64", "--epochs", "2",
+        "--precision", "fp32",
         "--pretrained", "none", "--set", "runtime.threads=1", "--set", "model.arch=resnet9",
         "--set", "model.width=0.25", "--set", "optim.batch_size=16",
     ]  # fmt: skip

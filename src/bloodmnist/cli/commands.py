@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bloodmnist.atomic import write_text_atomic
-from bloodmnist.config import Config, build_config, from_dict
+from bloodmnist.config import DEFAULT_RECIPE, Config, build_config, from_dict
 from bloodmnist.errors import BloodMNISTError
 
 if TYPE_CHECKING:
@@ -26,7 +26,7 @@ def train_config(args: argparse.Namespace) -> Config:
         "model.pretrained": args.pretrained,
         "data.subset": args.subset,
     }
-    return build_config(args.config, flags, args.set, recipe=args.recipe or "reference")
+    return build_config(args.config, flags, args.set, recipe=args.recipe or DEFAULT_RECIPE)
 
 
 def _shared_run_dir(rt, out: str | None, cfg) -> Path:

@@ -1,11 +1,13 @@
 """One Config dataclass tree. Defaults are the reference recipe; YAML files and `--set` override.
 
-Precedence (lowest to highest): dataclass defaults, `--config FILE.yaml`, dedicated CLI flags
+Precedence (lowest to highest): dataclass defaults, the recipe (`--recipe`; the CLI's default is
+`DEFAULT_RECIPE`), `--config FILE.yaml`, dedicated CLI flags
 (`--epochs`, `--seed`, ...), `--set key=value`. The resolved tree is saved in every run folder and
 checkpoint, so a run can be repeated from its `config.yaml` alone.
 """
 
 from bloodmnist.config.resolve import (
+    DEFAULT_RECIPE,
     RECIPES,
     build_config,
     from_dict,
@@ -32,6 +34,7 @@ from bloodmnist.config.schema import (
 )
 
 __all__ = [
+    "DEFAULT_RECIPE",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "RECIPES",

@@ -19,6 +19,8 @@ def flops_per_image(model: nn.Module, size: int = 28) -> dict[str, float]:
 
     Counts a copy, so the caller's model (its device, mode, BN statistics) is untouched."""
     net = copy.deepcopy(model).float().cpu()
+    for p in net.parameters():  # a frozen model (a distillation teacher) still counts a step
+        p.requires_grad_(True)
     x = torch.randn(2, 3, size, size)
     net.train()
     with FlopCounterMode(display=False) as train:

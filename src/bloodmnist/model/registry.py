@@ -30,7 +30,7 @@ ARCHS: dict[str, Builder] = {
 #: Architectures whose weights can start from torchvision's ImageNet ResNet-18 file.
 PRETRAINED_ARCHS = frozenset({"resnet18"})
 #: Architectures whose stem `model.stem` sets (auto: per input size).
-STEM_ARCHS = frozenset({"resnet18"})
+STEM_ARCHS = frozenset({"resnet18", "resnet34", "resnet50"})
 
 
 def build_model(

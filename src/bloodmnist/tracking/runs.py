@@ -9,6 +9,8 @@ from typing import Any
 
 import yaml
 
+from bloodmnist.config import DEFAULT_RECIPE
+
 COLUMNS = (
     ("name", "run"),
     ("recipe", "recipe"),
@@ -46,12 +48,13 @@ def _recipe(command: list[str] | None) -> str:
     if any("bloodmnist.tuning" in a or "bloodmnist/tuning" in a for a in args[:3]):
         return "tune trial"
     for flag, show in (("--recipe", str), ("--config", lambda v: Path(v).stem)):
-        for i, a in enumerate(args):
+        for i in reversed(range(len(args))):  # the last occurrence wins, as in argparse
+            a = args[i]
             if a == flag and i + 1 < len(args):
                 return show(args[i + 1])
             if a.startswith(flag + "="):
                 return show(a.split("=", 1)[1])
-    return "reference"
+    return DEFAULT_RECIPE
 
 
 def _status(run_dir: Path, summary: dict[str, Any]) -> str:

@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 from bloodmnist.config import Config
-from bloodmnist.model import model_from_config
-from bloodmnist.model.resnet import resolve_pretrained
+from bloodmnist.model import PRETRAINED_ARCHS, model_from_config
+from bloodmnist.model.resnet import PretrainedInfo, resolve_pretrained
 from bloodmnist.runtime import Runtime, weights_dir
 from bloodmnist.training.sync_bn import convert_sync_bn
 
@@ -19,11 +19,18 @@ log = logging.getLogger("bloodmnist")
 
 
 def prepare_model(cfg: Config, rt: Runtime) -> tuple[nn.Module, dict[str, Any]]:
-    """Build the adapted ResNet-18 (with ImageNet weights where available), on the device."""
-    state, info = resolve_pretrained(cfg.model.pretrained, cfg.model.pretrained_url, weights_dir())
+    """Build the configured model (with ImageNet weights where they exist and are available),
+    on the device."""
+    if cfg.model.arch in PRETRAINED_ARCHS:
+        state, info = resolve_pretrained(
+            cfg.model.pretrained, cfg.model.pretrained_url, weights_dir()
+        )
+    else:  # nothing to download: no ImageNet weights exist for this architecture
+        msg = f"training from scratch (no ImageNet weights exist for {cfg.model.arch})"
+        state, info = None, PretrainedInfo(cfg.model.pretrained, False, None, msg)
     if info.used:
         log.info("pretrained: %s", info.message)
-    elif cfg.model.pretrained == "auto":
+    elif cfg.model.pretrained == "auto" and cfg.model.arch in PRETRAINED_ARCHS:
         log.warning("pretrained: %s", info.message)
     else:
         log.info("pretrained: %s", info.message)

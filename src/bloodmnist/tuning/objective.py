@@ -16,7 +16,7 @@ from typing import Any
 import optuna
 
 from bloodmnist.atomic import read_json
-from bloodmnist.config import Config, build_config, validate
+from bloodmnist.config import DEFAULT_RECIPE, Config, build_config, validate
 from bloodmnist.config.resolve import _merge, nest
 from bloodmnist.errors import BloodMNISTError, TrainingStopped
 from bloodmnist.tuning.space import RECIPE_KEY, Space
@@ -35,7 +35,7 @@ class BaseSpec:
     """The fixed train options of every trial (what `train_config` would read from the CLI)."""
 
     config: str | None = None
-    recipe: str = "reference"
+    recipe: str = DEFAULT_RECIPE
     flags: dict[str, Any] = field(default_factory=dict)
     overrides: list[str] = field(default_factory=list)
 
