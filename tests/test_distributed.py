@@ -98,12 +98,20 @@ def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
 def test_two_ranks_with_sync_bn_match_one_process(runs):
     ddp, single = _weights(runs["ddp"]), _weights(runs["single"])
     assert ddp.keys() == single.keys()  # plain BatchNorm keys: SyncBN leaves no trace
+    # Relative to the value's size (BatchNorm running variances reach ~10): the two processes sum
+    # the same numbers in a different order, and how far that moves the last bits depends on the
+    # CPU's vector width (AVX2 vs AVX-512), not on the algorithm.
     worst = max(
-        ((ddp[k].double() - single[k].double()).abs().max().item(), k)
+        (
+            ((ddp[k].double() - single[k].double()).abs() / (1 + single[k].double().abs()))
+            .max()
+            .item(),
+            k,
+        )
         for k in ddp
         if ddp[k].is_floating_point()
     )
-    print(f"largest |2 ranks - 1 process| difference: {worst[0]:.3g} in {worst[1]}")
+    print(f"largest |2 ranks - 1 process| / (1 + |value|): {worst[0]:.3g} in {worst[1]}")
     assert worst[0] <= 1e-5, f"largest difference {worst[0]:.3g} in {worst[1]}"
     # both took exactly two optimiser steps (two BatchNorm updates)
     assert int(ddp["bn1.num_batches_tracked"]) == int(single["bn1.num_batches_tracked"]) == 2

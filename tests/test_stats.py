@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 
 import numpy as np
 import pytest
@@ -11,6 +12,9 @@ from scipy.stats import bootstrap as scipy_bootstrap
 
 from bloodmnist.evaluation.stats import (
     PROB_METRICS,
+    MetricFn,
+    _batched,
+    _resample_values,
     bootstrap_ci,
     format_mean_std,
     mcnemar_exact,
@@ -149,3 +153,82 @@ def test_seed_mean_averages_per_seed_metric() -> None:
     wrong = np.eye(2)[1 - y]
     stacked = np.stack([right, wrong, right], axis=1)  # (N, S, C): accuracies 1, 0, 1
     assert seed_mean(PROB_METRICS["acc"])(y, stacked) == pytest.approx(2 / 3)
+
+
+# --- Vectorised bootstrap metrics: the same values as one scikit-learn call per resample -------
+
+
+def _loop(fn: MetricFn) -> MetricFn:
+    """The same metric in a wrapper the bootstrap has no vectorised form for: one call per
+    resample, as before the vectorisation."""
+    return lambda y, p: fn(y, p)
+
+
+def _tied_probs(n: int, seeds: int | None, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Labels and probabilities with many ties and absent classes: class 3 is predicted but
+    never true, class 5 neither true nor predicted, class 4 (2 images) missing from ~13% of
+    the resamples."""
+    rng = np.random.default_rng(seed)
+    y = rng.choice([0, 1, 2], size=n, p=[0.5, 0.3, 0.2])
+    y[:2] = 4
+    shape = (n, 6) if seeds is None else (n, seeds, 6)
+    probs = np.round(rng.random(shape), 1)  # 11 distinct values: ties within every column
+    probs[..., 5] = 0.0  # never the argmax, and all tied
+    onehot = np.eye(6)[y] if seeds is None else np.eye(6)[y][:, None, :]
+    return y, (probs + 0.4 * onehot).astype(np.float32)
+
+
+@pytest.mark.parametrize("name", ["acc", "macro_f1", "auc"])
+@pytest.mark.parametrize("seeds", [None, 2], ids=["plain", "seed_mean"])
+def test_vectorised_metrics_equal_the_per_resample_loop(name: str, seeds: int | None) -> None:
+    y, probs = _tied_probs(40, seeds, seed=5)
+    fn = PROB_METRICS[name] if seeds is None else seed_mean(PROB_METRICS[name])
+    assert _batched(fn, y, probs) is not None  # the fast path is the one under test
+    assert _batched(_loop(fn), y, probs) is None
+    # 120 resamples: one full chunk of 100 and a partial one
+    (fast,) = _resample_values(fn, y, [probs], 120, 9)
+    (slow,) = _resample_values(_loop(fn), y, [probs], 120, 9)
+    np.testing.assert_allclose(fast, slow, rtol=0, atol=1e-12)  # NaN where both are undefined
+    assert len(np.unique(slow)) > 5
+    rng = np.random.default_rng(9)
+    draws = [rng.integers(0, 40, size=40) for _ in range(120)]
+    assert sum(not np.any(y[d] == 4) for d in draws) >= 5  # absent-class resamples were tested
+    if seeds is None:  # the public functions on top (2 loop calls per paired resample: fewer)
+        ci, ref = bootstrap_ci(fn, y, probs, 40, 9), bootstrap_ci(_loop(fn), y, probs, 40, 9)
+        assert ci == pytest.approx(ref, rel=0, abs=1e-12)
+        other = probs[::-1].copy()
+        diff = paired_bootstrap_diff(fn, y, probs, other, 40, 9)
+        ref_diff = paired_bootstrap_diff(_loop(fn), y, probs, other, 40, 9)
+        assert diff == pytest.approx(ref_diff, rel=0, abs=1e-12)
+
+
+def test_vectorised_auc_skips_undefined_classes_like_medmnist_auc() -> None:
+    y, probs = _tied_probs(30, None, seed=2)
+    probs[7, 2] = np.nan  # resamples that draw image 7 have no class-2 AUC
+    fn = PROB_METRICS["auc"]
+    (fast,) = _resample_values(fn, y, [probs], 100, 1)
+    (slow,) = _resample_values(_loop(fn), y, [probs], 100, 1)
+    np.testing.assert_allclose(fast, slow, rtol=0, atol=1e-12)
+    one_class = np.zeros(30, dtype=np.int64)  # no class has both positives and negatives
+    (undefined,) = _resample_values(fn, one_class, [probs], 20, 1)
+    assert np.isnan(undefined).all()
+    ci = bootstrap_ci(fn, one_class, probs, 20, 1)
+    assert ci["point"] is None and ci["low"] is None and ci["high"] is None
+
+
+def test_vectorised_auc_bootstrap_is_much_faster_than_the_loop() -> None:
+    """1000 AUC resamples of a BloodMNIST-sized test set (3421 x 8) cost less CPU time than 100
+    resamples scored one scikit-learn call at a time (measured ~20-50x faster per resample)."""
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 8, size=3421)
+    logits = rng.normal(size=(3421, 8)) + 3 * np.eye(8)[y]
+    probs = (np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)).astype(np.float32)
+    auc = PROB_METRICS["auc"]
+    start = time.process_time()
+    fast = bootstrap_ci(auc, y, probs, n_boot=1000, seed=0)
+    fast_s = time.process_time() - start
+    start = time.process_time()
+    slow = bootstrap_ci(_loop(auc), y, probs, n_boot=100, seed=0)
+    slow_s = time.process_time() - start
+    assert fast_s < slow_s, f"vectorised 1000 resamples {fast_s:.2f} s, loop 100 {slow_s:.2f} s"
+    assert fast["point"] == slow["point"] and 0.9 < fast["low"] < fast["high"] < 1.0

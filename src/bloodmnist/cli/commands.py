@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from bloodmnist.atomic import write_text_atomic
 from bloodmnist.config import DEFAULT_RECIPE, Config, build_config, from_dict
@@ -15,8 +15,9 @@ if TYPE_CHECKING:
     from bloodmnist.training.run import ResumeFrom
 
 
-def train_config(args: argparse.Namespace) -> Config:
-    flags = {
+def train_flags(args: argparse.Namespace) -> dict[str, Any]:
+    """`train`'s dedicated flags as dotted Config keys (None where not given)."""
+    return {
         # absolute, so the saved config (and --resume) works from any directory
         "data.path": str(Path(args.data).expanduser().resolve()) if args.data else None,
         "train.epochs": args.epochs,
@@ -26,6 +27,10 @@ def train_config(args: argparse.Namespace) -> Config:
         "model.pretrained": args.pretrained,
         "data.subset": args.subset,
     }
+
+
+def train_config(args: argparse.Namespace) -> Config:
+    flags = train_flags(args)
     return build_config(args.config, flags, args.set, recipe=args.recipe or DEFAULT_RECIPE)
 
 

@@ -27,17 +27,10 @@ def _base_spec(train_args: list[str]):
     ns, unknown = build_parser().parse_known_args(["train", *train_args])
     if unknown:
         raise BloodMNISTError(f"tune: unknown train option {unknown[0]!r}")
-    flags = {
-        "data.path": str(Path(ns.data).expanduser().resolve()) if ns.data else None,
-        "train.epochs": ns.epochs,
-        "train.seed": ns.seed,
-        "runtime.device": ns.device,
-        "runtime.precision": ns.precision,
-        "model.pretrained": ns.pretrained,
-        "data.subset": ns.subset,
-    }
+    from bloodmnist.cli.commands import train_flags
+
     config = str(Path(ns.config).resolve()) if ns.config else None
-    flags = {k: v for k, v in flags.items() if v is not None}
+    flags = {k: v for k, v in train_flags(ns).items() if v is not None}
     return BaseSpec(config, ns.recipe or DEFAULT_RECIPE, flags, list(ns.set))
 
 

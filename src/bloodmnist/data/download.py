@@ -52,6 +52,11 @@ def file_md5(path: str | Path, chunk: int = 1 << 20) -> str:
     return _file_digest(path, "md5", chunk)
 
 
+def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
+    """SHA-256 hex digest of a file (model checksums: export metadata, `serve`'s /v1/model)."""
+    return _file_digest(path, "sha256", chunk)
+
+
 def _official_entry(size: int) -> tuple[str, str]:
     if size not in OFFICIAL_FILES:
         sizes = ", ".join(str(s) for s in OFFICIAL_FILES)

@@ -13,7 +13,6 @@ current onnxruntime release runs the file.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
@@ -28,6 +27,7 @@ from torch import nn
 from bloodmnist import __version__
 from bloodmnist.atomic import temp_path
 from bloodmnist.config import Config, from_dict
+from bloodmnist.data.download import file_sha256
 from bloodmnist.data.loader import Normalizer, to_tensor
 from bloodmnist.data.source import load_data
 from bloodmnist.inference.engines import INPUT_NAME, META_PREFIX, OUTPUT_NAMES, OnnxEngine
@@ -73,14 +73,6 @@ class _LogitsAndProbs(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self.model(x)
         return logits, torch.softmax(logits, dim=1)
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def export_graph(model: nn.Module, path: Path, size: int, opset: int = EXPORT_OPSET) -> None:

@@ -5,7 +5,6 @@ Torch-free for .onnx models (the engine module imports torch only for checkpoint
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import tempfile
@@ -15,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from bloodmnist.data.download import file_sha256
 from bloodmnist.inference.engines import Engine, open_engine
 from bloodmnist.inference.inputs import resolve_model
 from bloodmnist.inference.preprocess import ImageReadError, Prepared, load_image
@@ -33,14 +33,6 @@ SUMMARY_KEYS = (
     "precision",
     "pretrained",
 )
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def find_summary(model_file: Path) -> dict[str, Any] | None:

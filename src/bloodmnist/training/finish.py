@@ -1,0 +1,124 @@
+"""The end of a training run: what it cost (PFLOP), the one evaluation of the test split on
+best.pt, summary.json, predictions and the MedMNIST-evaluator CSVs, and the reports."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from bloodmnist.config import Config
+from bloodmnist.data.npz import Dataset
+from bloodmnist.evaluation.final import (
+    evaluate_split,
+    save_predictions,
+    summary_metrics,
+    temperature_scaling,
+)
+from bloodmnist.evaluation.medmnist_csv import write_run_csvs
+from bloodmnist.model.flops import flops_per_image, train_pflop
+from bloodmnist.reporting.report import build_reports
+from bloodmnist.runtime import Runtime, from_main
+from bloodmnist.training.checkpoint import load_checkpoint, load_model_weights
+from bloodmnist.training.rundir import write_json
+from bloodmnist.training.trainer import TrainState
+
+log = logging.getLogger("bloodmnist")
+
+
+def skip_test(run_dir: Path, rt: Runtime, fields: dict[str, Any]) -> dict[str, Any]:
+    """summary.json of a run with eval.final_test=false: training facts, no test metrics."""
+    summary = {"status": "completed", "test_evaluated": False, **fields}
+    summary.update(test_acc=None, test_acc_tta=None)
+    if rt.is_main:
+        write_json(run_dir / "summary.json", summary)
+        log.info("final test skipped (eval.final_test=false): the test split was not evaluated")
+    return summary
+
+
+def test_once(
+    model: nn.Module,
+    data: Dataset,
+    cfg: Config,
+    rt: Runtime,
+    run_dir: Path,
+    fields: dict[str, Any],
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Evaluate best.pt on the test split (the one time it is seen), write the results and
+    reports, and return summary.json's content; `fields` are the training facts it carries.
+    `progress`: live bars for the test passes (stderr is a terminal)."""
+    best_path = run_dir / "checkpoints" / "best.pt"
+    load_model_weights(model, _best_weights(best_path, rt), best_path)
+    t0 = time.perf_counter()
+    result = evaluate_split(model, data, "test", cfg, rt, tta=cfg.eval.tta, progress=progress)
+    metrics = summary_metrics(result)
+    if cfg.eval.temperature_scaling:  # every rank: the validation pass gathers across ranks
+        metrics.update(temperature_scaling(model, data, cfg, rt, result, progress))
+    summary = {
+        "status": "completed",
+        **{k: v for k, v in metrics.items() if k not in ("test", "test_tta")},
+        **fields,
+        "test_eval_seconds": round(time.perf_counter() - t0, 2),
+        "test": metrics["test"],
+        "test_tta": metrics["test_tta"],
+    }
+    if rt.is_main:
+        save_predictions(run_dir / "predictions.npz", result, data)
+        write_run_csvs(run_dir, result, cfg.data.size)  # for the official MedMNIST evaluator
+        write_json(run_dir / "summary.json", summary)
+        log.info("test: %s", _headline(summary))
+        if cfg.runtime.reports:
+            build_reports(run_dir)
+            log.info("reports: %s, %s", run_dir / "report.html", run_dir / "report.xlsx")
+        else:
+            log.info(
+                "reports skipped (runtime.reports=false); build them with: bloodmnist report %s",
+                run_dir,
+            )
+    return summary
+
+
+def _best_weights(best_path: Path, rt: Runtime) -> dict[str, Any]:
+    """best.pt for every rank. Under torchrun rank 0 reads it and broadcasts the weights: it has
+    just written the file (no stale read by a faster rank), and other nodes may not see it."""
+    if not rt.distributed:
+        return load_checkpoint(best_path, map_location=rt.device)
+    return {"model": from_main(rt, lambda: load_checkpoint(best_path)["model"])}
+
+
+def _headline(summary: dict[str, Any]) -> str:
+    parts = []
+    for key, label in (("test_acc", "acc"), ("test_macro_f1", "macro-F1"), ("test_auc", "AUC")):
+        plain, tta = summary.get(key), summary.get(f"{key}_tta")
+        text = f"{label} {plain:.4f}" if plain is not None else f"{label} n/a"
+        parts.append(text + (f" (TTA {tta:.4f})" if tta is not None else ""))
+    return "  ".join(parts)
+
+
+def compute_fields(
+    model: nn.Module, teachers: list[nn.Module], cfg: Config, images_seen: int
+) -> dict[str, Any]:
+    """What the run cost in arithmetic: the model's FLOPs per image and the training PFLOP,
+    which includes a distillation teacher's forward pass on every training image."""
+    flops = flops_per_image(model, cfg.data.size)
+    per_image = flops["train"] + sum(flops_per_image(t, cfg.data.size)["forward"] for t in teachers)
+    return {
+        "arch": cfg.model.arch,
+        "gflop_forward_per_image": round(flops["forward"] / 1e9, 5),
+        "train_images_seen": images_seen,
+        "train_pflop": float(f"{train_pflop(per_image, images_seen):.4g}"),
+    }
+
+
+def state_fields(state: TrainState) -> dict[str, Any]:
+    return {
+        "best_val_acc": state.best_val_acc,
+        "best_epoch": state.best_epoch,
+        "epochs_run": state.epoch,
+        "stopped_early": state.stopped_early,
+        "train_seconds": round(state.train_seconds, 2),
+    }
