@@ -272,3 +272,13 @@ def test_two_workers_one_postgresql_server(
     tmp_path: Path, shared_data: Path, postgres_url: str
 ) -> None:
     _two_workers_share_one_study(tmp_path, shared_data, postgres_url)
+
+
+def test_storage_urls_never_show_their_password() -> None:
+    from bloodmnist.tuning.study import safe_url
+
+    shown = safe_url("postgresql://ann:p@ss:w0rd@db.example:5432/tune")
+    assert "p@ss" not in shown and "w0rd" not in shown and shown.startswith("postgresql://")
+    shown = safe_url("postgresql://ann:p%40ss@db.example:5432/tune")  # percent-encoded '@'
+    assert shown == "postgresql://ann:***@db.example:5432/tune"
+    assert safe_url("sqlite:///runs/t/study.db") == "sqlite:///runs/t/study.db"

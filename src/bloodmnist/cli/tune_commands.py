@@ -146,7 +146,7 @@ def _rebuild_report(tune_dir: Path, storage: str | None) -> int:
 
     from bloodmnist.tuning.objective import BaseSpec
     from bloodmnist.tuning.results import write_outputs
-    from bloodmnist.tuning.study import TunePlan, open_storage
+    from bloodmnist.tuning.study import TunePlan, open_storage, safe_url
 
     plan = TunePlan.load(tune_dir)
     try:
@@ -155,7 +155,7 @@ def _rebuild_report(tune_dir: Path, storage: str | None) -> int:
         )
     except KeyError:
         raise BloodMNISTError(
-            f"no study '{plan.study_name}' in {storage or plan.storage}"
+            f"no study '{plan.study_name}' in {safe_url(storage or plan.storage)}"
         ) from None
     for name, path in write_outputs(
         study, tune_dir, BaseSpec(**plan.base), plan.study_name

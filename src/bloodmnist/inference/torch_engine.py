@@ -55,7 +55,8 @@ class TorchEngine:
         )
 
     def probs(self, images: np.ndarray, tta: bool = False) -> np.ndarray:
-        """Softmax probabilities for (N, size, size, 3) uint8; `tta` averages the 7 views."""
+        """Softmax probabilities for (N, size, size, 3) uint8; `tta` averages the TTA views of the
+        checkpoint's `eval.tta_mode` (7 reference views or 8 dihedral poses)."""
         x = to_tensor(images, self.rt.device)
         return predict_probs(
             self.model,

@@ -96,6 +96,7 @@ def _check_fits(src: Path, teacher: Config, student: Config) -> None:
     for key, a, b in (
         ("model.num_classes", teacher.model.num_classes, student.model.num_classes),
         ("data.size", teacher.data.size, student.data.size),
+        ("class names", list(teacher.model.names()), list(student.model.names())),
     ):
         if a != b:
             raise BloodMNISTError(f"teacher {src} has {key} {a}, the student {b}; they must match")

@@ -90,17 +90,19 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
                 time.sleep(1 + random.random())
                 continue
             first = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
-            raise BloodMNISTError(f"--storage {_safe(url)}: cannot open it ({first})") from None
+            raise BloodMNISTError(f"--storage {safe_url(url)}: cannot open it ({first})") from None
     raise AssertionError("unreachable")
 
 
-def _safe(url: str) -> str:
-    """The URL without its password, for messages."""
-    head, sep, tail = url.partition("@")
-    if not sep or "://" not in head:
-        return url
-    scheme, _, cred = head.partition("://")
-    return f"{scheme}://{cred.split(':')[0]}:***@{tail}"
+def safe_url(url: str) -> str:
+    """The storage URL without its password, for messages (SQLAlchemy's own URL parser, so a
+    password containing '@' or ':' is hidden whole)."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - an unparsable URL: show only its scheme
+        return url.split("://", 1)[0] + "://***"
 
 
 def make_sampler(spec: dict[str, Any], worker: int) -> optuna.samplers.BaseSampler:
@@ -146,7 +148,7 @@ def open_study(plan: TunePlan, space: Space, worker: int = 0) -> optuna.Study:
         study.set_user_attr("space", plan.space)
     elif known != plan.space:
         raise BloodMNISTError(
-            f"study '{plan.study_name}' in {_safe(plan.storage)} searches another space than "
+            f"study '{plan.study_name}' in {safe_url(plan.storage)} searches another space than "
             f"{plan.space_file}; use another --study-name (or the same space file)"
         )
     return study
