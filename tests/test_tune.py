@@ -282,3 +282,15 @@ def test_storage_urls_never_show_their_password() -> None:
     shown = safe_url("postgresql://ann:p%40ss@db.example:5432/tune")  # percent-encoded '@'
     assert shown == "postgresql://ann:***@db.example:5432/tune"
     assert safe_url("sqlite:///runs/t/study.db") == "sqlite:///runs/t/study.db"
+
+
+def test_a_diverged_trial_counts_as_the_worst_result(tmp_path: Path, shared_data: Path) -> None:
+    """A learning rate that blows the model up is a result for the sampler (accuracy 0), not a
+    failed trial that the study would silently replace."""
+    space = {"params": {"optim.lr": {"type": "categorical", "choices": [1.0e9]}}}
+    args = ["tune", "--space", str(write_space(tmp_path, space)), "--trials", "1", "--out", "t"]
+    r = run_cli([*args, *tiny(shared_data)], tmp_path, timeout=300)
+    assert r.returncode == 0, describe(r)
+    assert states(tmp_path / "t") == {0: "COMPLETE"}
+    (row,) = trial_csv(tmp_path / "t")
+    assert float(row["best_val_acc"]) == 0.0 and row["note"] == "diverged", row

@@ -141,9 +141,11 @@ def objective(trial: optuna.Trial, setup: TrialSetup) -> float:
         write_json(run_dir / "summary.json", {"status": "pruned", "trial": trial.number, **seen})
         raise
     except TrainingStopped:
-        if _status(run_dir) == "diverged":  # a bad learning rate is a result, not a crash
+        if _status(run_dir) == "diverged":  # a bad learning rate is a result, not a crash:
+            # the worst accuracy (Optuna would mark NaN FAIL, uncounted, and TPE would learn
+            # nothing about the region)
             trial.set_user_attr("note", "diverged")
-            return float("nan")
+            return 0.0
         trial.set_user_attr("note", "interrupted (marked FAIL; the study runs another)")
         raise
     trial.set_user_attr("epochs_run", summary["epochs_run"])
