@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -15,18 +16,9 @@ from bloodmnist.errors import ConfigError
 from bloodmnist.model import build_model
 from bloodmnist.runtime import Runtime
 from bloodmnist.training.loop import train_one_epoch
+from test_augment_tta import IDENTITY
 
 CPU = torch.device("cpu")
-IDENTITY = dict(
-    hflip=0.0,
-    vflip=0.0,
-    rotation=0.0,
-    brightness=0.0,
-    contrast=0.0,
-    saturation=0.0,
-    crop_scale=(1.0, 1.0),
-    crop_ratio=(1.0, 1.0),
-)
 
 
 def _images(n: int = 8) -> torch.Tensor:
@@ -54,7 +46,7 @@ def test_cutout_side_pixels_or_fraction() -> None:
 
 def test_cutout_zero_erases_one_square_of_the_right_size() -> None:
     x = _images()
-    cfg = AugmentConfig(**IDENTITY, cutout=0.25)  # 7 px at 28 px
+    cfg = replace(IDENTITY, cutout=0.25)  # 7 px at 28 px
     out = augment(x.clone(), cfg, _gen())
     for i in range(len(x)):
         erased = (out[i] == 0).all(dim=0)  # all three channels zero
@@ -68,8 +60,8 @@ def test_cutout_zero_erases_one_square_of_the_right_size() -> None:
 
 def test_cutout_mean_fill_and_probability() -> None:
     x = _images(64)
-    cfg = AugmentConfig(**IDENTITY, cutout=5, cutout_fill="mean", cutout_p=0.5)
-    base = augment(x.clone(), AugmentConfig(**IDENTITY), _gen(3))  # the same draws before cutout
+    cfg = replace(IDENTITY, cutout=5, cutout_fill="mean", cutout_p=0.5)
+    base = augment(x.clone(), IDENTITY, _gen(3))  # the same draws before cutout
     out = augment(x.clone(), cfg, _gen(3))
     changed = (out != base).any(dim=1)  # (n, h, w): pixels the cutout replaced
     erased = changed.flatten(1).any(dim=1)

@@ -70,12 +70,16 @@ def default_storage(tune_dir: Path) -> str:
     return f"sqlite:///{tune_dir.resolve() / 'study.db'}"
 
 
+RACE_MESSAGES = ("already exists", "duplicate key", "UNIQUE constraint failed")
+
+
 def open_storage(url: str) -> optuna.storages.RDBStorage:
     """Optuna's database storage with heartbeats; a bad URL or server is one error line."""
     kwargs: dict[str, Any] = {}
     if url.startswith("sqlite"):  # several processes on one file: wait for the lock
         kwargs = {"connect_args": {"timeout": 120}}
-    for attempt in range(3):
+    attempts = 5
+    for attempt in range(attempts):
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -83,10 +87,11 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
                     url, engine_kwargs=kwargs, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S
                 )
         except Exception as exc:  # sqlalchemy's URL, driver and connection errors alike
-            # Workers starting together on a fresh database race to create Optuna's tables;
-            # the loser's error says the tables now exist, so a second try finds them.
-            racing = "already exists" in str(exc) or "duplicate key" in str(exc)
-            if racing and attempt < 2:
+            # Workers starting together on a fresh database race to create Optuna's tables and
+            # its schema-version row; the loser's error says they now exist (PostgreSQL: "already
+            # exists"/"duplicate key"; SQLite: "UNIQUE constraint failed"), so a retry finds them.
+            racing = any(s in str(exc) for s in RACE_MESSAGES)
+            if racing and attempt < attempts - 1:
                 time.sleep(1 + random.random())
                 continue
             first = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
