@@ -70,6 +70,10 @@ BAD = [
     ({"optim.lr": {"type": "float", "low": 0.0, "high": 0.1}}, "optim.lr must be > 0"),
     ({"recipe": {"type": "categorical", "choices": ["fast", "slow"]}}, "'recipe' choice 'slow'"),
     ({"optim": {"type": "float", "low": 0.1, "high": 1.0}}, "is a config section"),
+    (
+        {"train.epochs": {"type": "int", "low": 2, "high": 64, "log": True, "step": 2}},
+        "a log range cannot have a step",
+    ),
 ]
 
 

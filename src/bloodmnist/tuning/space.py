@@ -143,6 +143,8 @@ def _range_param(key: str, spec: dict[str, Any], kind: str, base: Config) -> Par
     step = spec.get("step")
     if step is not None and (kind != "int" or not isinstance(step, int) or step < 1):
         raise SpaceError(f"'{key}': step must be an integer >= 1 (int ranges only)")
+    if log and step not in (None, 1):  # Optuna samples a log int range only with step 1
+        raise SpaceError(f"'{key}': a log range cannot have a step (got {step})")
     for name, value in (("low", low), ("high", high)):
         _check_value(base, key, value, name)
     return Param(key, kind, low, high, log, step)
