@@ -67,3 +67,17 @@ def post_files(url: str, paths: list[Path], endpoint: str = "/v1/predict", **par
     response = requests.post(url + endpoint, files=files, params=params, timeout=120)
     assert response.status_code == 200, response.text
     return response.json()
+
+
+def pbc_head_checkpoint(shared_data: Path, tmp_path_factory) -> Path:
+    """A quickly fitted real checkpoint for tests that also need the raw PBC sample (skips when
+    it is absent); test modules wrap it in a module-scoped fixture."""
+    import pytest
+
+    from test_predict import fit_head_checkpoint
+
+    if not PBC.is_dir():
+        pytest.skip(f"raw sample images not found at {PBC}")
+    path = tmp_path_factory.mktemp("run") / "checkpoints" / "best.pt"
+    fit_head_checkpoint(shared_data, path)
+    return path

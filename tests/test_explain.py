@@ -18,17 +18,12 @@ from bloodmnist.inference.preprocess import load_image
 from bloodmnist.inference.torch_engine import TorchEngine
 from bloodmnist.reporting.gradcam_figure import pick, plot_gradcam
 from conftest import describe, run_cli
-from serve_helpers import PBC, pbc_files
-from test_predict import fit_head_checkpoint
+from serve_helpers import pbc_files, pbc_head_checkpoint
 
 
 @pytest.fixture(scope="module")
 def ckpt(shared_data: Path, tmp_path_factory) -> Path:
-    if not PBC.is_dir():
-        pytest.skip(f"raw sample images not found at {PBC}")
-    path = tmp_path_factory.mktemp("run") / "checkpoints" / "best.pt"
-    fit_head_checkpoint(shared_data, path)
-    return path
+    return pbc_head_checkpoint(shared_data, tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

@@ -17,8 +17,7 @@ import pytest
 from PIL import Image
 
 from browser import chromium, distinct_colours
-from serve_helpers import PBC, pbc_files, post_files, server
-from test_predict import fit_head_checkpoint
+from serve_helpers import pbc_files, pbc_head_checkpoint, post_files, server
 
 DRIVER = "/usr/bin/chromedriver"
 #: Set to a PNG path to keep the desktop screenshot (how docs/images/serve.png is made).
@@ -27,11 +26,7 @@ SCREENSHOT_ENV = "BLOODMNIST_SERVE_SCREENSHOT"
 
 @pytest.fixture(scope="module")
 def ckpt(shared_data: Path, tmp_path_factory) -> Path:
-    if not PBC.is_dir():
-        pytest.skip(f"raw sample images not found at {PBC}")
-    path = tmp_path_factory.mktemp("run") / "checkpoints" / "best.pt"
-    fit_head_checkpoint(shared_data, path)
-    return path
+    return pbc_head_checkpoint(shared_data, tmp_path_factory)
 
 
 def start_browser(profile: Path, downloads: Path):

@@ -8,22 +8,10 @@ import numpy as np
 
 from bloodmnist.atomic import write_bytes_atomic
 from bloodmnist.inference.engines import open_engine
-from bloodmnist.inference.inputs import InferenceError, resolve_model
+from bloodmnist.inference.inputs import InferenceError, class_index, resolve_model
 from bloodmnist.inference.preprocess import ImageReadError, load_image
 
 BATCH = 64
-
-
-def target_index(requested: str | None, names: list[str]) -> int | None:
-    if requested is None:
-        return None
-    if requested in names:
-        return names.index(requested)
-    if requested.isdigit() and int(requested) < len(names):
-        return int(requested)
-    raise InferenceError(
-        f"--class {requested!r}: use one of {', '.join(names)} or 0..{len(names) - 1}"
-    )
 
 
 def explain_files(
@@ -46,7 +34,7 @@ def explain_files(
         )
     engine = open_engine(model, device, precision)
     names = engine.info.class_names
-    wanted = target_index(requested, names)
+    wanted = class_index(requested, names, "--class")
     rows: dict[int, dict] = {}
     for start in range(0, len(paths), BATCH):
         ready = []

@@ -80,3 +80,18 @@ def resolve_model(target: str | Path) -> Path:
     if not path.is_file():
         raise InferenceError(f"model not found: {path}; pass a run folder, .pt or .onnx file")
     return path
+
+
+def class_index(requested: str | None, names: list[str], option: str = "class") -> int | None:
+    """A class given by name or index (`explain --class`, serve's `class=`); None or "" means
+    each image's predicted class. An unknown one is an InferenceError naming `option` and the
+    choices."""
+    if requested is None or requested == "":
+        return None
+    if requested in names:
+        return names.index(requested)
+    if requested.isdigit() and int(requested) < len(names):
+        return int(requested)
+    raise InferenceError(
+        f"unknown {option} {requested!r}; use a name ({', '.join(names)}) or 0..{len(names) - 1}"
+    )

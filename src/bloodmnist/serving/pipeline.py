@@ -13,6 +13,7 @@ from pathlib import PurePath
 import numpy as np
 from PIL import Image
 
+from bloodmnist.inference.inputs import InferenceError, class_index
 from bloodmnist.inference.predict import error_row, ok_row
 from bloodmnist.inference.preprocess import ImageReadError, Prepared
 from bloodmnist.serving.batching import Batcher
@@ -115,13 +116,8 @@ async def classify(
 
 
 def resolve_target(requested: str | None, names: list[str]) -> int | None:
-    """A class by name or index; None means each image's predicted class."""
-    if requested is None or requested == "":
-        return None
-    if requested in names:
-        return names.index(requested)
-    if requested.isdigit() and int(requested) < len(names):
-        return int(requested)
-    raise RequestError(
-        422, f"unknown class {requested!r}; use a name ({', '.join(names)}) or 0..{len(names) - 1}"
-    )
+    """`class=` as an index (None: each image's predicted class); unknown ones are a 422."""
+    try:
+        return class_index(requested, names)
+    except InferenceError as exc:
+        raise RequestError(422, str(exc)) from None
