@@ -3,7 +3,8 @@
     python benchmarks/frontier.py LABEL=STUDY.json[=ARCH] [LABEL=STUDY.json[=ARCH] ...] \
         [--out-json docs/results/frontier.json] [--out-png docs/images/frontier.png]
 
-Each STUDY.json is a `bloodmnist study` result (its study.json). Training PFLOP per seed comes
+Each STUDY.json is a `bloodmnist study` result (its study.json), or one run's or ensemble's
+summary.json (a one-value row, marked n = 1). Training PFLOP per seed comes
 from the runs' `train_pflop` where recorded; for studies made before it was recorded, from the
 seed's `epochs_run` x the training-split size x the recipe's FLOPs per training image (the same
 counter, bloodmnist.model.flops; `=ARCH` names the model where the recipe has changed since).
@@ -61,10 +62,28 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
+def single_row(label: str, summary: dict) -> dict:
+    """A row from one run's or one ensemble's summary.json: one value each, std 0 (n = 1)."""
+    out = {"recipe": label, "seeds": [summary.get("seed")], "n": 1}
+    for key in ("test_acc", "test_acc_tta", "test_macro_f1_tta", "test_auc_tta"):
+        if summary.get(key) is not None:
+            out[key] = [summary[key], 0.0]
+    val = summary.get("best_val_acc", summary.get("val_acc"))
+    if val is not None:
+        out["best_val_acc"] = [val, 0.0]
+    out["train_pflop"] = [summary["train_pflop"], 0.0]
+    out["train_seconds"] = [summary.get("train_seconds"), 0.0]
+    return out
+
+
 def row(label: str, study: dict, arch: str | None = None) -> dict:
-    """One frontier row: seed mean ± std of each metric, PFLOP and wall time."""
+    """One frontier row: seed mean ± std of each metric, PFLOP and wall time; a run's or an
+    ensemble's summary.json (no `per_seed`) gives a one-value row."""
+    if "per_seed" not in study:
+        return single_row(label, study)
     ms = study["mean_std"]
-    out = {"recipe": label, "seeds": study["seeds"], "command_args": study["plan"]["train_args"]}
+    out = {"recipe": label, "seeds": study["seeds"], "n": len(study["per_seed"])}
+    out["command_args"] = study["plan"]["train_args"]
     for key in ("test_acc", "test_acc_tta", "test_macro_f1_tta", "test_auc_tta", "best_val_acc"):
         if key in ms:
             out[key] = [ms[key]["mean"], ms[key]["std"]]
@@ -74,7 +93,7 @@ def row(label: str, study: dict, arch: str | None = None) -> dict:
 
 
 def plot(rows: list[dict], path: Path) -> None:
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    fig, ax = plt.subplots(figsize=(9.5, 4.2))
     for r in rows:
         x, y = r["train_pflop"][0], r.get("test_acc_tta", r["test_acc"])
         ax.errorbar(x, 100 * y[0], yerr=100 * y[1], fmt="o", capsize=3, label=r["recipe"])
@@ -85,9 +104,9 @@ def plot(rows: list[dict], path: Path) -> None:
         ax.text(0.01, 100 * acc, name, transform=trans, va="bottom", fontsize=7, color="grey")
     ax.set_xscale("log")
     ax.set_xlabel("training compute (PFLOP, log scale)")
-    ax.set_ylabel("test accuracy with TTA (%), mean ± std over 3 seeds")
+    ax.set_ylabel("test accuracy with TTA (%), mean ± std over seeds")
     ax.set_title("BloodMNIST 28 px from scratch: accuracy vs training compute")
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))  # clear of the points
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

@@ -1,6 +1,7 @@
 """Training speed of a recipe's model per CPU mode, and the wall time of a whole run it implies.
 
-    python benchmarks/recipe_speed.py [--recipe fast] [--steps 30] [--rounds 3] [--threads 2]
+    python benchmarks/recipe_speed.py [--recipe fast] [--steps 30] [--rounds 3] [--threads 2] \
+        [--variant LABEL=KEY=VALUE[,KEY=VALUE...] ...]
 
 Times the recipe's real training step (its model, batch size, augmentation, loss, optimiser,
 EMA where on) on a fixed batch in three modes, each in its own subprocess, alternating rounds so
@@ -11,7 +12,9 @@ that background load hits all alike:
          CPU, where `auto` picks fp32 (bf16 is emulated there, >10x slower).
 Prints img/s per mode (median over rounds), the ratios to bf16, and the training seconds of a
 whole run (epochs x 11,959 images / img/s: step time only, validation and test not included).
-The last line is one JSON object.
+`--variant` adds variants of the recipe (`--set`-style overrides, e.g. an older recipe's
+`model.width=0.35,train.epochs=20`), measured in the same alternating rounds as the recipe
+itself. The last line is one JSON object.
 """
 
 from __future__ import annotations
@@ -34,8 +37,9 @@ MODES = {
 }
 
 
-def measure(recipe: str, precision: str, steps: int, threads: int) -> float:
-    """img/s of the recipe's training step in this process (called in a subprocess)."""
+def measure(recipe: str, precision: str, steps: int, threads: int, sets: str = "") -> float:
+    """img/s of the recipe's training step in this process (called in a subprocess); `sets`:
+    comma-separated KEY=VALUE overrides."""
     import numpy as np
     import torch
 
@@ -46,7 +50,7 @@ def measure(recipe: str, precision: str, steps: int, threads: int) -> float:
     from bloodmnist.runtime import setup_runtime
     from bloodmnist.training.ema import make_ema
 
-    cfg = build_config(recipe=recipe)
+    cfg = build_config(recipe=recipe, overrides=[o for o in sets.split(",") if o])
     rt = setup_runtime("cpu", precision, threads)
     model = model_from_config(cfg).to(memory_format=torch.channels_last)
     ema = make_ema(model, cfg.train.ema_decay)
@@ -75,14 +79,15 @@ def measure(recipe: str, precision: str, steps: int, threads: int) -> float:
     return steps * cfg.optim.batch_size / (time.perf_counter() - t0)
 
 
-def _child(mode: str, args: argparse.Namespace) -> float:
+def _child(mode: str, args: argparse.Namespace, sets: str) -> float:
     precision, env = MODES[mode]
     code = (
         "import sys; sys.path.insert(0, sys.argv[1]); import recipe_speed as r; "
-        "print(r.measure(sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])))"
+        "print(r.measure(sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), "
+        "sys.argv[6]))"
     )
     here = str(Path(__file__).resolve().parent)
-    argv = [here, args.recipe, precision, str(args.steps), str(args.threads)]
+    argv = [here, args.recipe, precision, str(args.steps), str(args.threads), sets]
     out = subprocess.run(
         [sys.executable, "-c", code, *argv],
         env={**os.environ, **env},
@@ -93,22 +98,38 @@ def _child(mode: str, args: argparse.Namespace) -> float:
     return float(out.stdout.strip().splitlines()[-1])
 
 
+def _variants(args: argparse.Namespace) -> dict[str, str]:
+    """LABEL -> comma-separated overrides; the recipe itself first, under its own name."""
+    out = {args.recipe: ""}
+    for item in args.variant:
+        label, _, sets = item.partition("=")
+        out[label] = sets
+    return out
+
+
+def _measure_all(args: argparse.Namespace, variants: dict[str, str]) -> dict[str, dict]:
+    """Median img/s per variant and mode, rounds alternating over all of them."""
+    rates = {v: {m: [] for m in MODES} for v in variants}
+    for _ in range(args.rounds):
+        for label, sets in variants.items():
+            for mode in MODES:
+                rates[label][mode].append(_child(mode, args, sets))
+    return {v: {m: statistics.median(r) for m, r in modes.items()} for v, modes in rates.items()}
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--recipe", default="fast")
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--variant", action="append", default=[], metavar="LABEL=KEY=VALUE,...")
     args = p.parse_args(argv)
     from bloodmnist.config import build_config
     from bloodmnist.runtime import cpu_has_fast_bf16
 
-    epochs = build_config(recipe=args.recipe).train.epochs
-    rates: dict[str, list[float]] = {m: [] for m in MODES}
-    for _ in range(args.rounds):
-        for mode in MODES:
-            rates[mode].append(_child(mode, args))
-    med = {m: statistics.median(v) for m, v in rates.items()}
+    variants = _variants(args)
+    med = _measure_all(args, variants)
     flags = Path("/proc/cpuinfo").read_text(errors="ignore")
     result = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -118,15 +139,24 @@ def main(argv: list[str] | None = None) -> dict:
             {f for f in ("avx2", "avx512f", "avx512_bf16", "amx_tile") if f in flags}
         ),
         "cpu_has_fast_bf16": cpu_has_fast_bf16(),
-        "img_per_s": {m: round(v, 1) for m, v in med.items()},
-        "ratio_to_bf16": {m: round(v / med["bf16"], 3) for m, v in med.items()},
-        "train_seconds_per_run": {m: round(epochs * TRAIN_N / v) for m, v in med.items()},
+        "variants": {},
     }
-    for m in MODES:
-        print(
-            f"{m:5s} {med[m]:8.1f} img/s  x{med[m] / med['bf16']:.2f}  "
-            f"{epochs} epochs ~ {epochs * TRAIN_N / med[m] / 60:.1f} min of training steps"
-        )
+    for label, sets in variants.items():
+        over = [o for o in sets.split(",") if o]
+        epochs = build_config(recipe=args.recipe, overrides=over).train.epochs
+        m = med[label]
+        result["variants"][label] = {
+            "overrides": over,
+            "img_per_s": {k: round(v, 1) for k, v in m.items()},
+            "ratio_to_bf16": {k: round(v / m["bf16"], 3) for k, v in m.items()},
+            "ratio_to_recipe": {k: round(v / med[args.recipe][k], 3) for k, v in m.items()},
+            "train_seconds_per_run": {k: round(epochs * TRAIN_N / v) for k, v in m.items()},
+        }
+        for k in MODES:
+            print(
+                f"{label:10s} {k:5s} {m[k]:8.1f} img/s  x{m[k] / m['bf16']:.2f} of bf16  "
+                f"{epochs} epochs ~ {epochs * TRAIN_N / m[k] / 60:.1f} min of training steps"
+            )
     print(json.dumps(result))
     return result
 

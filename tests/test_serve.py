@@ -10,8 +10,10 @@ import base64
 import hashlib
 import io
 import json
+import socket
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -216,10 +218,31 @@ def test_limits_and_bad_input_get_their_status_and_the_server_keeps_answering(
         )
         for asset in ("app.js", "style.css"):
             assert requests.get(f"{url}/static/{asset}", timeout=10).status_code == 200
-    with server(run_dir / "model.onnx", "--timeout", "0.001", log=tmp_path / "t.log") as url:
+    tight = ["--timeout", "0.001", "--max-connections", "3"]
+    with server(run_dir / "model.onnx", *tight, log=tmp_path / "t.log") as url:
         r = requests.post(url + "/v1/predict", files=[good] * 8, timeout=30)
         assert r.status_code == 503 and "per-request limit" in r.json()["detail"], r.text
         assert requests.get(url + "/healthz", timeout=10).status_code == 200
+        # --max-connections: with 3 connections held open, a fourth gets 503 at once; closing
+        # them frees the server again
+        port = int(url.rsplit(":", 1)[1])
+        held = [socket.create_connection(("127.0.0.1", port)) for _ in range(3)]
+        try:
+            assert _status_soon(url, 503), "a 4th connection was served"
+        finally:
+            for sock in held:
+                sock.close()
+        assert _status_soon(url, 200), "the server did not recover after the connections closed"
+
+
+def _status_soon(url: str, status: int, tries: int = 50) -> bool:
+    """True once GET /healthz answers `status` (the server notices closed sockets a moment
+    later than the client closes them)."""
+    for _ in range(tries):
+        if requests.get(url + "/healthz", timeout=10).status_code == status:
+            return True
+        time.sleep(0.1)
+    return False
 
 
 def test_port_in_use_is_one_clear_error(run_dir: Path, tmp_path) -> None:

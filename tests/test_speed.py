@@ -67,8 +67,8 @@ def test_batched_tta_beats_a_per_image_loop_with_the_same_numbers(
 def test_fast_recipe_values_and_precedence() -> None:
     cfg = build_config(recipe="fast")
     assert cfg.schedule.kind == "onecycle"
-    # the recipe chosen on validation (docs/frontier.md): resnet9 at 0.35 width, 20 epochs
-    assert (cfg.model.arch, cfg.model.width, cfg.train.epochs) == ("resnet9", 0.35, 20)
+    # the recipe chosen on validation (docs/frontier.md): resnet9 at 0.25 width, 40 epochs
+    assert (cfg.model.arch, cfg.model.width, cfg.train.epochs) == ("resnet9", 0.25, 40)
     assert (cfg.optim.lr, cfg.optim.batch_size, cfg.schedule.pct_start) == (0.05, 64, 0.25)
     assert cfg.train.ema_decay == 0.995 and cfg.train.label_smoothing == 0.1
     assert cfg.augment.mixup_alpha == 0 and cfg.augment.translate == 2.0
@@ -81,6 +81,10 @@ def test_fast_recipe_values_and_precedence() -> None:
     assert (cfg.train.epochs, cfg.optim.lr, cfg.schedule.kind) == (2, 0.05, "onecycle")
     assert build_config(recipe="fast", overrides=["optim.lr=0.01"]).optim.lr == 0.01
     assert build_config(recipe="reference") == Config()  # the reference stays the defaults
+    # best: the fast recipe's settings on the 0.5-width net (four times the FLOPs per image)
+    best, fast = build_config(recipe="best"), build_config(recipe="fast")
+    assert (best.model.arch, best.model.width, best.train.epochs) == ("resnet9", 0.5, 40)
+    assert dataclasses.replace(best, model=fast.model, runtime=fast.runtime) == fast
     with pytest.raises(ConfigError, match="unknown recipe"):
         build_config(recipe="slow")
     with pytest.raises(ConfigError, match="schedule.kind"):

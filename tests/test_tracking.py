@@ -76,3 +76,12 @@ def test_without_tensorboard_the_run_says_so_once(tmp_path: Path, shared_data: P
     assert log.count("tracking off: the tensorboard package is not installed") == 1
     assert not (tmp_path / "run" / "tb").exists()
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "completed"
+
+
+def test_runtime_tensorboard_false_writes_no_event_files(tmp_path: Path, shared_data: Path) -> None:
+    args = tiny_run(shared_data, "run", "--set", "runtime.reports=false")
+    r = run_cli([*args, "--set", "runtime.tensorboard=false"], tmp_path)
+    assert r.returncode == 0, describe(r)
+    assert not (tmp_path / "run" / "tb").exists()
+    assert "tracking off" not in (tmp_path / "run" / "train.log").read_text()
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "completed"

@@ -77,12 +77,16 @@ def test_dihedral_run_records_both_tta_modes_and_predict_uses_them(
 ) -> None:
     run = tmp_path / "run"
     args = ["train", "--data", str(shared_data), "--out", str(run), "--subset", "128"]
-    args += ["--epochs", "1", "--precision", "fp32", "--pretrained", "none", "--quiet"]
+    args += ["--epochs", "3", "--precision", "fp32", "--pretrained", "none", "--quiet"]
     args += [*TINY, "--set", "runtime.threads=1", "--set", "eval.tta_mode=dihedral8"]
+    args += ["--set", "train.select=last", "--set", "optim.lr=0.3"]  # val acc jumps around
     result = run_cli(args, cwd=tmp_path)
     assert result.returncode == 0, describe(result)
     summary = json.loads((run / "summary.json").read_text())
     assert summary["tta_mode"] == "dihedral8"
+    # train.select=last: best.pt is the final epoch whatever its validation accuracy
+    assert summary["best_epoch"] == 3 and not summary["stopped_early"]
+    assert torch.load(run / "checkpoints" / "best.pt", weights_only=True)["epoch"] == 3
     preds = np.load(run / "predictions.npz")
     labels = preds["test_labels"]
     for key, probs in (
@@ -100,7 +104,12 @@ def test_dihedral_run_records_both_tta_modes_and_predict_uses_them(
 
     engine = TorchEngine(run / "checkpoints" / "best.pt", device="cpu", precision="fp32")
     assert engine.cfg.eval.tta_mode == "dihedral8"
-    images = load_npz(str(shared_data), 8, 128).test.images[:16]
+    data = load_npz(str(shared_data), 8, 128)
+    # the validation accuracy of each TTA, for choosing a recipe's mode on validation
+    val_tta = engine.probs(data.val.images, tta=True).argmax(1)
+    assert summary["val_acc_tta"] == pytest.approx(float(np.mean(val_tta == data.val.labels)))
+    assert 0 <= summary["val_acc_tta_reference7"] <= 1
+    images = data.test.images[:16]
     np.testing.assert_allclose(
         engine.probs(images, tta=True), preds["test_probs_tta"][:16], rtol=0, atol=1e-5
     )

@@ -20,7 +20,9 @@ def train_parser(sub) -> None:
         choices=list(RECIPES),
         default=None,
         help="base settings under --config/flags/--set: fast (default: a ResNet-9-style net, "
-        "20 annealed epochs, 0.05 PFLOP) or reference (the reference README's ResNet-18 recipe)",
+        "40 annealed epochs, 0.05 PFLOP), best (the same net at twice the width, 0.2 PFLOP: "
+        "ensemble members and distillation students, see docs/frontier.md) or reference (the "
+        "reference README's ResNet-18 recipe)",
     )
     p.add_argument("--data", metavar="FILE.npz", help="local BloodMNIST npz (never modified)")
     p.add_argument("--out", metavar="DIR", help="run folder (default runs/<time>-<name>/)")
@@ -176,6 +178,14 @@ def serve_parser(sub) -> None:
     p.add_argument("--max-files", type=int, default=64, metavar="N", help="files per request")
     p.add_argument("--max-pixels", type=int, default=25_000_000, metavar="PX", help="per image")
     p.add_argument("--timeout", type=float, default=30.0, metavar="S", help="seconds per request")
+    p.add_argument(
+        "--max-connections",
+        type=int,
+        default=32,
+        metavar="N",
+        help="open connections per worker; more get HTTP 503 (bounds memory: each request may "
+        "hold its body a few times over)",
+    )
     p.add_argument("--threads", type=int, default=0, metavar="N", help="CPU threads (0: all cores)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info"])
     add_runtime(p)

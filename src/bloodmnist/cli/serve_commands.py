@@ -17,7 +17,7 @@ from bloodmnist.inference.inputs import InferenceError, expand_inputs
 
 
 def _check_serve_args(args: argparse.Namespace) -> None:
-    for name in ("workers", "max_batch", "max_files", "max_pixels"):
+    for name in ("workers", "max_batch", "max_files", "max_pixels", "max_connections"):
         if getattr(args, name) < 1:
             raise InferenceError(f"--{name.replace('_', '-')} must be >= 1")
     if args.max_request_mb <= 0 or args.timeout <= 0:
@@ -55,6 +55,7 @@ def serve(args: argparse.Namespace) -> int:
         f"http://{args.host}:{args.port}/ (API docs /docs, Ctrl-C stops)"
     )
     common = {"host": args.host, "port": args.port, "log_level": args.log_level}
+    common["limit_concurrency"] = args.max_connections  # uvicorn answers 503 beyond it
     if args.workers == 1:
         uvicorn.run(create_app(service, limits, args.max_batch), **common)
         return 0

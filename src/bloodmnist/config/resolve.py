@@ -131,7 +131,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-RECIPES = ("reference", "fast")
+RECIPES = ("reference", "fast", "best")
 #: What `train`, `study` and `tune` build on when no --recipe is given: the recipe a user should
 #: run (fast: 97% from scratch on a fortieth of the reference's compute, docs/frontier.md). The
 #: reference stays the dataclass defaults and `--recipe reference`.
@@ -228,6 +228,7 @@ def validate(cfg: Config) -> None:
         (cfg.schedule.kind in ("two_phase", "onecycle"), "schedule.kind: two_phase|onecycle"),
         (0 < cfg.schedule.pct_start < 1, "schedule.pct_start must be in (0,1)"),
         (0 <= cfg.train.ema_decay < 1, "train.ema_decay must be in [0,1)"),
+        (cfg.train.select in ("best", "last"), "train.select must be best|last"),
         (cfg.eval.tta_mode in ("reference7", "dihedral8"), "eval.tta_mode: reference7|dihedral8"),
         (cfg.augment.cutout >= 0, "augment.cutout must be >= 0 (pixels, or a fraction < 1)"),
         (0 <= cfg.augment.cutout_p <= 1, "augment.cutout_p must be in [0,1]"),

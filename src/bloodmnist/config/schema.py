@@ -91,6 +91,10 @@ class ScheduleConfig:
 class TrainConfig:
     epochs: int = 60
     early_stop_patience: int = 15
+    # Which epoch best.pt (what is tested and shipped) holds: best (highest val_acc, the
+    # reference) | last (the final epoch: for schedules that anneal to ~0, the annealed model,
+    # not a lucky mid-run peak of 1,712 noisy validation images; no early stopping)
+    select: str = "best"
     seed: int = 42
     deterministic: bool = True
     sync_bn: bool = False
@@ -131,6 +135,8 @@ class RuntimeConfig:
     # false skips figures and reports at the end of a run (sweeps, tests); `bloodmnist report
     # RUN_DIR` builds them later from the run folder alone
     reports: bool = True
+    # false: no RUN_DIR/tb/ TensorBoard event files (history.csv and the reports remain)
+    tensorboard: bool = True
 
 
 @dataclass

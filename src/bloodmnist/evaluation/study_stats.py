@@ -41,6 +41,8 @@ SUMMARY_KEYS = tuple(
     "temperature_tta",
     "test_acc_tta_reference7",
     "best_val_acc",
+    "val_acc_tta",
+    "val_acc_tta_reference7",
     "best_epoch",
     "epochs_run",
     "train_seconds",

@@ -26,6 +26,8 @@ ARCHS: dict[str, Builder] = {
     "resnet50": lambda n, size, width, depth: adapted_torchvision_resnet("resnet50", n),
     # Compute-efficient 28-px family (width/depth knobs): the fast and best recipes.
     "resnet9": lambda n, size, width, depth: ResNet9(n, width, depth),
+    # The same with a fixed patch-whitening first layer fitted to the training images.
+    "resnet9w": lambda n, size, width, depth: ResNet9(n, width, depth, whiten=True),
 }
 #: Architectures whose weights can start from torchvision's ImageNet ResNet-18 file.
 PRETRAINED_ARCHS = frozenset({"resnet18"})

@@ -1,19 +1,23 @@
 """A ResNet-9-style network for small images (the DAWNBench CIFAR-10 family), with knobs.
 
 prep conv -> [conv, max-pool, `depth` residual blocks] -> [conv, max-pool] -> [conv, max-pool,
-`depth` residual blocks] -> global max-pool -> linear. Channels are (64, 128, 256, 512) x `width`.
-At 28 px and width 0.5 a forward pass is ~0.14 GFLOP, a seventh of the adapted ResNet-18: most
-of its compute runs at 14 px and below, where a 28-px image has little left to resolve.
+`depth` residual blocks] -> global max-pool -> linear. Channels are (64, 128, 256, 512) x
+`width`. With `whiten` (arch resnet9w) the prep conv is a fixed patch-whitening 3x3 conv fitted
+to the training images plus a learned 1x1 conv (model/whiten.py). At 28 px and width 0.5 a
+forward pass is ~0.14 GFLOP, a seventh of the adapted ResNet-18: most of its compute runs at
+14 px and below, where a 28-px image has little left to resolve.
 """
 
 from __future__ import annotations
 
 from torch import nn
 
+from bloodmnist.model.whiten import PatchWhitening
 
-def conv_bn(c_in: int, c_out: int) -> nn.Sequential:
+
+def conv_bn(c_in: int, c_out: int, kernel: int = 3) -> nn.Sequential:
     return nn.Sequential(
-        nn.Conv2d(c_in, c_out, kernel_size=3, padding=1, bias=False),
+        nn.Conv2d(c_in, c_out, kernel_size=kernel, padding=kernel // 2, bias=False),
         nn.BatchNorm2d(c_out),
         nn.ReLU(inplace=True),
     )
@@ -37,11 +41,15 @@ def _stage(c_in: int, c_out: int, blocks: int) -> nn.Sequential:
 
 
 class ResNet9(nn.Module):
-    def __init__(self, num_classes: int = 8, width: float = 1.0, depth: int = 1):
+    def __init__(
+        self, num_classes: int = 8, width: float = 1.0, depth: int = 1, whiten: bool = False
+    ):
         super().__init__()
         c = [max(8, round(64 * width * m)) for m in (1, 2, 4, 8)]
+        # whiten: a fixed 3x3 patch-whitening conv, then a learned 1x1 (model/whiten.py)
+        prep = nn.Sequential(PatchWhitening(), conv_bn(27, c[0], 1)) if whiten else conv_bn(3, c[0])
         self.features = nn.Sequential(
-            conv_bn(3, c[0]),
+            prep,
             _stage(c[0], c[1], depth),
             _stage(c[1], c[2], 0),
             _stage(c[2], c[3], depth),

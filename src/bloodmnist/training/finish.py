@@ -55,7 +55,7 @@ def test_once(
     load_model_weights(model, _best_weights(best_path, rt), best_path)
     t0 = time.perf_counter()
     result = evaluate_split(model, data, "test", cfg, rt, tta=cfg.eval.tta, progress=progress)
-    metrics = summary_metrics(result)
+    metrics = {**summary_metrics(result), **val_tta_fields(model, data, cfg, rt)}
     if cfg.eval.temperature_scaling:  # every rank: the validation pass gathers across ranks
         metrics.update(temperature_scaling(model, data, cfg, rt, result, progress))
     summary = {
@@ -80,6 +80,19 @@ def test_once(
                 run_dir,
             )
     return summary
+
+
+def val_tta_fields(model: nn.Module, data: Dataset, cfg: Config, rt: Runtime) -> dict[str, float]:
+    """Validation accuracy of best.pt with each TTA, so that a recipe's TTA mode can be chosen
+    on validation (the test numbers beside them must not choose it)."""
+    if not cfg.eval.tta:
+        return {}
+    result = evaluate_split(model, data, "val", cfg, rt, tta=True)
+    fields = {"val_acc_tta": result["metrics_tta"]["acc"]}
+    for key, value in result.items():
+        if key.startswith("metrics_tta_"):  # the reference's 7 views beside another mode
+            fields[f"val_acc_tta_{key.removeprefix('metrics_tta_')}"] = value["acc"]
+    return fields
 
 
 def _best_weights(best_path: Path, rt: Runtime) -> dict[str, Any]:

@@ -10,8 +10,10 @@ import torch
 from torch import nn
 
 from bloodmnist.config import Config
+from bloodmnist.data.loader import Normalizer, to_tensor
 from bloodmnist.model import PRETRAINED_ARCHS, model_from_config
 from bloodmnist.model.resnet import PretrainedInfo, resolve_pretrained
+from bloodmnist.model.whiten import FIT_IMAGES, PatchWhitening, fit_to_data
 from bloodmnist.runtime import Runtime, weights_dir
 from bloodmnist.training.sync_bn import convert_sync_bn
 
@@ -45,6 +47,18 @@ def prepare_model(cfg: Config, rt: Runtime) -> tuple[nn.Module, dict[str, Any]]:
         "source": info.source,
         "message": info.message,
     }
+
+
+def fit_model_to_data(model: nn.Module, cfg: Config, train_images) -> None:
+    """Data-dependent layers (resnet9w's patch whitening) set from up to FIT_IMAGES training
+    images spread evenly over the split (a file sorted by class still gives every class),
+    normalised as the model sees them; a new run only (a resumed one has them in last.pt)."""
+    if not any(isinstance(m, PatchWhitening) for m in model.modules()):
+        return
+    sample = train_images[:: max(1, len(train_images) // FIT_IMAGES)][:FIT_IMAGES]
+    norm = Normalizer(cfg.data.mean, cfg.data.std, torch.device("cpu"), channels_last=False)
+    fit_to_data(model, norm(to_tensor(sample, torch.device("cpu"))))
+    log.info("patch whitening fitted to %d training images", len(sample))
 
 
 def wrap_ddp(model: nn.Module, rt: Runtime) -> nn.Module:

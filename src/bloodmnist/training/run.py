@@ -24,7 +24,7 @@ from bloodmnist.tracking import Tracker, open_tracker
 from bloodmnist.training.checkpoint import file_stamp
 from bloodmnist.training.finish import compute_fields, skip_test, state_fields, test_once
 from bloodmnist.training.loop import DivergenceError
-from bloodmnist.training.model_setup import prepare_model, wrap_ddp
+from bloodmnist.training.model_setup import fit_model_to_data, prepare_model, wrap_ddp
 from bloodmnist.training.rundir import (
     remove_stale_temps,
     setup_logging,
@@ -132,6 +132,7 @@ def _train_locked(
         check_teacher_data(cfg.train.teacher, data_info.md5)
     if resume is None:
         model, pretrained = main_first(rt, lambda: prepare_model(cfg, rt))
+        fit_model_to_data(model, cfg, data.train.images)  # before the EMA copies the model
     else:  # weights come from last.pt; keep what the first start recorded
         model, pretrained = prepare_model(
             replace(cfg, model=replace(cfg.model, pretrained="none")), rt
@@ -162,7 +163,7 @@ def _train_locked(
         "data_official": data_info.official,
         "world_size": rt.world_size,
     }
-    tracker = open_tracker(run_dir, len(data.train), enabled=rt.is_main)
+    tracker = open_tracker(run_dir, len(data.train), enabled=rt.is_main and cfg.runtime.tensorboard)
     trainer.on_epoch = partial(_epoch_hooks, tracker, on_epoch)
     try:
         state = _fit_guarded(trainer, run_dir, rt, base, stop)

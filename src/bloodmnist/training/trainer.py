@@ -258,7 +258,9 @@ class Trainer:
             st.epoch = row["epoch"]
             st.train_seconds += row["seconds"]
             st.history.append(row)
-            improved = row["val_acc"] > st.best_val_acc
+            # select=last: every epoch replaces best.pt, so the run ships its final (annealed)
+            # epoch and early stopping never triggers
+            improved = cfg.select == "last" or row["val_acc"] > st.best_val_acc
             if improved:
                 st.best_val_acc, st.best_epoch = row["val_acc"], st.epoch
             st.stopped_early = st.epoch - st.best_epoch >= cfg.early_stop_patience
@@ -274,7 +276,7 @@ class Trainer:
                 row["val_auc"],
                 row["lr"],
                 row["seconds"],
-                "  *best*" if improved else "",
+                ("  *kept*" if cfg.select == "last" else "  *best*") if improved else "",
             )
             if self.rt.is_main:
                 state = self.checkpoint({k: v for k, v in row.items() if k != "epoch"})

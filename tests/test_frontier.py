@@ -1,0 +1,60 @@
+"""benchmarks/frontier.py: rows from a study.json and from one run's or ensemble's summary.json."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "frontier.py"
+
+
+def _frontier():
+    spec = importlib.util.spec_from_file_location("bench_frontier", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_rows_from_a_study_and_from_a_single_summary(tmp_path: Path) -> None:
+    fr = _frontier()
+    study = {
+        "seeds": [42, 43],
+        "plan": {"train_args": ["--recipe", "fast"]},
+        "mean_std": {
+            "test_acc": {"mean": 0.96, "std": 0.01},
+            "test_acc_tta": {"mean": 0.97, "std": 0.0},
+        },
+        "per_seed": [
+            {"seed": 42, "train_pflop": 0.05, "train_seconds": 100.0},
+            {"seed": 43, "train_pflop": 0.07, "train_seconds": 120.0},
+        ],
+    }
+    r = fr.row("fast", study)
+    assert r["n"] == 2 and r["test_acc_tta"] == [0.97, 0.0]
+    assert r["train_pflop"][0] == pytest.approx(0.06) and r["train_pflop"][1] == pytest.approx(
+        0.0141, abs=1e-4
+    )
+    ensemble = {"test_acc": 0.98, "test_acc_tta": 0.985, "val_acc": 0.99, "train_pflop": 0.6}
+    e = fr.row("ensemble", ensemble)
+    assert e["n"] == 1 and e["test_acc_tta"] == [0.985, 0.0] and e["best_val_acc"] == [0.99, 0.0]
+    assert e["train_pflop"] == [0.6, 0.0] and e["seeds"] == [None]
+    paths = [tmp_path / "s.json", tmp_path / "e.json"]
+    for p, d in zip(paths, (study, ensemble), strict=True):
+        p.write_text(json.dumps(d))
+    out_json, out_png = tmp_path / "f.json", tmp_path / "f.png"
+    rows = fr.main(
+        [
+            f"fast={paths[0]}",
+            f"ens={paths[1]}",
+            "--out-json",
+            str(out_json),
+            "--out-png",
+            str(out_png),
+        ]
+    )
+    assert [r["recipe"] for r in rows] == ["fast", "ens"]
+    assert json.loads(out_json.read_text())[1]["test_acc"] == [0.98, 0.0]
+    assert out_png.stat().st_size > 10_000
