@@ -232,3 +232,13 @@ def test_benchmark_timing_counts_cpu_and_pairs_ratios() -> None:
     assert wall > 0 and 0 < cpu < wall + 0.5  # one busy thread: CPU time close to wall time
     slept_wall, slept_cpu = timing.timed(lambda: time.sleep(0.2))
     assert slept_wall >= 0.2 and slept_cpu < 0.1  # waiting costs no CPU
+
+
+def test_recipe_speed_variants_are_parsed_and_measured() -> None:
+    bench = _load_benchmark("recipe_speed")
+    args = bench.argparse.Namespace(recipe="fast", variant=["v3=model.width=0.35,train.epochs=20"])
+    assert bench._variants(args) == {"fast": "", "v3": "model.width=0.35,train.epochs=20"}
+    rate = bench.measure("fast", "fp32", steps=1, threads=1, sets="model.width=0.125")
+    assert 0 < rate < 1e6
+    with pytest.raises(ConfigError, match="model.width"):
+        bench.measure("fast", "fp32", steps=1, threads=1, sets="model.width=0")
