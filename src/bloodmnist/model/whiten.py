@@ -32,10 +32,6 @@ class PatchWhitening(nn.Module):
         n = 3 * kernel * kernel
         self.register_buffer("weight", torch.eye(n).reshape(n, 3, kernel, kernel))
 
-    @property
-    def out_channels(self) -> int:
-        return self.weight.shape[0]
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.conv2d(x, self.weight.to(x.dtype), padding=self.kernel // 2)
 
@@ -48,11 +44,12 @@ class PatchWhitening(nn.Module):
         machine computes the same filters."""
         x = images.detach().to("cpu", torch.float64)
         n = 3 * self.kernel * self.kernel
-        second, total, count = torch.zeros(n, n, dtype=torch.float64), torch.zeros(n), 0
+        second, total = torch.zeros(n, n, dtype=torch.float64), torch.zeros(n, dtype=torch.float64)
+        count = 0
         for chunk in x.split(256):
             patches = F.unfold(chunk, self.kernel).transpose(1, 2).reshape(-1, n)  # valid patches
             second += patches.T @ patches
-            total = total + patches.sum(0)
+            total += patches.sum(0)
             count += patches.shape[0]
         mean = total / count
         cov = second / count - torch.outer(mean, mean)
