@@ -1,14 +1,17 @@
 """Accuracy against training compute: the frontier table and plot from study results.
 
     python benchmarks/frontier.py LABEL=STUDY.json[=ARCH] [LABEL=STUDY.json[=ARCH] ...] \
-        [--out-json docs/results/frontier.json] [--out-png docs/images/frontier.png]
+        [--tta reference7|dihedral8] [--out-json docs/results/frontier.json] \
+        [--out-png docs/images/frontier.png]
 
 Each STUDY.json is a `bloodmnist study` result (its study.json), or one run's or ensemble's
 summary.json (a one-value row, marked n = 1). Training PFLOP per seed comes
 from the runs' `train_pflop` where recorded; for studies made before it was recorded, from the
 seed's `epochs_run` x the training-split size x the recipe's FLOPs per training image (the same
 counter, bloodmnist.model.flops; `=ARCH` names the model where the recipe has changed since).
-The plot has a log PFLOP axis and the published anchors as horizontal lines.
+The plot has a log PFLOP axis and the published anchors as horizontal lines. `--tta MODE`
+takes each row's TTA numbers under MODE where the runs reported it beside their own mode
+(`test_acc_tta_MODE`), else the row's own TTA; each row says which (`tta`).
 """
 
 from __future__ import annotations
@@ -62,12 +65,21 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-def single_row(label: str, summary: dict) -> dict:
+def _tta_suffix(keys: dict, mode: str | None) -> tuple[str, str]:
+    """The key suffix of the TTA numbers to show, and what to call them."""
+    if mode and f"test_acc_tta_{mode}" in keys:
+        return f"_tta_{mode}", mode
+    return "_tta", "own"
+
+
+def single_row(label: str, summary: dict, mode: str | None = None) -> dict:
     """A row from one run's or one ensemble's summary.json: one value each, std 0 (n = 1)."""
     out = {"recipe": label, "seeds": [summary.get("seed")], "n": 1}
+    suffix, out["tta"] = _tta_suffix(summary, mode)
     for key in ("test_acc", "test_acc_tta", "test_macro_f1_tta", "test_auc_tta"):
-        if summary.get(key) is not None:
-            out[key] = [summary[key], 0.0]
+        source = key.replace("_tta", suffix)
+        if summary.get(source) is not None:
+            out[key] = [summary[source], 0.0]
     val = summary.get("best_val_acc", summary.get("val_acc"))
     if val is not None:
         out["best_val_acc"] = [val, 0.0]
@@ -76,17 +88,19 @@ def single_row(label: str, summary: dict) -> dict:
     return out
 
 
-def row(label: str, study: dict, arch: str | None = None) -> dict:
+def row(label: str, study: dict, arch: str | None = None, mode: str | None = None) -> dict:
     """One frontier row: seed mean ± std of each metric, PFLOP and wall time; a run's or an
     ensemble's summary.json (no `per_seed`) gives a one-value row."""
     if "per_seed" not in study:
-        return single_row(label, study)
+        return single_row(label, study, mode)
     ms = study["mean_std"]
     out = {"recipe": label, "seeds": study["seeds"], "n": len(study["per_seed"])}
     out["command_args"] = study["plan"]["train_args"]
+    suffix, out["tta"] = _tta_suffix(ms, mode)
     for key in ("test_acc", "test_acc_tta", "test_macro_f1_tta", "test_auc_tta", "best_val_acc"):
-        if key in ms:
-            out[key] = [ms[key]["mean"], ms[key]["std"]]
+        source = key.replace("_tta", suffix)
+        if source in ms and ms[source]["mean"] is not None:
+            out[key] = [ms[source]["mean"], ms[source]["std"]]
     out["train_pflop"] = list(_mean_std(_seed_pflop(study, arch)))
     out["train_seconds"] = list(_mean_std([s["train_seconds"] for s in study["per_seed"]]))
     return out
@@ -115,6 +129,7 @@ def plot(rows: list[dict], path: Path) -> None:
 def main(argv: list[str] | None = None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("studies", nargs="+", metavar="LABEL=STUDY.json[=ARCH]")
+    p.add_argument("--tta", choices=["reference7", "dihedral8"], default=None)
     p.add_argument("--out-json", default="docs/results/frontier.json")
     p.add_argument("--out-png", default="docs/images/frontier.png")
     args = p.parse_args(argv)
@@ -122,7 +137,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     for item in args.studies:
         label, _, rest = item.partition("=")
         path, _, arch = rest.partition("=")
-        rows.append(row(label, json.loads(Path(path).read_text(encoding="utf-8")), arch or None))
+        study = json.loads(Path(path).read_text(encoding="utf-8"))
+        rows.append(row(label, study, arch or None, args.tta))
     Path(args.out_json).write_text(json.dumps(rows, indent=1) + "\n", encoding="utf-8")
     plot(rows, Path(args.out_png))
     for r in rows:

@@ -244,3 +244,42 @@ def test_class_names_key_is_validated(tmp_path: Path) -> None:
     plain = tmp_path / "plain.npz"
     np.savez(plain, **arrays)
     assert load_npz(plain).class_names is None and load_npz(plain).num_classes == 8
+
+
+def test_out_created_during_the_build_is_never_overwritten(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another process creates OUT (or its provenance) after the up-front check: the build
+    fails in one line, their file is untouched, and no half of the pair is left behind."""
+    import bloodmnist.data.build as build
+
+    src = _tree(tmp_path)
+    check = build._check_paths
+    for victim in ("first.npz", "second_provenance.csv"):
+        out = tmp_path / (victim if victim.endswith(".npz") else "second.npz")
+
+        def check_then_race(*args, _v=tmp_path / victim) -> None:
+            check(*args)  # the real check passes; then the other process writes
+            _v.write_bytes(b"theirs")
+
+        monkeypatch.setattr(build, "_check_paths", check_then_race)
+        with pytest.raises(DataError, match="already exists; nothing was overwritten") as err:
+            build_dataset(src, out)
+        assert "\n" not in str(err.value)
+        assert (tmp_path / victim).read_bytes() == b"theirs"
+        others = {out, build.provenance_path(out)} - {tmp_path / victim}
+        assert not any(p.exists() for p in others), "no npz without provenance or vice versa"
+        assert not list(tmp_path.glob(".*.tmp")), "no temp file left"
+
+
+def test_exclusive_atomic_write_refuses_an_existing_target(tmp_path: Path) -> None:
+    from bloodmnist.atomic import atomic_open, write_text_atomic
+
+    target = tmp_path / "t.txt"
+    write_text_atomic(target, "new", exclusive=True)
+    assert target.read_text() == "new"
+    with pytest.raises(FileExistsError), atomic_open(target, exclusive=True) as fh:
+        fh.write(b"other")
+    assert target.read_text() == "new" and not list(tmp_path.glob(".*.tmp"))
+    write_text_atomic(target, "replaced")  # the default still replaces (run-folder files)
+    assert target.read_text() == "replaced"

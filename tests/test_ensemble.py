@@ -60,6 +60,16 @@ def test_test_probs_are_the_mean_of_the_members(members: list[Path], ensemble_di
         axis=0,
     ).astype(np.float32)
     np.testing.assert_array_equal(ens["test_probs_tta_reference7"], ref)
+    # Member 1 ran reference7 and saved its dihedral8 TTA: both modes are on record everywhere.
+    first = json.loads((members[0] / "summary.json").read_text())
+    labels0 = preds[0]["test_labels"]
+    d8 = preds[0]["test_probs_tta_dihedral8"]
+    assert first["test_acc_tta_dihedral8"] == pytest.approx(np.mean(d8.argmax(1) == labels0))
+    assert 0 <= first["val_acc_tta_dihedral8"] <= 1 and 0 <= first["val_acc_tta"] <= 1
+    both = np.stack([d8, preds[1]["test_probs_tta"]]).astype(np.float64)
+    np.testing.assert_array_equal(
+        ens["test_probs_tta_dihedral8"], np.mean(both, axis=0).astype(np.float32)
+    )
     summary = json.loads((ensemble_dir / "summary.json").read_text())
     labels = ens["test_labels"]
     np.testing.assert_array_equal(labels, preds[0]["test_labels"])
@@ -116,3 +126,19 @@ def test_members_that_do_not_fit_are_refused(members: list[Path], tmp_path: Path
         load_members([str(members[0])])
     with pytest.raises(BloodMNISTError, match="given twice"):
         load_members([str(members[0]), str(members[0])])
+
+
+def test_study_stats_give_both_tta_modes_over_members(members: list[Path]) -> None:
+    """Seeds that ran different TTA modes still share both: each mode's seed-mean CI is there."""
+    from bloodmnist.evaluation.study_stats import aggregate_runs, load_seed_run
+
+    record = aggregate_runs([load_seed_run(i, m) for i, m in enumerate(members)], n_boot=50)
+    preds = [np.load(m / "predictions.npz") for m in members]
+    labels = preds[0]["test_labels"]
+    own = {"reference7": ["test_probs_tta", "test_probs_tta_reference7"]}
+    own["dihedral8"] = ["test_probs_tta_dihedral8", "test_probs_tta"]
+    for mode, keys in own.items():
+        accs = [np.mean(p[k].argmax(1) == labels) for p, k in zip(preds, keys, strict=True)]
+        ci = record["ci95_seed_mean"][f"tta_{mode}"]["acc"]
+        assert ci["point"] == pytest.approx(np.mean(accs))
+        assert record["mean_std"][f"test_acc_tta_{mode}"]["n"] == 1  # each is the other's extra

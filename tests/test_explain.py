@@ -123,3 +123,29 @@ def test_report_figure_picks_correct_and_wrong_per_class(
     path = plot_gradcam(run, run / "gradcam.png")
     with Image.open(path) as img:
         assert img.size[0] > 600 and img.size[1] > 1200
+
+
+def test_a_panel_created_during_explain_is_kept(
+    ckpt: Path, tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another process writes one of the output names after the CLI checked them: that file is
+    kept, its row is an error, the other panels are written, the exit code is 1."""
+    import bloodmnist.cli.serve_commands as commands
+
+    files = pbc_files()[:2]
+    out = tmp_path / "cams"
+    names = commands._out_names
+
+    def names_then_race(paths: list[Path], folder: Path) -> list[Path]:
+        targets = names(paths, folder)
+        folder.mkdir()
+        targets[0].write_bytes(b"theirs")
+        return targets
+
+    monkeypatch.setattr(commands, "_out_names", names_then_race)
+    assert main(["explain", str(ckpt), *map(str, files), "--out", str(out)]) == 1
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["status"] for r in rows] == ["error", "ok"]
+    assert "already exists; nothing was overwritten" in rows[0]["error"]
+    assert (out / f"{files[0].stem}_gradcam.png").read_bytes() == b"theirs"
+    assert (out / f"{files[1].stem}_gradcam.png").stat().st_size > 1000

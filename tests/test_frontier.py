@@ -58,3 +58,30 @@ def test_rows_from_a_study_and_from_a_single_summary(tmp_path: Path) -> None:
     assert [r["recipe"] for r in rows] == ["fast", "ens"]
     assert json.loads(out_json.read_text())[1]["test_acc"] == [0.98, 0.0]
     assert out_png.stat().st_size > 10_000
+
+
+def test_tta_mode_is_taken_where_reported_and_named() -> None:
+    fr = _frontier()
+    ms = {
+        "test_acc": {"mean": 0.96, "std": 0.01},
+        "test_acc_tta": {"mean": 0.97, "std": 0.002},
+        "test_acc_tta_reference7": {"mean": 0.975, "std": 0.001},
+        "test_macro_f1_tta_reference7": {"mean": 0.971, "std": 0.003},
+    }
+    study = {
+        "seeds": [42],
+        "plan": {"train_args": []},
+        "mean_std": ms,
+        "per_seed": [{"seed": 42, "train_pflop": 0.05, "train_seconds": 1.0}],
+    }
+    r = fr.row("fast", study, mode="reference7")
+    assert r["tta"] == "reference7" and r["test_acc_tta"] == [0.975, 0.001]
+    assert r["test_macro_f1_tta"] == [0.971, 0.003] and r["test_acc"] == [0.96, 0.01]
+    own = fr.row("fast", study, mode="dihedral8")  # not reported beside: the run's own TTA
+    assert own["tta"] == "own" and own["test_acc_tta"] == [0.97, 0.002]
+    single = fr.row(
+        "run",
+        {"test_acc": 0.9, "test_acc_tta": 0.91, "test_acc_tta_dihedral8": 0.92, "train_pflop": 0.1},
+        mode="dihedral8",
+    )
+    assert single["tta"] == "dihedral8" and single["test_acc_tta"] == [0.92, 0.0]

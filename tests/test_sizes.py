@@ -169,3 +169,42 @@ def test_64px_predict_and_export_on_raw_jpegs(run_64: Path, tmp_path: Path) -> N
     for a, b in zip(rows, onnx_rows, strict=True):
         for n in NAMES:
             assert abs(float(a[f"prob_{n}"]) - float(b[f"prob_{n}"])) < 1e-3
+
+
+@pytest.mark.parametrize("arch", ["resnet9", "resnet9w"])
+def test_resnet9_stems_at_64px_set_resolution_and_compute(arch: str, tmp_path: Path) -> None:
+    """s1 keeps 64x64, s2 halves it, imagenet quarters it: the FLOPs follow, ONNX agrees."""
+    import onnxruntime as ort
+
+    from bloodmnist.inference.export import export_graph
+    from bloodmnist.model.flops import flops_per_image
+
+    x = torch.rand(3, 3, 64, 64)
+    forward = {}
+    stems = ("s1", "s2") if arch == "resnet9w" else ("s1", "s2", "imagenet")
+    for stem in stems:
+        torch.manual_seed(0)
+        model = build_model(arch, 8, 64, width=0.25, stem=stem).eval()
+        with torch.no_grad():
+            stage1 = model.features[0](x)
+            logits = model(x)
+        assert stage1.shape[-1] == {"s1": 64, "s2": 32, "imagenet": 16}[stem]
+        forward[stem] = flops_per_image(model, 64)["forward"]
+        export_graph(model, tmp_path / f"{stem}.onnx", 64)
+        session = ort.InferenceSession(str(tmp_path / f"{stem}.onnx"))
+        onnx_logits = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+        assert np.abs(onnx_logits - logits.numpy()).max() < 1e-4
+    # Everything after the stem runs at a quarter of the pixels per halving.
+    assert 3.9 < forward["s1"] / forward["s2"] < 4.1
+    if arch == "resnet9":
+        assert 2.5 < forward["s2"] / forward["imagenet"] < 3.5
+    assert resolve_stem("auto", 28, arch) == "s1"
+
+
+def test_resnet9w_refuses_the_7x7_stem(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="resnet9w"):
+        build_model("resnet9w", 8, 64, stem="imagenet")
+    args = ["train", "--data", "missing.npz", "--set", "model.arch=resnet9w"]
+    result = run_cli([*args, "--set", "model.stem=imagenet"], cwd=tmp_path, timeout=60)
+    assert result.returncode != 0
+    assert "model.stem must be auto, s1 or s2" in result.stderr

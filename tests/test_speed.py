@@ -73,7 +73,7 @@ def test_fast_recipe_values_and_precedence() -> None:
     assert cfg.train.ema_decay == 0.995 and cfg.train.label_smoothing == 0.1
     assert cfg.augment.mixup_alpha == 0 and cfg.augment.translate == 2.0
     assert cfg.augment.rot90 and cfg.augment.hflip == 0.5 and cfg.augment.vflip == 0.5
-    assert cfg.eval.tta_mode == "dihedral8" and cfg.optim.nesterov
+    assert cfg.eval.tta_mode == "reference7" and cfg.optim.nesterov
     # no early stop can cut the one cycle short before its LR has annealed
     assert cfg.train.early_stop_patience > cfg.train.epochs
     # the recipe is only the base: flags and --set win

@@ -5,7 +5,10 @@ One helper for run-folder files, checkpoints, predictions, results and exported 
 goes to a hidden temp file beside the target (`.<name>.<random>.tmp`, a name
 `training.rundir.remove_stale_temps` recognises), is fsynced, then renamed over the target, so a
 crash, a full disk or Ctrl-C leaves the previous file (or none) and no temp file. Temp files are
-created with the user's umask, unlike `tempfile.mkstemp`'s 0600.
+created with the user's umask, unlike `tempfile.mkstemp`'s 0600. With `exclusive` the finished
+file is published only where no file exists at that moment (a hard link, which never replaces):
+outputs the user named are checked before the work starts, and this closes the window between
+that check and the write, in which another process may have created the file.
 """
 
 from __future__ import annotations
@@ -25,10 +28,13 @@ def temp_path(path: Path) -> Path:
 
 
 @contextmanager
-def atomic_open(path: Path, binary: bool = True, **open_kwargs: Any) -> Iterator[IO[Any]]:
+def atomic_open(
+    path: Path, binary: bool = True, exclusive: bool = False, **open_kwargs: Any
+) -> Iterator[IO[Any]]:
     """`with atomic_open(p) as fh: fh.write(...)`: on success fsync and rename onto `p`.
 
     Any exception (OSError from a full disk included) removes the temp file and propagates.
+    `exclusive`: never replace an existing `p`; FileExistsError instead (nothing is written).
     """
     path = Path(path)
     tmp = temp_path(path)
@@ -37,18 +43,30 @@ def atomic_open(path: Path, binary: bool = True, **open_kwargs: Any) -> Iterator
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        _publish(tmp, path) if exclusive else os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
 
 
-def write_bytes_atomic(path: Path, data: bytes | memoryview) -> None:
-    with atomic_open(path) as fh:
+def _publish(tmp: Path, path: Path) -> None:
+    """Give `tmp` the name `path` unless that name exists (FileExistsError)."""
+    try:
+        os.link(tmp, path)  # atomic, and fails where `path` exists
+    except FileExistsError:
+        raise FileExistsError(f"{path} already exists; nothing was overwritten") from None
+    except OSError:  # a filesystem without hard links: check, then rename
+        if path.exists():
+            raise FileExistsError(f"{path} already exists; nothing was overwritten") from None
+        os.replace(tmp, path)
+
+
+def write_bytes_atomic(path: Path, data: bytes | memoryview, exclusive: bool = False) -> None:
+    with atomic_open(path, exclusive=exclusive) as fh:
         fh.write(data)
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    with atomic_open(path, binary=False, encoding="utf-8", newline="") as fh:
+def write_text_atomic(path: Path, text: str, exclusive: bool = False) -> None:
+    with atomic_open(path, False, exclusive, encoding="utf-8", newline="") as fh:
         fh.write(text)
 
 

@@ -112,6 +112,7 @@ def train(args: argparse.Namespace) -> int:
         cfg = train_config(args)
     # Heavy imports (torchvision, reporting) only now: a bad config fails in a fraction of a second
     from bloodmnist.progress import wants_bars
+    from bloodmnist.reporting.report import build_reports
     from bloodmnist.runtime import cleanup, per_rank_batch, setup_runtime
     from bloodmnist.training.run import train_run
 
@@ -121,7 +122,9 @@ def train(args: argparse.Namespace) -> int:
         if resume is None:
             run_dir = _shared_run_dir(rt, args.out, cfg)
         # Bars only in a terminal: a log file, pipe or nohup gets one line per epoch
-        summary = train_run(cfg, rt, run_dir, progress=wants_bars(not args.quiet), resume=resume)
+        bars = wants_bars(not args.quiet)
+        # The CLI orchestrates: training, then the reports (built while the run holds its lock)
+        summary = train_run(cfg, rt, run_dir, bars, resume=resume, reports=build_reports)
         if rt.is_main:
             print(
                 json.dumps(

@@ -61,8 +61,11 @@ def audit(args: argparse.Namespace) -> int:
     ds = load_npz(src)
     result = run_audit(ds, near_rms=args.near_rms)
     out.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(targets[0], json.dumps(result, indent=1) + "\n")
-    write_audit_html(result, ds, targets[1])
+    try:  # never over a file another process may have written since the check above
+        write_text_atomic(targets[0], json.dumps(result, indent=1) + "\n", exclusive=True)
+        write_audit_html(result, ds, targets[1], exclusive=True)
+    except FileExistsError as exc:
+        raise DataError(f"{exc}; choose another --out") from None
     summary = {
         "json": str(targets[0]),
         "html": str(targets[1]),

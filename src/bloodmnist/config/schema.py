@@ -48,7 +48,7 @@ class ModelConfig:
     depth: int = 1  # residual blocks per residual stage (resnet9)
     pretrained: str = "auto"  # auto | none | PATH to a torchvision-layout state_dict
     pretrained_url: str = TORCHVISION_RESNET18_URL
-    # resnet18 stem: auto (per data.size, see model/resnet.py) | s1 (3x3 stride 1, no max-pool)
+    # stem: auto (per data.size and arch, model/stems.py) | s1 (3x3 stride 1, no max-pool)
     # | s2 (3x3 stride 2, no max-pool) | imagenet (7x7 stride 2 + 3x3/2 max-pool)
     stem: str = "auto"
     # Class names, label 0 first; set from the npz when it stores them (`bloodmnist data

@@ -147,11 +147,24 @@ def build_dataset(
             for i, x in enumerate(items)
         )
     arrays["class_names"] = np.array(names, dtype=str)
-    with atomic_open(out) as fh:
-        np.savez_compressed(fh, **arrays)
     prov = provenance_path(out)
-    write_text_atomic(prov, _provenance_text(rows))
+    _write_new(out, prov, arrays, _provenance_text(rows))
     return BuildResult(out, prov, list(names), counts, skipped)
+
+
+def _write_new(out: Path, prov: Path, arrays: dict[str, np.ndarray], provenance: str) -> None:
+    """Write OUT and its provenance, never over a file: either may have been created by another
+    process since `_check_paths` looked (the build takes minutes)."""
+    try:
+        with atomic_open(out, exclusive=True) as fh:
+            np.savez_compressed(fh, **arrays)
+        try:
+            write_text_atomic(prov, provenance, exclusive=True)
+        except FileExistsError:
+            out.unlink()  # the npz this call has just written: no data without its provenance
+            raise
+    except FileExistsError as exc:
+        raise DataError(f"{exc} (made while the dataset was built); choose another OUT") from None
 
 
 def _shown(path: Path, src: Path) -> str:

@@ -22,7 +22,7 @@ from bloodmnist.data.source import DataInfo, load_data
 from bloodmnist.ensembles.members import Member
 from bloodmnist.errors import BloodMNISTError
 from bloodmnist.evaluation.final import (
-    REFERENCE_TTA,
+    TTA_MODES,
     evaluate_split,
     save_predictions,
     summary_metrics,
@@ -107,11 +107,11 @@ def test_result(members: list[Member], names: list[str]) -> dict[str, Any]:
     probs_tta = mean_probs([m.preds["test_probs_tta"] for m in members])
     out.update(tta_mode=mode, probs_tta=probs_tta)
     out["metrics_tta"] = compute_metrics(labels, probs_tta, names)
-    refs = [m.reference7_probs() for m in members]
-    if mode != REFERENCE_TTA and all(r is not None for r in refs):  # report both, as runs do
-        ref = mean_probs(refs)
-        out[f"probs_tta_{REFERENCE_TTA}"] = ref
-        out[f"metrics_tta_{REFERENCE_TTA}"] = compute_metrics(labels, ref, names)
+    for other in TTA_MODES:  # every mode the members all have, beside the ensemble's own
+        probs = [m.tta_probs(other) for m in members]
+        if other != mode and all(p is not None for p in probs):  # report both, as runs do
+            out[f"probs_tta_{other}"] = mean_probs(probs)
+            out[f"metrics_tta_{other}"] = compute_metrics(labels, out[f"probs_tta_{other}"], names)
     return out
 
 

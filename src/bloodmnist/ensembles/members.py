@@ -36,11 +36,13 @@ class Member:
         """Runs from before eval.tta_mode existed used the reference's 7 views."""
         return self.summary.get("tta_mode") or REFERENCE_TTA
 
-    def reference7_probs(self) -> np.ndarray | None:
-        """Test probabilities under the reference 7-view TTA, where the run has them."""
-        if self.has_tta and self.tta_mode == REFERENCE_TTA:
+    def tta_probs(self, mode: str) -> np.ndarray | None:
+        """Test probabilities under TTA `mode`, where the run has them."""
+        if not self.has_tta:
+            return None
+        if self.tta_mode == mode:
             return self.preds["test_probs_tta"]
-        return self.preds.get(f"test_probs_tta_{REFERENCE_TTA}")
+        return self.preds.get(f"test_probs_tta_{mode}")
 
 
 def load_member(path: str | Path) -> Member:

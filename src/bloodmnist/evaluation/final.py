@@ -29,8 +29,16 @@ SAMPLE_IMAGES = 32
 DATASET_SAMPLES_PER_CLASS = 6
 
 
-#: The TTA mode that is also reported (as *_tta_reference7) when another mode is the run's.
+#: The reference's 7 views: the mode of runs from before eval.tta_mode existed.
 REFERENCE_TTA = "reference7"
+#: The TTA modes. A run reports its own mode as *_tta and the other as *_tta_<mode>, so that
+#: both are on record and the mode can be chosen on validation.
+TTA_MODES = (REFERENCE_TTA, "dihedral8")
+
+
+def other_tta(mode: str) -> str:
+    """The TTA mode that is reported beside `mode`."""
+    return next(m for m in TTA_MODES if m != mode)
 
 
 def _probs(
@@ -61,8 +69,8 @@ def evaluate_split(
     progress: bool = False,
 ) -> dict[str, Any]:
     """Probabilities and metrics for `split`; with `tta` also the TTA variant of
-    `cfg.eval.tta_mode`. With another mode than the reference's 7 views and `compare_tta`, the
-    7-view TTA is computed too (`probs_tta_reference7`), so a run reports both. `progress`: a
+    `cfg.eval.tta_mode`. With `compare_tta` the other TTA mode is computed too
+    (`probs_tta_<mode>`, `other_tta`), so a run reports both. `progress`: a
     live bar per pass (the caller has checked that stderr is a terminal)."""
     sp = data.split(split)
     images = to_tensor(sp.images, rt.device)
@@ -80,12 +88,13 @@ def evaluate_split(
         out["tta_mode"] = cfg.eval.tta_mode
         out["probs_tta"] = probs_tta
         out["metrics_tta"] = compute_metrics(sp.labels, probs_tta, names)
-    if tta and compare_tta and cfg.eval.tta_mode != REFERENCE_TTA:
-        ref = replace(cfg.eval, tta_mode=REFERENCE_TTA)
-        desc = f"{split} TTA ({REFERENCE_TTA})"
-        probs_ref = _probs(model, images, rt, norm, cfg, desc, ref, progress)
-        out[f"probs_tta_{REFERENCE_TTA}"] = probs_ref
-        out[f"metrics_tta_{REFERENCE_TTA}"] = compute_metrics(sp.labels, probs_ref, names)
+    if tta and compare_tta:
+        other = other_tta(cfg.eval.tta_mode)
+        desc = f"{split} TTA ({other})"
+        other_cfg = replace(cfg.eval, tta_mode=other)
+        probs_other = _probs(model, images, rt, norm, cfg, desc, other_cfg, progress)
+        out[f"probs_tta_{other}"] = probs_other
+        out[f"metrics_tta_{other}"] = compute_metrics(sp.labels, probs_other, names)
     return out
 
 
@@ -116,8 +125,9 @@ def save_predictions(
         "dataset_labels": ds_labels,
         "class_names": np.array(result.get("class_names") or default_names(data.num_classes)),
     }
-    if f"probs_tta_{REFERENCE_TTA}" in result:
-        arrays[f"test_probs_tta_{REFERENCE_TTA}"] = result[f"probs_tta_{REFERENCE_TTA}"]
+    for mode in TTA_MODES:  # the TTA mode beside the run's own
+        if f"probs_tta_{mode}" in result:
+            arrays[f"test_probs_tta_{mode}"] = result[f"probs_tta_{mode}"]
     arrays.update(extra or {})  # e.g. an ensemble's validation probabilities
     with atomic_open(path) as fh:
         np.savez_compressed(fh, **arrays)
@@ -127,10 +137,12 @@ def summary_metrics(result: dict[str, Any]) -> dict[str, Any]:
     """The flat test_* keys of summary.json plus the full metric dicts."""
     plain = result["metrics"]
     tta = result.get("metrics_tta")  # None when TTA was switched off: no fake TTA numbers
-    ref = result.get(f"metrics_tta_{REFERENCE_TTA}")  # only when another mode was the run's
-    extra = (
-        {f"test_{k}_tta_{REFERENCE_TTA}": ref[k] for k in ("acc", "macro_f1", "auc")} if ref else {}
-    )
+    extra = {  # the other TTA mode, where it was computed
+        f"test_{k}_tta_{mode}": result[f"metrics_tta_{mode}"][k]
+        for mode in TTA_MODES
+        if f"metrics_tta_{mode}" in result
+        for k in ("acc", "macro_f1", "auc")
+    }
     return {
         "tta_mode": result.get("tta_mode"),
         "test_acc": plain["acc"],

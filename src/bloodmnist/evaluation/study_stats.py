@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from bloodmnist.errors import BloodMNISTError
+from bloodmnist.evaluation.final import REFERENCE_TTA, TTA_MODES
 from bloodmnist.evaluation.run_files import (
     class_names,
     load_history,
@@ -39,10 +40,11 @@ SUMMARY_KEYS = tuple(
 ) + (
     "temperature",
     "temperature_tta",
-    "test_acc_tta_reference7",
+    *(f"test_{m}_tta_{mode}" for mode in TTA_MODES for m in ("acc", "macro_f1", "auc")),
     "best_val_acc",
     "val_acc_tta",
     "val_acc_tta_reference7",
+    "val_acc_tta_dihedral8",
     "best_epoch",
     "epochs_run",
     "train_seconds",
@@ -120,12 +122,29 @@ def _seed_cis(run: SeedRun, variants: list[str], n_boot: int, boot_seed: int) ->
     }
 
 
+def _tta_probs(run: SeedRun, mode: str) -> np.ndarray | None:
+    """The run's test probabilities under TTA `mode` (its own or the one reported beside it)."""
+    if not tta_was_run(run.summary):
+        return None
+    if (run.summary.get("tta_mode") or REFERENCE_TTA) == mode:
+        return run.preds["test_probs_tta"]
+    return run.preds.get(f"test_probs_tta_{mode}")
+
+
 def _mean_cis(runs: list[SeedRun], variants: list[str], n_boot: int, boot_seed: int) -> dict:
-    """CI of the seed-averaged metric: resample test images once, score every seed on them."""
+    """CI of the seed-averaged metric: resample test images once, score every seed on them.
+    Besides `variants`, `tta_<mode>` for each TTA mode that every seed has (both, where the
+    runs reported the other mode beside their own)."""
     y = runs[0].preds["test_labels"].reshape(-1)
+    probs = {v: [r.preds[VARIANT_PROBS[v]] for r in runs] for v in variants}
+    if "tta" in variants:
+        for mode in TTA_MODES:
+            per_run = [_tta_probs(r, mode) for r in runs]
+            if all(p is not None for p in per_run):
+                probs[f"tta_{mode}"] = per_run
     out = {}
-    for v in variants:
-        stacked = np.stack([r.preds[VARIANT_PROBS[v]] for r in runs], axis=1)  # (N, S, C)
+    for v, per_run in probs.items():
+        stacked = np.stack(per_run, axis=1)  # (N, S, C)
         out[v] = {
             name: bootstrap_ci(seed_mean(fn), y, stacked, n_boot, boot_seed)
             for name, fn in PROB_METRICS.items()

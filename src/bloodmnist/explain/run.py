@@ -56,7 +56,11 @@ def explain_files(
             caption = (
                 f"{paths[i].name}: predicted {names[pred]} ({p[pred]:.2f}); Grad-CAM: {names[t]}"
             )
-            write_bytes_atomic(out, png_bytes(triptych(img, cam, caption)))
+            try:  # never over a file created since the CLI checked the names
+                write_bytes_atomic(out, png_bytes(triptych(img, cam, caption)), exclusive=True)
+            except FileExistsError as exc:
+                rows[i] = {"file": str(paths[i]), "status": "error", "error": str(exc)}
+                continue
             rows[i] = {
                 "file": str(paths[i]),
                 "status": "ok",

@@ -1,7 +1,8 @@
 """Models by name: adding a model is adding one entry to `ARCHS`.
 
-Every builder takes (num_classes, size, width, depth) and returns an nn.Module mapping
-(N,3,size,size) images to (N,num_classes) logits. `pretrained` names the builders whose layout
+Every builder takes (num_classes, size, width, depth, stem) and returns an nn.Module mapping
+(N,3,size,size) images to (N,num_classes) logits; `stem` is already resolved for the size
+(s1 | s2 | imagenet, model/stems.py). `pretrained` names the builders whose layout
 takes torchvision's ImageNet ResNet weights (`transfer_weights`).
 """
 
@@ -14,25 +15,28 @@ from torch import nn
 
 from bloodmnist.model.resnet import adapted_torchvision_resnet, transfer_weights
 from bloodmnist.model.resnet9 import ResNet9
-from bloodmnist.model.stems import set_stem
+from bloodmnist.model.stems import resolve_stem, set_stem
 
-Builder = Callable[[int, int, float, int], nn.Module]
+Builder = Callable[[int, int, float, int, str], nn.Module]
+
+
+def _torchvision(name: str) -> Builder:
+    return lambda n, size, width, depth, stem: set_stem(adapted_torchvision_resnet(name, n), stem)
+
 
 ARCHS: dict[str, Builder] = {
     # The reference: torchvision ResNet-18, 3x3 stride-1 stem, no max-pool (28 px).
     # Its stem follows the input size (`model.stem`, model/stems.py): the reference's at 28 px.
-    "resnet18": lambda n, size, width, depth: adapted_torchvision_resnet("resnet18", n),
-    "resnet34": lambda n, size, width, depth: adapted_torchvision_resnet("resnet34", n),
-    "resnet50": lambda n, size, width, depth: adapted_torchvision_resnet("resnet50", n),
+    "resnet18": _torchvision("resnet18"),
+    "resnet34": _torchvision("resnet34"),
+    "resnet50": _torchvision("resnet50"),
     # Compute-efficient 28-px family (width/depth knobs): the fast and best recipes.
-    "resnet9": lambda n, size, width, depth: ResNet9(n, width, depth),
+    "resnet9": lambda n, size, width, depth, stem: ResNet9(n, width, depth, stem=stem),
     # The same with a fixed patch-whitening first layer fitted to the training images.
-    "resnet9w": lambda n, size, width, depth: ResNet9(n, width, depth, whiten=True),
+    "resnet9w": lambda n, size, width, depth, stem: ResNet9(n, width, depth, True, stem),
 }
 #: Architectures whose weights can start from torchvision's ImageNet ResNet-18 file.
 PRETRAINED_ARCHS = frozenset({"resnet18"})
-#: Architectures whose stem `model.stem` sets (auto: per input size).
-STEM_ARCHS = frozenset({"resnet18", "resnet34", "resnet50"})
 
 
 def build_model(
@@ -47,9 +51,7 @@ def build_model(
     """The registered model `arch`; `state_dict` is a torchvision-layout ImageNet state_dict."""
     if arch not in ARCHS:
         raise ValueError(f"unknown model.arch {arch!r} (known: {', '.join(sorted(ARCHS))})")
-    model = ARCHS[arch](num_classes, size, width, depth)
-    if arch in STEM_ARCHS:
-        set_stem(model, stem, size)
+    model = ARCHS[arch](num_classes, size, width, depth, resolve_stem(stem, size, arch))
     if state_dict is not None:
         transfer_weights(model, state_dict)
     return model

@@ -2,10 +2,13 @@
 
 prep conv -> [conv, max-pool, `depth` residual blocks] -> [conv, max-pool] -> [conv, max-pool,
 `depth` residual blocks] -> global max-pool -> linear. Channels are (64, 128, 256, 512) x
-`width`. With `whiten` (arch resnet9w) the prep conv is a fixed patch-whitening 3x3 conv fitted
-to the training images plus a learned 1x1 conv (model/whiten.py). At 28 px and width 0.5 a
-forward pass is ~0.14 GFLOP, a seventh of the adapted ResNet-18: most of its compute runs at
-14 px and below, where a 28-px image has little left to resolve.
+`width`. The prep conv is the stem (`model.stem`, model/stems.py): 3x3 stride 1 (s1, the 28-px
+layout), 3x3 stride 2 (s2) or a 7x7 stride-2 conv and a 3x3/2 max-pool (imagenet), so that
+larger images reach the first stage at a resolution near 28-32 px. With `whiten` (arch resnet9w)
+the prep conv is a fixed patch-whitening 3x3 conv fitted to the training images plus a learned
+1x1 conv (model/whiten.py). At 28 px and width 0.5 a forward pass is ~0.14 GFLOP, a seventh of
+the adapted ResNet-18: most of its compute runs at 14 px and below, where a 28-px image has
+little left to resolve.
 """
 
 from __future__ import annotations
@@ -15,12 +18,23 @@ from torch import nn
 from bloodmnist.model.whiten import PatchWhitening
 
 
-def conv_bn(c_in: int, c_out: int, kernel: int = 3) -> nn.Sequential:
+def conv_bn(c_in: int, c_out: int, kernel: int = 3, stride: int = 1) -> nn.Sequential:
     return nn.Sequential(
-        nn.Conv2d(c_in, c_out, kernel_size=kernel, padding=kernel // 2, bias=False),
+        nn.Conv2d(c_in, c_out, kernel_size=kernel, stride=stride, padding=kernel // 2, bias=False),
         nn.BatchNorm2d(c_out),
         nn.ReLU(inplace=True),
     )
+
+
+def _prep(c_out: int, stem: str, whiten: bool) -> nn.Sequential:
+    """The first layer for a resolved stem kind (s1 | s2 | imagenet)."""
+    if whiten:  # a fixed patch-whitening 3x3 conv, then a learned 1x1 (model/whiten.py)
+        if stem == "imagenet":
+            raise ValueError("model.arch resnet9w takes model.stem s1 or s2 (3x3 whitening)")
+        return nn.Sequential(PatchWhitening(stride=2 if stem == "s2" else 1), conv_bn(27, c_out, 1))
+    if stem == "imagenet":
+        return nn.Sequential(*conv_bn(3, c_out, 7, 2), nn.MaxPool2d(3, 2, padding=1))
+    return conv_bn(3, c_out, 3, 2 if stem == "s2" else 1)
 
 
 class Residual(nn.Module):
@@ -42,14 +56,17 @@ def _stage(c_in: int, c_out: int, blocks: int) -> nn.Sequential:
 
 class ResNet9(nn.Module):
     def __init__(
-        self, num_classes: int = 8, width: float = 1.0, depth: int = 1, whiten: bool = False
+        self,
+        num_classes: int = 8,
+        width: float = 1.0,
+        depth: int = 1,
+        whiten: bool = False,
+        stem: str = "s1",
     ):
         super().__init__()
         c = [max(8, round(64 * width * m)) for m in (1, 2, 4, 8)]
-        # whiten: a fixed 3x3 patch-whitening conv, then a learned 1x1 (model/whiten.py)
-        prep = nn.Sequential(PatchWhitening(), conv_bn(27, c[0], 1)) if whiten else conv_bn(3, c[0])
         self.features = nn.Sequential(
-            prep,
+            _prep(c[0], stem, whiten),
             _stage(c[0], c[1], depth),
             _stage(c[1], c[2], 0),
             _stage(c[2], c[3], depth),

@@ -1,4 +1,4 @@
-"""The ResNet stem per input size (`model.stem`).
+"""The stem per input size (`model.stem`), for the torchvision ResNets and the ResNet-9 family.
 
 - s1: 3x3 conv stride 1, no max-pool. The reference's 28-px stem: stage 1 sees 28x28.
 - s2: 3x3 conv stride 2, no max-pool: stage 1 sees size/2 (32x32 at 64 px).
@@ -18,20 +18,23 @@ from torch import nn
 
 STEMS = ("auto", "s1", "s2", "imagenet")
 DEFAULT_STEM = {28: "s1", 64: "s2", 128: "imagenet", 224: "imagenet"}
+#: The ResNet-9 family's `auto` per size, where it differs from DEFAULT_STEM (docs/data.md).
+DEFAULT_STEM_RESNET9: dict[int, str] = {64: "s1"}
 
 
-def resolve_stem(stem: str, size: int) -> str:
-    """`auto` -> the default for `size` (sizes other than the four: s1 up to 48 px, else s2)."""
+def resolve_stem(stem: str, size: int, arch: str = "resnet18") -> str:
+    """`auto` -> the default for `arch` at `size` (other sizes: s1 up to 48 px, else s2)."""
     if stem not in STEMS:
         raise ValueError(f"unknown model.stem {stem!r} (known: {', '.join(STEMS)})")
     if stem != "auto":
         return stem
+    if arch.startswith("resnet9") and size in DEFAULT_STEM_RESNET9:
+        return DEFAULT_STEM_RESNET9[size]
     return DEFAULT_STEM.get(size, "s1" if size <= 48 else "s2")
 
 
-def set_stem(model: nn.Module, stem: str, size: int) -> nn.Module:
-    """Replace a torchvision ResNet's `conv1`/`maxpool` with the stem for `size`, in place."""
-    kind = resolve_stem(stem, size)
+def set_stem(model: nn.Module, kind: str) -> nn.Module:
+    """Replace a torchvision ResNet's `conv1`/`maxpool` with a resolved stem kind, in place."""
     width = model.conv1.out_channels
     if kind == "imagenet":
         model.conv1 = nn.Conv2d(3, width, kernel_size=7, stride=2, padding=3, bias=False)

@@ -26,14 +26,14 @@ class PatchWhitening(nn.Module):
     Until `fit` runs the filters pick out the 27 pixels of each patch (an orthonormal basis), so
     an unfitted layer is a plain, information-preserving patch extractor."""
 
-    def __init__(self, kernel: int = 3, eps: float = 1e-2):
+    def __init__(self, kernel: int = 3, eps: float = 1e-2, stride: int = 1):
         super().__init__()
-        self.kernel, self.eps = kernel, eps
+        self.kernel, self.eps, self.stride = kernel, eps, stride
         n = 3 * kernel * kernel
         self.register_buffer("weight", torch.eye(n).reshape(n, 3, kernel, kernel))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(x, self.weight.to(x.dtype), padding=self.kernel // 2)
+        return F.conv2d(x, self.weight.to(x.dtype), stride=self.stride, padding=self.kernel // 2)
 
     @torch.no_grad()
     def fit(self, images: torch.Tensor) -> torch.Tensor:

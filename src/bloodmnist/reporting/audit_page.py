@@ -68,8 +68,11 @@ def _leakage(result: dict[str, Any]) -> str:
     return f"<table>{head}{body}</table>"
 
 
-def write_audit_html(result: dict[str, Any], ds: Dataset, path: Path) -> Path:
-    """Write the page for an `audit()` result of `ds` to `path` (atomically)."""
+def write_audit_html(
+    result: dict[str, Any], ds: Dataset, path: Path, exclusive: bool = False
+) -> Path:
+    """Write the page for an `audit()` result of `ds` to `path` (atomically; with `exclusive`
+    never over an existing file: FileExistsError)."""
     exact = []
     for g in result["exact_duplicates"]["groups"]:
         first, *rest = g["members"]
@@ -104,5 +107,5 @@ def write_audit_html(result: dict[str, Any], ds: Dataset, path: Path) -> Path:
         + "\n".join(sections)
         + "</main></body></html>\n"
     )
-    write_text_atomic(path, page)
+    write_text_atomic(path, page, exclusive)
     return path

@@ -4,12 +4,15 @@ Requests put their (already decoded) images on a queue; one worker takes what is
 `max_batch` images, runs the engine once on a single inference thread and hands each request its
 rows back. Under load many small requests cost one pass; alone, a request waits at most
 `wait_s` for company. The single thread also keeps the engine (not thread-safe in general) and
-Grad-CAM from running at the same time.
+Grad-CAM from running at the same time. Jobs set aside for the other TTA flag are batched
+together on the next pass, and a pass whose requests have all timed out stops between chunks
+instead of finishing work nobody waits for.
 """
 
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -62,37 +65,44 @@ class Batcher:
         await self.queue.put(_Job(images, tta, future))
         return await future
 
-    async def _collect(self, first: _Job) -> tuple[list[_Job], list[_Job]]:
-        """Jobs to run with `first` (same tta flag, up to max_batch images) and the rest."""
+    async def _collect(self, first: _Job, pending: list[_Job]) -> list[_Job]:
+        """Jobs to run with `first` (same tta flag, up to max_batch images): the set-aside
+        `pending` ones first (they are older), then the queue's; the rest go to `pending`."""
         assert self.queue is not None
-        jobs, others, count = [first], [], len(first.images)
-        if self.wait_s > 0 and self.queue.empty():
+        jobs, count = [first], len(first.images)
+        if self.wait_s > 0 and self.queue.empty() and not pending:
             await asyncio.sleep(self.wait_s)  # give concurrent requests a moment to arrive
-        while not self.queue.empty() and count < self.max_batch:
-            job = self.queue.get_nowait()
+        waiting = list(pending)
+        pending.clear()
+        while not self.queue.empty():
+            waiting.append(self.queue.get_nowait())
+        for job in waiting:
             if job.tta == first.tta and count + len(job.images) <= self.max_batch:
                 jobs.append(job)
                 count += len(job.images)
             else:
-                others.append(job)
-        return jobs, others
+                pending.append(job)
+        return jobs
 
     async def _worker(self) -> None:
         assert self.queue is not None
         pending: list[_Job] = []
         while True:
             first = pending.pop(0) if pending else await self.queue.get()
-            jobs, others = await self._collect(first)
-            pending.extend(others)
+            jobs = await self._collect(first, pending)
             jobs = [j for j in jobs if not j.future.done()]  # timed-out requests are dropped
             if not jobs:
                 continue
+            abandoned = _when_all_done([j.future for j in jobs])
             try:
-                probs = await self.run(self._forward, [j.images for j in jobs], first.tta)
+                args = ([j.images for j in jobs], first.tta, abandoned)
+                probs = await self.run(self._forward, *args)
             except Exception as exc:  # noqa: BLE001 - handed to the waiting requests
                 for job in jobs:
                     if not job.future.done():
                         job.future.set_exception(exc)
+                continue
+            if probs is None:  # every request of the pass timed out: nothing to hand back
                 continue
             start = 0
             for job in jobs:
@@ -101,11 +111,31 @@ class Batcher:
                     job.future.set_result(probs[start:end])
                 start = end
 
-    def _forward(self, parts: list[np.ndarray], tta: bool) -> np.ndarray:
-        """One pass per max_batch images (a single large request is split)."""
+    def _forward(
+        self, parts: list[np.ndarray], tta: bool, abandoned: threading.Event
+    ) -> np.ndarray | None:
+        """One pass per max_batch images (a single large request is split); None when every
+        request stopped waiting (timed out) before the last chunk."""
         images = np.concatenate(parts)
         out = []
         for i in range(0, len(images), self.max_batch):
+            if abandoned.is_set():
+                return None
             out.append(self.engine.probs(images[i : i + self.max_batch], tta=tta))
             self.passes += 1
         return np.concatenate(out)
+
+
+def _when_all_done(futures: list[asyncio.Future]) -> threading.Event:
+    """An event the inference thread can read, set once every future is done (answered,
+    failed or cancelled by the request's timeout); callbacks run on the event loop."""
+    event, left = threading.Event(), [len(futures)]
+
+    def one_done(_: asyncio.Future) -> None:
+        left[0] -= 1
+        if left[0] == 0:
+            event.set()
+
+    for future in futures:
+        future.add_done_callback(one_done)
+    return event

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,6 @@ from bloodmnist.evaluation.final import (
 )
 from bloodmnist.evaluation.medmnist_csv import write_run_csvs
 from bloodmnist.model.flops import flops_per_image, train_pflop
-from bloodmnist.reporting.report import build_reports
 from bloodmnist.runtime import Runtime, from_main
 from bloodmnist.training.checkpoint import load_checkpoint, load_model_weights
 from bloodmnist.training.rundir import write_json
@@ -47,10 +47,12 @@ def test_once(
     run_dir: Path,
     fields: dict[str, Any],
     progress: bool = False,
+    reports: Callable[[Path], Any] | None = None,
 ) -> dict[str, Any]:
-    """Evaluate best.pt on the test split (the one time it is seen), write the results and
-    reports, and return summary.json's content; `fields` are the training facts it carries.
-    `progress`: live bars for the test passes (stderr is a terminal)."""
+    """Evaluate best.pt on the test split (the one time it is seen), write the results, build
+    the reports with `reports(run_dir)` where given and wanted, and return summary.json's
+    content; `fields` are the training facts it carries. `progress`: live bars for the test
+    passes (stderr is a terminal)."""
     best_path = run_dir / "checkpoints" / "best.pt"
     load_model_weights(model, _best_weights(best_path, rt), best_path)
     t0 = time.perf_counter()
@@ -71,14 +73,12 @@ def test_once(
         write_run_csvs(run_dir, result, cfg.data.size)  # for the official MedMNIST evaluator
         write_json(run_dir / "summary.json", summary)
         log.info("test: %s", _headline(summary))
-        if cfg.runtime.reports:
-            build_reports(run_dir)
+        if cfg.runtime.reports and reports is not None:
+            reports(run_dir)
             log.info("reports: %s, %s", run_dir / "report.html", run_dir / "report.xlsx")
         else:
-            log.info(
-                "reports skipped (runtime.reports=false); build them with: bloodmnist report %s",
-                run_dir,
-            )
+            why = "runtime.reports=false" if not cfg.runtime.reports else "not asked for"
+            log.info("reports skipped (%s); build them with: bloodmnist report %s", why, run_dir)
     return summary
 
 

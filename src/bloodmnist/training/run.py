@@ -54,11 +54,15 @@ def train_run(
     progress: bool = True,
     resume: ResumeFrom | None = None,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    reports: Callable[[Path], Any] | None = None,
 ) -> dict[str, Any]:
     """Run the recipe into `run_dir` (already created) and return summary.json's content.
 
     With `resume`, training continues after last.pt's epoch with all its state. `on_epoch`
-    gets each epoch's history row (a search prunes a trial by raising from it).
+    gets each epoch's history row (a search prunes a trial by raising from it). `reports`
+    builds the report files from the finished run folder (the CLI passes
+    `reporting.build_reports`: training itself does not depend on reporting); it runs while the
+    run still holds its lock, before the figures go to TensorBoard.
     """
     lock = RunLock(run_dir) if rt.is_main else None
     # Rank 0 holds the lock for all ranks (only it writes); if it cannot, every rank stops.
@@ -73,7 +77,8 @@ def train_run(
         # during the final evaluation lets it finish (a second signal exits at once).
         with GracefulStop() as stop:
             state = resume.state if resume else None
-            return _train_locked(cfg, rt, run_dir, progress, state, stop, on_epoch)
+            hooks = (on_epoch, reports)
+            return _train_locked(cfg, rt, run_dir, progress, state, stop, hooks)
     except OSError as exc:  # e.g. disk full while writing predictions or reports: one line
         raise OutputError.from_os(exc.filename or run_dir, exc) from None
     finally:
@@ -101,8 +106,9 @@ def _train_locked(
     progress: bool,
     resume: dict[str, Any] | None,
     stop: GracefulStop,
-    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    hooks: tuple[Callable[[dict[str, Any]], None] | None, Callable[[Path], Any] | None],
 ) -> dict[str, Any]:
+    on_epoch, reports = hooks
     seed_everything(cfg.train.seed, cfg.train.deterministic)
     log.info("run folder: %s", run_dir)
     log.info("runtime: %s", rt.describe())
@@ -173,7 +179,7 @@ def _train_locked(
         fields = {**state_fields(state), **base, **work}
         if not cfg.eval.final_test:  # a search trial: validation only, the test split unseen
             return skip_test(run_dir, rt, fields)
-        summary = test_once(model, data, cfg, rt, run_dir, fields, progress)
+        summary = test_once(model, data, cfg, rt, run_dir, fields, progress, reports)
         tracker.final(summary, run_dir / "figures")
         return summary
     finally:
