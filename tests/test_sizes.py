@@ -198,7 +198,10 @@ def test_resnet9_stems_at_64px_set_resolution_and_compute(arch: str, tmp_path: P
     assert 3.9 < forward["s1"] / forward["s2"] < 4.1
     if arch == "resnet9":
         assert 2.5 < forward["s2"] / forward["imagenet"] < 3.5
-    assert resolve_stem("auto", 28, arch) == "s1"
+    # auto follows the size as for the ResNet-18: the 28-px layout at 28, stride 2 at 64 px
+    auto28, auto64 = build_model(arch, 8, 28), build_model(arch, 8, 64)
+    assert auto28.features[0](torch.zeros(1, 3, 28, 28)).shape[-1] == 28
+    assert auto64.features[0](torch.zeros(1, 3, 64, 64)).shape[-1] == 32
 
 
 def test_resnet9w_refuses_the_7x7_stem(tmp_path: Path) -> None:

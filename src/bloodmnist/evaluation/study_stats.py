@@ -122,6 +122,17 @@ def _seed_cis(run: SeedRun, variants: list[str], n_boot: int, boot_seed: int) ->
     }
 
 
+def _value(summary: dict[str, Any], key: str) -> Any:
+    """summary[key]; for a `*_tta_<mode>` key of the run's own TTA mode, its `*_tta` value, so
+    every mode has its numbers under one name whatever mode each seed ran."""
+    value = summary.get(key)
+    base, sep, mode = key.rpartition("_tta_")
+    own = summary.get("tta_mode") or REFERENCE_TTA
+    if value is None and sep and mode == own and tta_was_run(summary):
+        value = summary.get(f"{base}_tta")
+    return value
+
+
 def _tta_probs(run: SeedRun, mode: str) -> np.ndarray | None:
     """The run's test probabilities under TTA `mode` (its own or the one reported beside it)."""
     if not tta_was_run(run.summary):
@@ -162,10 +173,11 @@ def aggregate_runs(
     variants = _variants(runs)
     per_seed = []
     for run in runs:
-        values = {k: run.summary.get(k) for k in SUMMARY_KEYS if k in run.summary}
+        values = {k: _value(run.summary, k) for k in SUMMARY_KEYS}
+        values = {k: v for k, v in values.items() if v is not None}
         ci = _seed_cis(run, variants, n_boot, boot_seed)
         per_seed.append({"seed": run.seed, "run_dir": run.run_dir.name, **values, "ci95": ci})
-    present = [k for k in SUMMARY_KEYS if any(k in r.summary for r in runs)]
+    present = [k for k in SUMMARY_KEYS if any(k in s for s in per_seed)]
     return {
         "seeds": [r.seed for r in runs],
         "n_seeds": len(runs),
@@ -173,7 +185,7 @@ def aggregate_runs(
         "test_n": int(labels.size),
         "variants": variants,
         "class_names": class_names(runs[0].preds),
-        "mean_std": {k: mean_std([r.summary.get(k) for r in runs]) for k in present},
+        "mean_std": {k: mean_std([_value(r.summary, k) for r in runs]) for k in present},
         "ci95_seed_mean": _mean_cis(runs, variants, n_boot, boot_seed),
         "per_class": {v: _per_class(runs, v) for v in variants},
         "per_seed": per_seed,

@@ -51,7 +51,7 @@ def build_model(
     """The registered model `arch`; `state_dict` is a torchvision-layout ImageNet state_dict."""
     if arch not in ARCHS:
         raise ValueError(f"unknown model.arch {arch!r} (known: {', '.join(sorted(ARCHS))})")
-    model = ARCHS[arch](num_classes, size, width, depth, resolve_stem(stem, size, arch))
+    model = ARCHS[arch](num_classes, size, width, depth, resolve_stem(stem, size))
     if state_dict is not None:
         transfer_weights(model, state_dict)
     return model
