@@ -27,10 +27,15 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--train-args", default="", help="the train options that reproduce the runs")
     p.add_argument("--n-boot", type=int, default=1000)
     args = p.parse_args(argv)
+    if args.out.exists():
+        p.error(f"{args.out} already exists; choose a new --out file")
     runs = []
     for run_dir in args.runs:
         seed = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))["seed"]
         runs.append(load_seed_run(seed, run_dir))
+    seeds = [r.seed for r in runs]
+    if len(set(seeds)) < len(seeds) or len({r.run_dir.resolve() for r in runs}) < len(runs):
+        p.error(f"every run must be another seed of the same recipe; seeds given: {seeds}")
     record = aggregate_runs(runs, n_boot=args.n_boot)
     record["plan"] = {
         "seeds": record["seeds"],

@@ -10,8 +10,9 @@ from the runs' `train_pflop` where recorded; for studies made before it was reco
 seed's `epochs_run` x the training-split size x the recipe's FLOPs per training image (the same
 counter, bloodmnist.model.flops; `=ARCH` names the model where the recipe has changed since).
 The plot has a log PFLOP axis and the published anchors as horizontal lines. `--tta MODE`
-takes each row's TTA numbers under MODE where the runs reported it beside their own mode
-(`test_acc_tta_MODE`), else the row's own TTA; each row says which (`tta`).
+takes each row's TTA numbers under MODE where every seed reported it (`test_*_tta_MODE`), else
+the row's own TTA, metric by metric; each row says which (`tta`: the mode, `own`, or `mixed`
+with the source of each metric).
 """
 
 from __future__ import annotations
@@ -65,21 +66,41 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-def _tta_suffix(keys: dict, mode: str | None) -> tuple[str, str]:
-    """The key suffix of the TTA numbers to show, and what to call them."""
-    if mode and f"test_acc_tta_{mode}" in keys:
-        return f"_tta_{mode}", mode
-    return "_tta", "own"
+TTA_METRICS = ("test_acc_tta", "test_macro_f1_tta", "test_auc_tta")
+
+
+def _pick(stats: dict, key: str, mode: str | None, n: int) -> tuple[object, str]:
+    """The value of `key` under TTA `mode` where every seed reported it, else the run's own TTA
+    value; and which of the two it is."""
+    value = stats.get(f"{key}_{mode}") if mode else None
+    if value is not None and (not isinstance(value, dict) or value.get("n") == n):
+        return value, mode
+    return stats.get(key), "own"
+
+
+def _tta_label(sources: dict[str, str]) -> str:
+    kinds = set(sources.values())
+    return (
+        kinds.pop()
+        if len(kinds) == 1
+        else "mixed: "
+        + ", ".join(
+            f"{k.removeprefix('test_').removesuffix('_tta')} {v}" for k, v in sources.items()
+        )
+    )
 
 
 def single_row(label: str, summary: dict, mode: str | None = None) -> dict:
     """A row from one run's or one ensemble's summary.json: one value each, std 0 (n = 1)."""
     out = {"recipe": label, "seeds": [summary.get("seed")], "n": 1}
-    suffix, out["tta"] = _tta_suffix(summary, mode)
-    for key in ("test_acc", "test_acc_tta", "test_macro_f1_tta", "test_auc_tta"):
-        source = key.replace("_tta", suffix)
-        if summary.get(source) is not None:
-            out[key] = [summary[source], 0.0]
+    if summary.get("test_acc") is not None:
+        out["test_acc"] = [summary["test_acc"], 0.0]
+    sources = {}
+    for key in TTA_METRICS:
+        value, sources[key] = _pick(summary, key, mode, 1)
+        if value is not None:
+            out[key] = [value, 0.0]
+    out["tta"] = _tta_label(sources)
     val = summary.get("best_val_acc", summary.get("val_acc"))
     if val is not None:
         out["best_val_acc"] = [val, 0.0]
@@ -96,11 +117,14 @@ def row(label: str, study: dict, arch: str | None = None, mode: str | None = Non
     ms = study["mean_std"]
     out = {"recipe": label, "seeds": study["seeds"], "n": len(study["per_seed"])}
     out["command_args"] = study["plan"]["train_args"]
-    suffix, out["tta"] = _tta_suffix(ms, mode)
-    for key in ("test_acc", "test_acc_tta", "test_macro_f1_tta", "test_auc_tta", "best_val_acc"):
-        source = key.replace("_tta", suffix)
-        if source in ms and ms[source]["mean"] is not None:
-            out[key] = [ms[source]["mean"], ms[source]["std"]]
+    sources = {}
+    for key in ("test_acc", *TTA_METRICS, "best_val_acc"):
+        stat, source = _pick(ms, key, mode, out["n"]) if key in TTA_METRICS else (ms.get(key), "")
+        if key in TTA_METRICS:
+            sources[key] = source
+        if stat is not None and stat["mean"] is not None:
+            out[key] = [stat["mean"], stat["std"]]
+    out["tta"] = _tta_label(sources)
     out["train_pflop"] = list(_mean_std(_seed_pflop(study, arch)))
     out["train_seconds"] = list(_mean_std([s["train_seconds"] for s in study["per_seed"]]))
     return out

@@ -74,6 +74,7 @@ def test_a_timed_out_request_stops_its_pass_and_the_next_one_is_served() -> None
                 timed_out = False
             except TimeoutError:
                 timed_out = True
+            await asyncio.sleep(0)  # let the cancellation's done-callbacks run first
             hold.set()  # the first chunk finishes after its request has given up
             later = await asyncio.wait_for(batcher.probs(images([9])), timeout=10)
             return timed_out, later

@@ -283,3 +283,23 @@ def test_exclusive_atomic_write_refuses_an_existing_target(tmp_path: Path) -> No
     assert target.read_text() == "new" and not list(tmp_path.glob(".*.tmp"))
     write_text_atomic(target, "replaced")  # the default still replaces (run-folder files)
     assert target.read_text() == "replaced"
+
+
+def test_exclusive_write_without_hard_links(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a filesystem that refuses hard links the write checks, then renames: same contract."""
+    import errno
+    import os
+
+    from bloodmnist.atomic import write_text_atomic
+
+    def no_links(src, dst):
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_links)
+    target = tmp_path / "t.txt"
+    write_text_atomic(target, "first", exclusive=True)
+    with pytest.raises(FileExistsError, match="nothing was overwritten"):
+        write_text_atomic(target, "second", exclusive=True)
+    assert target.read_text() == "first" and not list(tmp_path.glob(".*.tmp"))

@@ -162,3 +162,30 @@ def test_aggregate_runs_script_takes_runs_of_mixed_tta_modes(
     assert record["seeds"] == [1, 2] and record["plan"]["train_args"] == ["--recipe", "fast"]
     assert record["plan"]["tta_modes"] == ["reference7", "dihedral8"]
     assert {"tta_reference7", "tta_dihedral8"} <= set(record["ci95_seed_mean"])
+    before = out.read_bytes()
+    with pytest.raises(SystemExit):  # an existing result file is never overwritten
+        module.main([*map(str, members), "--out", str(out)])
+    with pytest.raises(SystemExit):  # the same run twice is not two seeds
+        module.main([str(members[0]), str(members[0]), "--out", str(tmp_path / "dup.json")])
+    assert out.read_bytes() == before and not (tmp_path / "dup.json").exists()
+
+
+def test_compare_puts_runs_of_different_tta_modes_under_one_mode(members: list[Path]) -> None:
+    from bloodmnist.errors import BloodMNISTError
+    from bloodmnist.evaluation.compare import compare_sides, load_side
+
+    a, b = load_side(members[0]), load_side(members[1])  # reference7 and dihedral8 runs
+    out = compare_sides(a, b, n_boot=20)
+    assert out["variant"] == "tta_reference7"  # not one run's 7 views against the other's 8
+    preds = [np.load(m / "predictions.npz") for m in members]
+    y = preds[0]["test_labels"].reshape(-1)
+    acc_b = np.mean(preds[1]["test_probs_tta_reference7"].argmax(1) == y)
+    assert out["b"]["acc"] == pytest.approx(acc_b)
+    d8 = compare_sides(a, b, variant="tta_dihedral8", n_boot=20)
+    acc_a = np.mean(preds[0]["test_probs_tta_dihedral8"].argmax(1) == y)
+    assert d8["variant"] == "tta_dihedral8" and d8["a"]["acc"] == pytest.approx(acc_a)
+    same = compare_sides(a, a, n_boot=20)
+    assert same["variant"] == "tta" and same["acc_diff"] == 0
+    del b.probs["tta_reference7"], b.probs["tta_dihedral8"]  # an old run: its own mode only
+    with pytest.raises(BloodMNISTError, match="different TTA modes"):
+        compare_sides(a, b, n_boot=20)

@@ -62,26 +62,34 @@ def test_rows_from_a_study_and_from_a_single_summary(tmp_path: Path) -> None:
 
 def test_tta_mode_is_taken_where_reported_and_named() -> None:
     fr = _frontier()
+
+    def stat(mean: float, std: float, n: int = 2) -> dict:
+        return {"mean": mean, "std": std, "n": n}
+
     ms = {
-        "test_acc": {"mean": 0.96, "std": 0.01},
-        "test_acc_tta": {"mean": 0.97, "std": 0.002},
-        "test_acc_tta_reference7": {"mean": 0.975, "std": 0.001},
-        "test_macro_f1_tta_reference7": {"mean": 0.971, "std": 0.003},
+        "test_acc": stat(0.96, 0.01),
+        "test_acc_tta": stat(0.97, 0.002),
+        "test_macro_f1_tta": stat(0.965, 0.002),
+        "test_auc_tta": stat(0.998, 0.0),
+        "test_acc_tta_reference7": stat(0.975, 0.001),
+        "test_macro_f1_tta_reference7": stat(0.971, 0.003),
+        "test_auc_tta_reference7": stat(0.999, 0.0),
     }
-    study = {
-        "seeds": [42],
-        "plan": {"train_args": []},
-        "mean_std": ms,
-        "per_seed": [{"seed": 42, "train_pflop": 0.05, "train_seconds": 1.0}],
-    }
+    seeds = [{"seed": s, "train_pflop": 0.05, "train_seconds": 1.0} for s in (42, 43)]
+    study = {"seeds": [42, 43], "plan": {"train_args": []}, "mean_std": ms, "per_seed": seeds}
     r = fr.row("fast", study, mode="reference7")
     assert r["tta"] == "reference7" and r["test_acc_tta"] == [0.975, 0.001]
     assert r["test_macro_f1_tta"] == [0.971, 0.003] and r["test_acc"] == [0.96, 0.01]
     own = fr.row("fast", study, mode="dihedral8")  # not reported beside: the run's own TTA
     assert own["tta"] == "own" and own["test_acc_tta"] == [0.97, 0.002]
-    single = fr.row(
-        "run",
-        {"test_acc": 0.9, "test_acc_tta": 0.91, "test_acc_tta_dihedral8": 0.92, "train_pflop": 0.1},
-        mode="dihedral8",
-    )
+    # an older study: F1/AUC not summarised for the mode, and AUC from one seed only
+    del ms["test_macro_f1_tta_reference7"]
+    ms["test_auc_tta_reference7"] = stat(0.999, 0.0, n=1)
+    mixed = fr.row("fast", study, mode="reference7")
+    assert mixed["test_acc_tta"] == [0.975, 0.001] and mixed["test_macro_f1_tta"] == [0.965, 0.002]
+    assert mixed["test_auc_tta"] == [0.998, 0.0]
+    assert mixed["tta"] == "mixed: acc reference7, macro_f1 own, auc own"
+    summary = {"test_acc": 0.9, "test_acc_tta": 0.91, "test_acc_tta_dihedral8": 0.92}
+    summary.update(test_macro_f1_tta_dihedral8=0.9, test_auc_tta_dihedral8=0.99, train_pflop=0.1)
+    single = fr.row("run", summary, mode="dihedral8")
     assert single["tta"] == "dihedral8" and single["test_acc_tta"] == [0.92, 0.0]

@@ -140,6 +140,7 @@ def test_64px_run_uses_size_and_names(run_64: Path) -> None:
     ckpt = torch.load(run_64 / "checkpoints" / "best.pt", map_location="cpu", weights_only=False)
     assert ckpt["config"]["model"]["class_names"] == NAMES
     assert ckpt["model"]["conv1.weight"].shape == (64, 3, 3, 3)  # auto at 64 px: s2
+    assert ckpt["stem"] == "s2" and cfg["model"]["stem"] == "auto"  # what auto resolved to
     page = (run_64 / "report.html").read_text()
     assert all(f">{name}<" in page for name in NAMES), "per-class tables name the user's classes"
     with np.load(run_64 / "predictions.npz") as preds:
@@ -181,8 +182,7 @@ def test_resnet9_stems_at_64px_set_resolution_and_compute(arch: str, tmp_path: P
 
     x = torch.rand(3, 3, 64, 64)
     forward = {}
-    stems = ("s1", "s2") if arch == "resnet9w" else ("s1", "s2", "imagenet")
-    for stem in stems:
+    for stem in ("s1", "s2", "imagenet"):
         torch.manual_seed(0)
         model = build_model(arch, 8, 64, width=0.25, stem=stem).eval()
         with torch.no_grad():
@@ -196,18 +196,47 @@ def test_resnet9_stems_at_64px_set_resolution_and_compute(arch: str, tmp_path: P
         assert np.abs(onnx_logits - logits.numpy()).max() < 1e-4
     # Everything after the stem runs at a quarter of the pixels per halving.
     assert 3.9 < forward["s1"] / forward["s2"] < 4.1
-    if arch == "resnet9":
-        assert 2.5 < forward["s2"] / forward["imagenet"] < 3.5
+    assert 2.5 < forward["s2"] / forward["imagenet"] < 4.5
+    for size in (128, 224):  # auto there is the imagenet geometry, whitened patches included
+        model = build_model(arch, 8, size, width=0.125).eval()
+        with torch.no_grad():
+            assert model.features[0](torch.zeros(1, 3, size, size)).shape[-1] == size // 4
     # auto follows the size as for the ResNet-18: the 28-px layout at 28, stride 2 at 64 px
     auto28, auto64 = build_model(arch, 8, 28), build_model(arch, 8, 64)
     assert auto28.features[0](torch.zeros(1, 3, 28, 28)).shape[-1] == 28
     assert auto64.features[0](torch.zeros(1, 3, 64, 64)).shape[-1] == 32
 
 
-def test_resnet9w_refuses_the_7x7_stem(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="resnet9w"):
-        build_model("resnet9w", 8, 64, stem="imagenet")
-    args = ["train", "--data", "missing.npz", "--set", "model.arch=resnet9w"]
-    result = run_cli([*args, "--set", "model.stem=imagenet"], cwd=tmp_path, timeout=60)
-    assert result.returncode != 0
-    assert "model.stem must be auto, s1 or s2" in result.stderr
+def test_a_stem_that_leaves_too_few_pixels_is_one_clear_line(tmp_path: Path) -> None:
+    from bloodmnist.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="leaves 7 px of a 28-px image"):
+        build_model("resnet9", 8, 28, stem="imagenet")
+    args = ["train", "--data", str(SHARED_DATA / "bloodmnist_pbc_28.npz"), "--subset", "16"]
+    args += ["--set", "model.stem=imagenet", "--out", "run", "--quiet"]
+    if not (SHARED_DATA / "bloodmnist_pbc_28.npz").is_file():
+        pytest.skip("real data not found (see ../shared/data/README.md)")
+    result = run_cli(args, cwd=tmp_path, timeout=120)
+    assert result.returncode == 2, describe(result)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert "model.stem imagenet leaves 7 px" in lines[-1]
+    assert not list(tmp_path.glob("run/checkpoints/*.pt"))
+
+
+def test_checkpoints_of_the_stemless_resnet9_load_as_s1() -> None:
+    """A ResNet-9 checkpoint written before it took `model.stem` says `auto` and has no
+    `stem` entry: it ran s1 at 64 px, and is rebuilt so (same weights, right network)."""
+    from bloodmnist.model import model_from_config
+    from bloodmnist.training.checkpoint import checkpoint_config
+
+    cfg = Config()
+    cfg.model.arch, cfg.model.width, cfg.data.size = "resnet9", 0.25, 64
+    old = {"config": cfg.to_dict()}  # as saved then: stem auto, no "stem" key
+    assert checkpoint_config(old).model.stem == "s1"
+    model = model_from_config(checkpoint_config(old))
+    assert model.features[0](torch.zeros(1, 3, 64, 64)).shape[-1] == 64
+    new = {"config": cfg.to_dict(), "stem": "s2"}  # written now: the stem is on record
+    assert checkpoint_config(new).model.stem == "auto"
+    assert model_from_config(checkpoint_config(new)).features[0][0].stride == (2, 2)
+    cfg.model.arch = "resnet18"  # the ResNet-18 always followed the size: unchanged
+    assert checkpoint_config({"config": cfg.to_dict()}).model.stem == "auto"

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bloodmnist.atomic import write_text_atomic
-from bloodmnist.config import DEFAULT_RECIPE, Config, build_config, from_dict
+from bloodmnist.config import DEFAULT_RECIPE, Config, build_config
 from bloodmnist.errors import BloodMNISTError
 
 if TYPE_CHECKING:
@@ -46,7 +46,7 @@ def _shared_run_dir(rt, out: str | None, cfg) -> Path:
 
 def _resume_state(args: argparse.Namespace) -> tuple[Path, ResumeFrom, Config]:
     """Load RUN_DIR/checkpoints/last.pt; the run's own config wins, only --epochs may change."""
-    from bloodmnist.training.checkpoint import file_stamp, load_checkpoint
+    from bloodmnist.training.checkpoint import checkpoint_config, file_stamp, load_checkpoint
     from bloodmnist.training.run import ResumeFrom
     from bloodmnist.training.runlock import RunLock
 
@@ -70,7 +70,7 @@ def _resume_state(args: argparse.Namespace) -> tuple[Path, ResumeFrom, Config]:
     stamp = file_stamp(last)  # train_run checks it again once it holds the lock
     state = load_checkpoint(last)
     _refuse_finished(run_dir, state, args.epochs)
-    cfg = from_dict(state["config"])
+    cfg = checkpoint_config(state)
     if args.epochs is not None:
         cfg.train.epochs = args.epochs
     if args.device or args.precision:
@@ -150,19 +150,23 @@ def _find_checkpoint(target: Path) -> Path:
 
 
 def evaluate(args: argparse.Namespace) -> int:
-    from bloodmnist.training.checkpoint import load_checkpoint, load_model_weights
+    from bloodmnist.training.checkpoint import (
+        checkpoint_config,
+        load_checkpoint,
+        load_model_weights,
+    )
 
     ckpt_path = _find_checkpoint(Path(args.target))
     if args.json and Path(args.json).exists():
         raise BloodMNISTError(f"{args.json} already exists; choose a new --json file")
     state = load_checkpoint(ckpt_path)  # a bad checkpoint fails before the heavy imports
     from bloodmnist.data.source import load_data
-    from bloodmnist.evaluation.final import evaluate_split
+    from bloodmnist.evaluation.final import TTA_MODES, evaluate_split
     from bloodmnist.model import model_from_config
     from bloodmnist.progress import wants_bars
     from bloodmnist.runtime import setup_runtime
 
-    cfg = from_dict(state["config"])
+    cfg = checkpoint_config(state)
     # Inference precision, not the run's: on a CPU `auto` is fp32, so the numbers do not depend
     # on the CPU; evaluate --precision bf16 asks for bf16 explicitly.
     rt = setup_runtime(
@@ -186,7 +190,11 @@ def evaluate(args: argparse.Namespace) -> int:
         "n": result["metrics"]["n"],
         "precision": rt.precision,
     }
-    for key, label in (("metrics", ""), ("metrics_tta", "_tta")):
+    if "tta_mode" in result:
+        out["tta_mode"] = result["tta_mode"]
+    # the run's own TTA mode as *_tta, the other one beside it (choose a mode on --split val)
+    others = [(f"metrics_tta_{mode}", f"_tta_{mode}") for mode in TTA_MODES]
+    for key, label in (("metrics", ""), ("metrics_tta", "_tta"), *others):
         if key in result:
             m = result[key]
             out.update(

@@ -63,7 +63,11 @@ def audit(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     try:  # never over a file another process may have written since the check above
         write_text_atomic(targets[0], json.dumps(result, indent=1) + "\n", exclusive=True)
-        write_audit_html(result, ds, targets[1], exclusive=True)
+        try:
+            write_audit_html(result, ds, targets[1], exclusive=True)
+        except FileExistsError:
+            targets[0].unlink()  # the JSON this call has just written: no half of the pair
+            raise
     except FileExistsError as exc:
         raise DataError(f"{exc}; choose another --out") from None
     summary = {

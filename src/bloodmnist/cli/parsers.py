@@ -159,9 +159,9 @@ def compare_parser(sub) -> None:
     p.add_argument("b", metavar="RUN_OR_STUDY_B")
     p.add_argument(
         "--variant",
-        choices=["auto", "plain", "tta"],
+        choices=["auto", "plain", "tta", "tta_reference7", "tta_dihedral8"],
         default="auto",
-        help="test predictions to compare (auto: TTA when both have it)",
+        help="test predictions to compare (auto: TTA when both have it, under one TTA mode)",
     )
     p.add_argument("--json", metavar="FILE", help="also write the result to FILE (new file)")
     add_bootstrap(p)

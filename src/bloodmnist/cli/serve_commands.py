@@ -95,7 +95,8 @@ def _out_names(paths: list[Path], out: Path) -> list[Path]:
 
 
 def explain(args: argparse.Namespace) -> int:
-    """Write original | heat map | overlay PNGs; exit 1 when any file could not be read."""
+    """Write original | heat map | overlay PNGs; exit 1 when any file could not be read or its
+    output name was taken meanwhile (that file is kept)."""
     from bloodmnist.explain.run import explain_files
 
     out = Path(args.out).expanduser()

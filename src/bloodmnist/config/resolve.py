@@ -225,10 +225,6 @@ def validate(cfg: Config) -> None:
             cfg.model.stem in ("auto", "s1", "s2", "imagenet"),
             "model.stem must be auto|s1|s2|imagenet",
         ),
-        (
-            not (cfg.model.arch == "resnet9w" and cfg.model.stem == "imagenet"),
-            "model.arch resnet9w whitens 3x3 patches: model.stem must be auto, s1 or s2",
-        ),
         (cfg.schedule.kind in ("two_phase", "onecycle"), "schedule.kind: two_phase|onecycle"),
         (0 < cfg.schedule.pct_start < 1, "schedule.pct_start must be in (0,1)"),
         (0 <= cfg.train.ema_decay < 1, "train.ema_decay must be in [0,1)"),

@@ -10,8 +10,13 @@ import numpy as np
 
 from bloodmnist.config import Config, from_dict, load_yaml
 from bloodmnist.errors import BloodMNISTError
-from bloodmnist.evaluation.final import REFERENCE_TTA
-from bloodmnist.evaluation.run_files import load_predictions, load_summary, tta_was_run
+from bloodmnist.evaluation.run_files import (
+    REFERENCE_TTA,
+    load_predictions,
+    load_summary,
+    tta_probs,
+    tta_was_run,
+)
 
 
 @dataclass
@@ -38,11 +43,7 @@ class Member:
 
     def tta_probs(self, mode: str) -> np.ndarray | None:
         """Test probabilities under TTA `mode`, where the run has them."""
-        if not self.has_tta:
-            return None
-        if self.tta_mode == mode:
-            return self.preds["test_probs_tta"]
-        return self.preds.get(f"test_probs_tta_{mode}")
+        return tta_probs(self.summary, self.preds, mode)
 
 
 def load_member(path: str | Path) -> Member:

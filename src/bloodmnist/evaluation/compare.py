@@ -9,7 +9,10 @@ A and B are run folders (summary.json + predictions.npz + manifest.json) or stud
 - McNemar's exact test on right/wrong per image. It needs one prediction per image, so a study
   enters as the ensemble of its seeds (argmax of the seed-averaged probabilities).
 
-Refuses (one line) when the two used different data files (MD5) or different test labels.
+TTA predictions are compared under one TTA mode: the runs' own where both sides ran the same,
+else a mode both sides report (every run records both); `--variant tta_reference7` or
+`tta_dihedral8` names one. Refuses (one line) when the two used different data files (MD5) or
+different test labels.
 """
 
 from __future__ import annotations
@@ -23,9 +26,12 @@ import numpy as np
 from bloodmnist.atomic import read_json
 from bloodmnist.errors import BloodMNISTError
 from bloodmnist.evaluation.run_files import (
+    REFERENCE_TTA,
+    TTA_MODES,
     load_manifest,
     load_predictions,
     load_summary,
+    tta_probs,
     tta_was_run,
 )
 from bloodmnist.evaluation.stats import (
@@ -46,9 +52,10 @@ class Side:
     kind: str  # run | study
     seeds: list[Any]
     labels: np.ndarray  # (N,)
-    probs: dict[str, np.ndarray]  # variant -> (N, S, C)
+    probs: dict[str, np.ndarray]  # variant -> (N, S, C); tta_<mode> where every seed has it
     data_md5: str | None
     has_tta: bool
+    tta_modes: frozenset[str] = frozenset()  # the seeds' own TTA modes
 
 
 def _run_md5(run_dir: Path, summary: dict[str, Any]) -> str | None:
@@ -59,7 +66,8 @@ def _run_md5(run_dir: Path, summary: dict[str, Any]) -> str | None:
 
 
 def _load_runs(path: Path, run_dirs: list[Path], kind: str) -> Side:
-    labels, md5s, probs, seeds, tta = None, set(), {v: [] for v in VARIANT_PROBS}, [], True
+    labels, md5s, seeds, tta, modes = None, set(), [], True, set()
+    probs: dict[str, list] = {v: [] for v in [*VARIANT_PROBS, *(f"tta_{m}" for m in TTA_MODES)]}
     for run_dir in run_dirs:
         summary = load_summary(run_dir)
         if summary.get("status") != "completed":
@@ -71,13 +79,16 @@ def _load_runs(path: Path, run_dirs: list[Path], kind: str) -> Side:
         labels = y
         md5s.add(_run_md5(run_dir, summary))
         tta = tta and tta_was_run(summary)
+        modes.add(summary.get("tta_mode") or REFERENCE_TTA)
         seeds.append(summary.get("seed"))
         for v, key in VARIANT_PROBS.items():
             probs[v].append(preds[key])
+        for mode in TTA_MODES:
+            probs[f"tta_{mode}"].append(tta_probs(summary, preds, mode))
     if len(md5s) > 1:
         raise BloodMNISTError(f"the seed runs in {path} used different data files: {sorted(md5s)}")
-    stacked = {v: np.stack(p, axis=1) for v, p in probs.items()}
-    return Side(path, kind, seeds, labels, stacked, md5s.pop(), tta)
+    stacked = {v: np.stack(p, axis=1) for v, p in probs.items() if all(x is not None for x in p)}
+    return Side(path, kind, seeds, labels, stacked, md5s.pop(), tta, frozenset(modes))
 
 
 def load_side(path: Path) -> Side:
@@ -116,12 +127,27 @@ def check_comparable(a: Side, b: Side) -> None:
 
 
 def pick_variant(a: Side, b: Side, variant: str) -> str:
-    """auto: TTA when both sides ran it, else plain; an explicit tta needs both to have it."""
+    """auto: TTA when both sides ran it, else plain; tta needs both to have it, under one mode
+    (the sides' own where they agree, else one both report); tta_<mode> names the mode."""
     both = a.has_tta and b.has_tta
     if variant == "auto":
-        return "tta" if both else "plain"
-    if variant == "tta" and not both:
-        raise BloodMNISTError("--variant tta: one side was evaluated without TTA; use plain")
+        variant = "tta" if both else "plain"
+    if variant == "plain":
+        return variant
+    if not both:
+        raise BloodMNISTError(f"--variant {variant}: one side was evaluated without TTA; use plain")
+    if variant == "tta":
+        if a.tta_modes == b.tta_modes and len(a.tta_modes) == 1:
+            return "tta"
+        shared = [f"tta_{m}" for m in TTA_MODES if f"tta_{m}" in a.probs and f"tta_{m}" in b.probs]
+        if not shared:
+            raise BloodMNISTError(
+                "the two sides ran different TTA modes and do not both report either; use "
+                "--variant plain"
+            )
+        return shared[0]
+    if variant not in a.probs or variant not in b.probs:
+        raise BloodMNISTError(f"--variant {variant}: not recorded by every run of both sides")
     return variant
 
 

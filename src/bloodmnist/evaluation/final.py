@@ -22,18 +22,12 @@ from bloodmnist.evaluation.calibration import (
 )
 from bloodmnist.evaluation.metrics import compute_metrics
 from bloodmnist.evaluation.predict import predict_probs, shard_range
+from bloodmnist.evaluation.run_files import TTA_MODES
 from bloodmnist.progress import make_bar
 from bloodmnist.runtime import Runtime
 
 SAMPLE_IMAGES = 32
 DATASET_SAMPLES_PER_CLASS = 6
-
-
-#: The reference's 7 views: the mode of runs from before eval.tta_mode existed.
-REFERENCE_TTA = "reference7"
-#: The TTA modes. A run reports its own mode as *_tta and the other as *_tta_<mode>, so that
-#: both are on record and the mode can be chosen on validation.
-TTA_MODES = (REFERENCE_TTA, "dihedral8")
 
 
 def other_tta(mode: str) -> str:

@@ -27,6 +27,13 @@ PREDICTION_KEYS = ("test_labels", "test_probs", "test_probs_tta")
 FIGURES_DIR = "figures"
 
 
+#: The reference's 7 views: the mode of runs from before eval.tta_mode existed.
+REFERENCE_TTA = "reference7"
+#: The TTA modes. A run reports its own mode as *_tta and the other as *_tta_<mode>, so that
+#: both are on record and the mode can be chosen on validation.
+TTA_MODES = (REFERENCE_TTA, "dihedral8")
+
+
 def require_file(run_dir: Path, name: str) -> Path:
     """Path of ``run_dir/name``, or a BloodMNISTError naming the missing file."""
     path = Path(run_dir) / name
@@ -123,6 +130,19 @@ def is_from_scratch(summary: dict[str, Any]) -> bool:
 def tta_was_run(summary: dict[str, Any]) -> bool:
     """predictions.npz repeats the plain probabilities as TTA when TTA was off; the summary says."""
     return summary.get("test_acc_tta", 0.0) is not None
+
+
+def tta_probs(
+    summary: dict[str, Any], preds: dict[str, np.ndarray], mode: str
+) -> np.ndarray | None:
+    """A run's test probabilities under TTA `mode`: its own mode's (`test_probs_tta`) or the
+    other one's, reported beside it (`test_probs_tta_<mode>`); None where the run has neither.
+    Runs from before `tta_mode` was recorded used the reference's 7 views."""
+    if not tta_was_run(summary):
+        return None
+    if (summary.get("tta_mode") or REFERENCE_TTA) == mode:
+        return preds["test_probs_tta"]
+    return preds.get(f"test_probs_tta_{mode}")
 
 
 def calibration_variants(

@@ -13,13 +13,15 @@ from typing import Any
 import numpy as np
 
 from bloodmnist.errors import BloodMNISTError
-from bloodmnist.evaluation.final import REFERENCE_TTA, TTA_MODES
 from bloodmnist.evaluation.run_files import (
+    REFERENCE_TTA,
+    TTA_MODES,
     class_names,
     load_history,
     load_predictions,
     load_summary,
     load_test_metrics,
+    tta_probs,
     tta_was_run,
 )
 from bloodmnist.evaluation.stats import (
@@ -133,15 +135,6 @@ def _value(summary: dict[str, Any], key: str) -> Any:
     return value
 
 
-def _tta_probs(run: SeedRun, mode: str) -> np.ndarray | None:
-    """The run's test probabilities under TTA `mode` (its own or the one reported beside it)."""
-    if not tta_was_run(run.summary):
-        return None
-    if (run.summary.get("tta_mode") or REFERENCE_TTA) == mode:
-        return run.preds["test_probs_tta"]
-    return run.preds.get(f"test_probs_tta_{mode}")
-
-
 def _mean_cis(runs: list[SeedRun], variants: list[str], n_boot: int, boot_seed: int) -> dict:
     """CI of the seed-averaged metric: resample test images once, score every seed on them.
     Besides `variants`, `tta_<mode>` for each TTA mode that every seed has (both, where the
@@ -150,7 +143,7 @@ def _mean_cis(runs: list[SeedRun], variants: list[str], n_boot: int, boot_seed: 
     probs = {v: [r.preds[VARIANT_PROBS[v]] for r in runs] for v in variants}
     if "tta" in variants:
         for mode in TTA_MODES:
-            per_run = [_tta_probs(r, mode) for r in runs]
+            per_run = [tta_probs(r.summary, r.preds, mode) for r in runs]
             if all(p is not None for p in per_run):
                 probs[f"tta_{mode}"] = per_run
     out = {}
@@ -174,7 +167,7 @@ def aggregate_runs(
     per_seed = []
     for run in runs:
         values = {k: _value(run.summary, k) for k in SUMMARY_KEYS}
-        values = {k: v for k, v in values.items() if v is not None}
+        values = {k: v for k, v in values.items() if v is not None or k in run.summary}
         ci = _seed_cis(run, variants, n_boot, boot_seed)
         per_seed.append({"seed": run.seed, "run_dir": run.run_dir.name, **values, "ci95": ci})
     present = [k for k in SUMMARY_KEYS if any(k in s for s in per_seed)]

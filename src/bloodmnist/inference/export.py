@@ -26,7 +26,7 @@ from torch import nn
 
 from bloodmnist import __version__
 from bloodmnist.atomic import temp_path
-from bloodmnist.config import Config, from_dict
+from bloodmnist.config import Config
 from bloodmnist.data.download import file_sha256
 from bloodmnist.data.loader import Normalizer, to_tensor
 from bloodmnist.data.source import load_data
@@ -35,7 +35,7 @@ from bloodmnist.inference.inputs import InferenceError, resolve_model
 from bloodmnist.inference.preprocess import normalize
 from bloodmnist.model import model_from_config
 from bloodmnist.runtime import setup_runtime
-from bloodmnist.training.checkpoint import load_checkpoint, load_model_weights
+from bloodmnist.training.checkpoint import checkpoint_config, load_checkpoint, load_model_weights
 
 EXPORT_OPSET = 20
 PARITY_TOL = 1e-4  # max |delta prob| allowed between PyTorch fp32 and ONNX Runtime
@@ -197,7 +197,7 @@ def export_checkpoint(
     if parity_images < 1:
         raise ExportError("--parity-images must be >= 1")
     state = load_checkpoint(ckpt)
-    cfg = from_dict(state["config"])
+    cfg = checkpoint_config(state)
     model = model_from_config(cfg)
     load_model_weights(model, state, ckpt)
     model = model.float().eval()

@@ -7,13 +7,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bloodmnist.config import from_dict
 from bloodmnist.data.loader import Normalizer, to_tensor
 from bloodmnist.evaluation.predict import predict_probs
 from bloodmnist.inference.engines import ModelInfo
 from bloodmnist.model import model_from_config
 from bloodmnist.runtime import setup_runtime
-from bloodmnist.training.checkpoint import load_checkpoint, load_model_weights
+from bloodmnist.training.checkpoint import checkpoint_config, load_checkpoint, load_model_weights
 
 
 class TorchEngine:
@@ -29,7 +28,7 @@ class TorchEngine:
         threads: int = 0,
     ):
         state = load_checkpoint(path)
-        self.cfg = from_dict(state["config"])
+        self.cfg = checkpoint_config(state)
         # The precision the run trained with is not reused: `auto` means fp32 for inference on
         # a CPU, so the same file predicts the same numbers on every CPU (runtime.py).
         self.rt = setup_runtime(

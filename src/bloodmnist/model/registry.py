@@ -13,9 +13,10 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from bloodmnist.errors import ConfigError
 from bloodmnist.model.resnet import adapted_torchvision_resnet, transfer_weights
 from bloodmnist.model.resnet9 import ResNet9
-from bloodmnist.model.stems import resolve_stem, set_stem
+from bloodmnist.model.stems import STEM_STRIDE, resolve_stem, set_stem
 
 Builder = Callable[[int, int, float, int, str], nn.Module]
 
@@ -51,10 +52,22 @@ def build_model(
     """The registered model `arch`; `state_dict` is a torchvision-layout ImageNet state_dict."""
     if arch not in ARCHS:
         raise ValueError(f"unknown model.arch {arch!r} (known: {', '.join(sorted(ARCHS))})")
-    model = ARCHS[arch](num_classes, size, width, depth, resolve_stem(stem, size))
+    kind = resolve_stem(stem, size)
+    _check_stage1(arch, kind, size)
+    model = ARCHS[arch](num_classes, size, width, depth, kind)
     if state_dict is not None:
         transfer_weights(model, state_dict)
     return model
+
+
+def _check_stage1(arch: str, kind: str, size: int) -> None:
+    """The ResNet-9 halves its input three times after the stem: at least 8 px must reach it."""
+    stage1 = size // STEM_STRIDE[kind]
+    if arch.startswith("resnet9") and stage1 < 8:
+        raise ConfigError(
+            f"model.stem {kind} leaves {stage1} px of a {size}-px image for {arch}'s first "
+            "stage, too few for its three poolings; use model.stem s1 or s2 at this size"
+        )
 
 
 def model_from_config(cfg, state_dict: dict[str, torch.Tensor] | None = None) -> nn.Module:

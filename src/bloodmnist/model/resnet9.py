@@ -28,13 +28,12 @@ def conv_bn(c_in: int, c_out: int, kernel: int = 3, stride: int = 1) -> nn.Seque
 
 def _prep(c_out: int, stem: str, whiten: bool) -> nn.Sequential:
     """The first layer for a resolved stem kind (s1 | s2 | imagenet)."""
-    if whiten:  # a fixed patch-whitening 3x3 conv, then a learned 1x1 (model/whiten.py)
-        if stem == "imagenet":
-            raise ValueError("model.arch resnet9w takes model.stem s1 or s2 (3x3 whitening)")
-        return nn.Sequential(PatchWhitening(stride=2 if stem == "s2" else 1), conv_bn(27, c_out, 1))
-    if stem == "imagenet":
-        return nn.Sequential(*conv_bn(3, c_out, 7, 2), nn.MaxPool2d(3, 2, padding=1))
-    return conv_bn(3, c_out, 3, 2 if stem == "s2" else 1)
+    pool = [nn.MaxPool2d(3, 2, padding=1)] if stem == "imagenet" else []
+    stride = 1 if stem == "s1" else 2
+    if whiten:  # a fixed patch-whitening 3x3 conv, then a learned 1x1 (model/whiten.py); the
+        # imagenet geometry keeps its 3x3 patches: stride 2 and the max-pool, no 7x7 filters
+        return nn.Sequential(PatchWhitening(stride=stride), conv_bn(27, c_out, 1), *pool)
+    return nn.Sequential(*conv_bn(3, c_out, 7 if stem == "imagenet" else 3, stride), *pool)
 
 
 class Residual(nn.Module):

@@ -7,7 +7,7 @@
 `auto` keeps stage 1 near the 28-32 px the recipes were tuned at, which also keeps the compute
 per image within ~1.4x of the 28-px model at 64 and 128 px: s1 at 28, s2 at 64, imagenet at 128
 and 224 (56 px at stage 1, torchvision's own ImageNet geometry). At 64 px this was measured on
-validation for the fast recipe (docs/data.md): s2 matched s1 (val 0.9895 vs 0.9901) at a quarter
+validation for the fast recipe (docs/data.md): s2 matched s1 (val 0.9897 vs 0.9901) at a quarter
 of its compute, and beat the imagenet stem (0.9842), which costs a third of s2's. For the
 ResNet-18 and at 128/224 px the defaults follow the same rule, not a measurement. Pretrained
 ImageNet weights transfer with every stem: the 7x7 filters as they are, or resized to 3x3
@@ -20,6 +20,8 @@ from torch import nn
 
 STEMS = ("auto", "s1", "s2", "imagenet")
 DEFAULT_STEM = {28: "s1", 64: "s2", 128: "imagenet", 224: "imagenet"}
+#: How much each stem shrinks the image before the first stage.
+STEM_STRIDE = {"s1": 1, "s2": 2, "imagenet": 4}
 
 
 def resolve_stem(stem: str, size: int) -> str:

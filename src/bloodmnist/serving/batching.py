@@ -77,6 +77,8 @@ class Batcher:
         while not self.queue.empty():
             waiting.append(self.queue.get_nowait())
         for job in waiting:
+            if job.future.done():  # timed out while waiting: takes no room in the pass
+                continue
             if job.tta == first.tta and count + len(job.images) <= self.max_batch:
                 jobs.append(job)
                 count += len(job.images)

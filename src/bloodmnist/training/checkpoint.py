@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from bloodmnist.atomic import write_bytes_atomic
+from bloodmnist.config import Config, from_dict
 from bloodmnist.errors import CheckpointError, OutputError
 
 REQUIRED = ("model", "config", "epoch")
@@ -98,3 +99,17 @@ def load_model_weights(model: nn.Module, state: dict[str, Any], source: str | Pa
             f"checkpoint {source} does not fit this model ({first}); was it trained with another "
             "architecture or number of classes?"
         ) from None
+
+
+def checkpoint_config(state: dict[str, Any]) -> Config:
+    """The Config a checkpoint was trained with, for rebuilding its model.
+
+    Checkpoints record the stem their model was built with (`stem`). Those written before the
+    ResNet-9 family took `model.stem` have no such entry and ran its 28-px layout (s1) at every
+    size while saying `auto`, which now means stride 2 at 64 px: a layer of the same shape, so
+    the old weights would load into the wrong network without an error. They get `s1`.
+    """
+    cfg = from_dict(state["config"])
+    if "stem" not in state and cfg.model.arch.startswith("resnet9") and cfg.model.stem == "auto":
+        cfg.model.stem = "s1"
+    return cfg

@@ -18,11 +18,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from bloodmnist.atomic import read_json
-from bloodmnist.config import Config, from_dict
+from bloodmnist.config import Config
 from bloodmnist.errors import BloodMNISTError
 from bloodmnist.model import model_from_config
 from bloodmnist.runtime import Runtime
-from bloodmnist.training.checkpoint import load_checkpoint, load_model_weights
+from bloodmnist.training.checkpoint import checkpoint_config, load_checkpoint, load_model_weights
 
 #: An ensemble folder's list of members (written by `bloodmnist ensemble`).
 ENSEMBLE_FILE = "ensemble.json"
@@ -51,7 +51,7 @@ def load_eval_model(
 ) -> tuple[nn.Module, Config, dict[str, Any]]:
     """A checkpoint's model in eval mode on `device`, with its Config and the raw checkpoint."""
     state = load_checkpoint(ckpt, map_location="cpu")
-    cfg = from_dict(state["config"])
+    cfg = checkpoint_config(state)
     model = model_from_config(cfg)
     load_model_weights(model, state, ckpt)
     memory = torch.channels_last if channels_last else torch.preserve_format

@@ -21,6 +21,7 @@ from bloodmnist.data.npz import Dataset
 from bloodmnist.errors import CheckpointError
 from bloodmnist.evaluation.metrics import accuracy, medmnist_auc
 from bloodmnist.evaluation.predict import predict_probs
+from bloodmnist.model.stems import resolve_stem
 from bloodmnist.progress import TrainProgress
 from bloodmnist.runtime import Runtime, broadcast_object, per_rank_batch, sync_buffers
 from bloodmnist.training.checkpoint import save_checkpoint, unwrap
@@ -157,6 +158,7 @@ class Trainer:
             "rng": rng_states(self.state.epoch + 1),
             "metrics": metrics,
             "arch": self.cfg.model.arch,
+            "stem": resolve_stem(self.cfg.model.stem, self.cfg.data.size),  # checkpoint_config
             "num_classes": self.cfg.model.num_classes,
             "world_size": self.rt.world_size,
             "pretrained": self.pretrained,
