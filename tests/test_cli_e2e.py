@@ -307,6 +307,13 @@ def test_evaluate_reproduces_the_test_accuracy(run_dir: Path, tmp_path: Path) ->
     assert _json(out_json) == printed
     again = run_cli(args, cwd=tmp_path)
     assert again.returncode == 2 and "already exists" in again.stderr  # never overwrites
+    # with TTA: the run's own mode and the other one beside it, as summary.json has them
+    tta = ["evaluate", str(run_dir), "--precision", "fp32"]
+    both = json.loads(run_cli(tta, cwd=tmp_path).stdout)
+    other = "dihedral8" if summary["tta_mode"] == "reference7" else "reference7"
+    assert both["tta_mode"] == summary["tta_mode"]
+    assert both["acc_tta"] == pytest.approx(summary["test_acc_tta"], abs=1e-12)
+    assert both[f"acc_tta_{other}"] == pytest.approx(summary[f"test_acc_tta_{other}"], abs=1e-12)
 
 
 def test_train_into_existing_run_refuses_and_changes_nothing(

@@ -161,7 +161,7 @@ def evaluate(args: argparse.Namespace) -> int:
         raise BloodMNISTError(f"{args.json} already exists; choose a new --json file")
     state = load_checkpoint(ckpt_path)  # a bad checkpoint fails before the heavy imports
     from bloodmnist.data.source import load_data
-    from bloodmnist.evaluation.final import TTA_MODES, evaluate_split
+    from bloodmnist.evaluation.final import evaluate_split
     from bloodmnist.model import model_from_config
     from bloodmnist.progress import wants_bars
     from bloodmnist.runtime import setup_runtime
@@ -189,27 +189,28 @@ def evaluate(args: argparse.Namespace) -> int:
         "data_md5": info.md5,
         "n": result["metrics"]["n"],
         "precision": rt.precision,
+        **_metric_fields(result),
     }
-    if "tta_mode" in result:
-        out["tta_mode"] = result["tta_mode"]
-    # the run's own TTA mode as *_tta, the other one beside it (choose a mode on --split val)
-    others = [(f"metrics_tta_{mode}", f"_tta_{mode}") for mode in TTA_MODES]
-    for key, label in (("metrics", ""), ("metrics_tta", "_tta"), *others):
-        if key in result:
-            m = result[key]
-            out.update(
-                {
-                    f"acc{label}": m["acc"],
-                    f"macro_f1{label}": m["macro_f1"],
-                    f"auc{label}": m["auc"],
-                }
-            )
-    out["per_class"] = result.get("metrics_tta", result["metrics"])["per_class"]
     text = json.dumps(out, indent=2)
     print(text)
     if args.json:
         write_text_atomic(Path(args.json), text + "\n")
     return 0
+
+
+def _metric_fields(result: dict[str, Any]) -> dict[str, Any]:
+    """acc/macro_f1/auc plain, with the run's own TTA (`_tta`) and with the other TTA mode beside
+    it (`_tta_<mode>`: choose a mode on --split val), and the per-class table."""
+    from bloodmnist.evaluation.final import TTA_MODES
+
+    out: dict[str, Any] = {"tta_mode": result["tta_mode"]} if "tta_mode" in result else {}
+    others = [(f"metrics_tta_{mode}", f"_tta_{mode}") for mode in TTA_MODES]
+    for key, label in (("metrics", ""), ("metrics_tta", "_tta"), *others):
+        if key in result:
+            m = result[key]
+            out.update({f"{name}{label}": m[name] for name in ("acc", "macro_f1", "auc")})
+    out["per_class"] = result.get("metrics_tta", result["metrics"])["per_class"]
+    return out
 
 
 def report(args: argparse.Namespace) -> int:
