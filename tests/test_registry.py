@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -92,6 +93,7 @@ def test_resnet9_trains_records_pflop_predicts_and_exports(shared_data: Path, tm
     args += ["--epochs", "2", "--precision", "fp32", "--quiet", "--set", "runtime.threads=1"]
     args += ["--set", "model.width=0.25"]  # no --recipe: the CLI's default, fast (resnet9)
     args += ["--set", "runtime.reports=false", "--set", "augment.translate=2"]
+    args += ["--set", "eval.compare_tta=false"]
     result = run_cli(args, cwd=tmp_path)
     assert result.returncode == 0, describe(result)
     summary = json.loads((run / "summary.json").read_text())
@@ -101,6 +103,12 @@ def test_resnet9_trains_records_pflop_predicts_and_exports(shared_data: Path, tm
     per_image = flops_per_image(ResNet9(8, width=0.25))["train"]
     assert summary["arch"] == "resnet9" and summary["train_images_seen"] == 2 * 128
     assert summary["train_pflop"] == pytest.approx(per_image * 256 / 1e15, rel=1e-3)
+    # eval.compare_tta=false: the recipe's own TTA only; the other mode is absent, not zero
+    assert summary["tta_mode"] == "reference7" and summary["test_acc_tta"] is not None
+    assert summary["val_acc_tta"] is not None
+    assert not [k for k in summary if k.endswith("_tta_dihedral8")], summary
+    with np.load(run / "predictions.npz") as pred_npz:
+        assert "test_probs_tta" in pred_npz and "test_probs_tta_dihedral8" not in pred_npz
     jpgs = sorted((SHARED_DATA / "pbc_sample").rglob("*.jpg"))[:8]
     pred = run_cli(["predict", str(run), *map(str, jpgs), "--precision", "fp32"], cwd=tmp_path)
     assert pred.returncode == 0, describe(pred)

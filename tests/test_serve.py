@@ -33,10 +33,11 @@ def run_dir(shared_data: Path, tmp_path_factory) -> Path:
     if not PBC.is_dir():
         pytest.skip(f"raw sample images not found at {PBC}")
     work = tmp_path_factory.mktemp("serve")
-    train = ["train", "--recipe", "reference", "--data", str(shared_data), "--subset", "128"]
+    train = ["train", "--recipe", "reference", "--data", str(shared_data), "--subset", "64"]
     train += ["--epochs", "1"]
     train += ["--set", "runtime.reports=false", "--set", "runtime.threads=1", "--precision"]
     train += ["fp32", "--pretrained", "none", "--out", str(work / "run"), "--quiet"]
+    train += ["--set", "eval.compare_tta=false"]  # one TTA mode is all that is served
     result = run_cli(train, cwd=work)
     assert result.returncode == 0, describe(result)
     export = ["export", str(work / "run"), "--data", str(shared_data), "--parity-images", "64"]

@@ -127,6 +127,7 @@ def run_64(shared_64: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
         "--pretrained",
     ]
     args += ["none", "--precision", "fp32", "--set", "runtime.threads=1", "--quiet"]
+    args += ["--set", "eval.compare_tta=false"]
     result = run_cli(args, cwd=root, timeout=300)
     assert result.returncode == 0, describe(result)
     return root / "run"

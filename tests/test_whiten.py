@@ -79,7 +79,7 @@ def test_a_resnet9w_run_fits_once_and_predict_export_use_the_checkpoint(
     args = ["train", "--data", str(shared_data), "--out", str(run), "--subset", "96"]
     args += ["--epochs", "1", "--precision", "fp32", "--quiet", "--set", "runtime.threads=1"]
     args += ["--set", "model.arch=resnet9w", "--set", "model.width=0.125"]
-    args += ["--set", "runtime.reports=false"]
+    args += ["--set", "runtime.reports=false", "--set", "eval.compare_tta=false"]
     result = run_cli(args, cwd=tmp_path)
     assert result.returncode == 0, describe(result)
     assert "patch whitening fitted to 96 training images" in (run / "train.log").read_text()

@@ -113,6 +113,9 @@ class TrainConfig:
 class EvalConfig:
     tta: bool = True
     tta_mode: str = "reference7"  # reference7 (the reference's 7 views) | dihedral8 (D4 poses)
+    # also the other TTA mode on val and test (*_tta_<other>), so the mode can be chosen on
+    # validation; false skips those 7-8 extra passes per split (slow CPUs, tests)
+    compare_tta: bool = True
     batch_size: int = 512
     tta_translate: float = 2.0  # pixels
     tta_scale: float = 1.1

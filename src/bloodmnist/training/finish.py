@@ -56,7 +56,9 @@ def test_once(
     best_path = run_dir / "checkpoints" / "best.pt"
     load_model_weights(model, _best_weights(best_path, rt), best_path)
     t0 = time.perf_counter()
-    result = evaluate_split(model, data, "test", cfg, rt, tta=cfg.eval.tta, progress=progress)
+    result = evaluate_split(
+        model, data, "test", cfg, rt, cfg.eval.tta, cfg.eval.compare_tta, progress=progress
+    )
     metrics = {**summary_metrics(result), **val_tta_fields(model, data, cfg, rt)}
     if cfg.eval.temperature_scaling:  # every rank: the validation pass gathers across ranks
         metrics.update(temperature_scaling(model, data, cfg, rt, result, progress))
@@ -87,7 +89,7 @@ def val_tta_fields(model: nn.Module, data: Dataset, cfg: Config, rt: Runtime) ->
     on validation (the test numbers beside them must not choose it)."""
     if not cfg.eval.tta:
         return {}
-    result = evaluate_split(model, data, "val", cfg, rt, tta=True)
+    result = evaluate_split(model, data, "val", cfg, rt, tta=True, compare_tta=cfg.eval.compare_tta)
     fields = {"val_acc_tta": result["metrics_tta"]["acc"]}
     for key, value in result.items():
         if key.startswith("metrics_tta_"):  # the reference's 7 views beside another mode
