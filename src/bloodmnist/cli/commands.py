@@ -104,15 +104,25 @@ def _refuse_finished(run_dir: Path, state: dict, epochs: int | None) -> None:
         )
 
 
+def _build_reports(run_dir: Path) -> Any:
+    """The reports of a finished run; matplotlib and the rest are imported only when wanted."""
+    from bloodmnist.reporting.report import build_reports
+
+    return build_reports(run_dir)
+
+
 def train(args: argparse.Namespace) -> int:
     resume = None
     if args.resume:
         run_dir, resume, cfg = _resume_state(args)
     else:
         cfg = train_config(args)
-    # Heavy imports (torchvision, reporting) only now: a bad config fails in a fraction of a second
+    if cfg.data.path is not None:  # None: the official file, downloaded into the cache
+        from bloodmnist.data.npz import require_file
+
+        require_file(Path(cfg.data.path))
+    # Heavy imports only now: a bad config or a missing file fails in seconds, not ten
     from bloodmnist.progress import wants_bars
-    from bloodmnist.reporting.report import build_reports
     from bloodmnist.runtime import cleanup, per_rank_batch, setup_runtime
     from bloodmnist.training.run import train_run
 
@@ -124,7 +134,7 @@ def train(args: argparse.Namespace) -> int:
         # Bars only in a terminal: a log file, pipe or nohup gets one line per epoch
         bars = wants_bars(not args.quiet)
         # The CLI orchestrates: training, then the reports (built while the run holds its lock)
-        summary = train_run(cfg, rt, run_dir, bars, resume=resume, reports=build_reports)
+        summary = train_run(cfg, rt, run_dir, bars, resume=resume, reports=_build_reports)
         if rt.is_main:
             print(
                 json.dumps(

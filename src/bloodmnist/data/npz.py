@@ -50,11 +50,16 @@ def _fail(path: Path, what: str) -> DataError:
     return DataError(f"{path}: {what}; {FIX}")
 
 
-def _read_arrays(path: Path) -> dict[str, np.ndarray]:
+def require_file(path: Path) -> None:
+    """The one-line error for a missing data file (commands call it before their heavy imports)."""
     if not path.is_file():
         raise DataError(
             f"data file not found: {path}; pass --data FILE.npz or run 'bloodmnist data download'"
         )
+
+
+def _read_arrays(path: Path) -> dict[str, np.ndarray]:
+    require_file(path)
     try:
         obj = np.load(path, allow_pickle=False)
         if not isinstance(obj, np.lib.npyio.NpzFile):  # a bare .npy array under an .npz name

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-import torchvision
 from torch import nn
 
 from bloodmnist.errors import CheckpointError, DownloadError
@@ -38,6 +37,8 @@ def adapt_stem_weight(w7: torch.Tensor) -> torch.Tensor:
 def adapted_torchvision_resnet(name: str, num_classes: int = 8) -> nn.Module:
     """A torchvision ResNet (`resnet18`, `resnet34`, `resnet50`) adapted to 28 px: 3x3 stride-1
     stem and no max-pool, so the 28-px image is not cut to 7 px before the first block."""
+    import torchvision  # here, not at the top: ~2 s that config checks and errors need not wait
+
     model = getattr(torchvision.models, name)(weights=None, num_classes=num_classes)
     model.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
     model.maxpool = nn.Identity()
