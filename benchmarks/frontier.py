@@ -132,9 +132,14 @@ def row(label: str, study: dict, arch: str | None = None, mode: str | None = Non
 
 def plot(rows: list[dict], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(9.5, 4.2))
-    for r in rows:
+    colours = plt.get_cmap("tab20").colors  # one colour per row, up to 20 rows
+    for i, r in enumerate(rows):
         x, y = r["train_pflop"][0], r.get("test_acc_tta", r["test_acc"])
-        ax.errorbar(x, 100 * y[0], yerr=100 * y[1], fmt="o", capsize=3, label=r["recipe"])
+        fmt = "s" if "64 px" in r["recipe"] else "o"  # larger images: squares
+        ax.errorbar(
+            x, 100 * y[0], yerr=100 * y[1], fmt=fmt, capsize=3, label=r["recipe"],
+            color=colours[(2 * i) % 20 + (2 * i) // 20 % 2],
+        )  # fmt: skip
     for name, acc in ANCHORS.items():
         ax.axhline(100 * acc, ls="--", lw=0.8, color="grey")
         # x in axes fraction, y in data: the label sits at the left edge whatever the x range
@@ -143,7 +148,7 @@ def plot(rows: list[dict], path: Path) -> None:
     ax.set_xscale("log")
     ax.set_xlabel("training compute (PFLOP, log scale)")
     ax.set_ylabel("test accuracy with TTA (%), mean ± std over seeds")
-    ax.set_title("BloodMNIST 28 px from scratch: accuracy vs training compute")
+    ax.set_title("BloodMNIST from scratch (28 px; squares: 64 px): accuracy vs training compute")
     ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))  # clear of the points
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
