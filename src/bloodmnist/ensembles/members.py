@@ -11,9 +11,9 @@ import numpy as np
 from bloodmnist.config import Config, from_dict, load_yaml
 from bloodmnist.errors import BloodMNISTError
 from bloodmnist.evaluation.run_files import (
-    REFERENCE_TTA,
     load_predictions,
     load_summary,
+    tta_mode_of,
     tta_probs,
     tta_was_run,
 )
@@ -39,7 +39,7 @@ class Member:
     @property
     def tta_mode(self) -> str:
         """Runs from before eval.tta_mode existed used the reference's 7 views."""
-        return self.summary.get("tta_mode") or REFERENCE_TTA
+        return tta_mode_of(self.summary)
 
     def tta_probs(self, mode: str) -> np.ndarray | None:
         """Test probabilities under TTA `mode`, where the run has them."""

@@ -26,11 +26,11 @@ import numpy as np
 from bloodmnist.atomic import read_json
 from bloodmnist.errors import BloodMNISTError
 from bloodmnist.evaluation.run_files import (
-    REFERENCE_TTA,
     TTA_MODES,
     load_manifest,
     load_predictions,
     load_summary,
+    tta_mode_of,
     tta_probs,
     tta_was_run,
 )
@@ -79,7 +79,7 @@ def _load_runs(path: Path, run_dirs: list[Path], kind: str) -> Side:
         labels = y
         md5s.add(_run_md5(run_dir, summary))
         tta = tta and tta_was_run(summary)
-        modes.add(summary.get("tta_mode") or REFERENCE_TTA)
+        modes.add(tta_mode_of(summary))
         seeds.append(summary.get("seed"))
         for v, key in VARIANT_PROBS.items():
             probs[v].append(preds[key])

@@ -132,15 +132,19 @@ def tta_was_run(summary: dict[str, Any]) -> bool:
     return summary.get("test_acc_tta", 0.0) is not None
 
 
+def tta_mode_of(summary: dict[str, Any]) -> str:
+    """A run's own TTA mode; runs from before `tta_mode` was recorded used the reference's 7."""
+    return summary.get("tta_mode") or REFERENCE_TTA
+
+
 def tta_probs(
     summary: dict[str, Any], preds: dict[str, np.ndarray], mode: str
 ) -> np.ndarray | None:
     """A run's test probabilities under TTA `mode`: its own mode's (`test_probs_tta`) or the
-    other one's, reported beside it (`test_probs_tta_<mode>`); None where the run has neither.
-    Runs from before `tta_mode` was recorded used the reference's 7 views."""
+    other one's, reported beside it (`test_probs_tta_<mode>`); None where the run has neither."""
     if not tta_was_run(summary):
         return None
-    if (summary.get("tta_mode") or REFERENCE_TTA) == mode:
+    if tta_mode_of(summary) == mode:
         return preds["test_probs_tta"]
     return preds.get(f"test_probs_tta_{mode}")
 

@@ -14,13 +14,13 @@ import numpy as np
 
 from bloodmnist.errors import BloodMNISTError
 from bloodmnist.evaluation.run_files import (
-    REFERENCE_TTA,
     TTA_MODES,
     class_names,
     load_history,
     load_predictions,
     load_summary,
     load_test_metrics,
+    tta_mode_of,
     tta_probs,
     tta_was_run,
 )
@@ -129,8 +129,7 @@ def _value(summary: dict[str, Any], key: str) -> Any:
     every mode has its numbers under one name whatever mode each seed ran."""
     value = summary.get(key)
     base, sep, mode = key.rpartition("_tta_")
-    own = summary.get("tta_mode") or REFERENCE_TTA
-    if value is None and sep and mode == own and tta_was_run(summary):
+    if value is None and sep and mode == tta_mode_of(summary) and tta_was_run(summary):
         value = summary.get(f"{base}_tta")
     return value
 
