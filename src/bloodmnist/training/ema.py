@@ -37,8 +37,9 @@ class WeightEMA:
     def update(self, model: nn.Module) -> None:
         mine = [t.detach() for t in _tensors(self.module)]
         theirs = [t.detach() for t in _tensors(model)]
-        if not self._started:
-            torch._foreach_copy_(mine, theirs)
+        if not self._started:  # the first update copies, as AveragedModel does
+            for a, b in zip(mine, theirs, strict=True):
+                a.copy_(b)
             self._started = True
         else:
             groups: dict[tuple[torch.device, torch.dtype], tuple[list, list]] = {}
