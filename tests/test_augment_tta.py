@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from bloodmnist.config import IMAGENET_MEAN, IMAGENET_STD, AugmentConfig, EvalConfig
-from bloodmnist.data.augment import augment, geometry_matrices, mixup
+from bloodmnist.data.augment import _RGB_FROM_HED, augment, geometry_matrices, mixup, stain_jitter
 from bloodmnist.data.loader import Normalizer
 from bloodmnist.evaluation.predict import predict_probs, tta_views
 from bloodmnist.model import build_model
@@ -65,6 +65,40 @@ def test_identity_config_reproduces_input() -> None:
     mat = geometry_matrices(5, IDENTITY, _gen(0), CPU)
     expected = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]).expand(5, 2, 3)
     torch.testing.assert_close(mat, expected, rtol=0, atol=1e-6)
+
+
+def _densities(x: torch.Tensor) -> torch.Tensor:
+    """Haematoxylin/eosin/DAB optical densities, computed here independently (numpy, float64)."""
+    od = np.log(np.clip(x.double().numpy(), 1e-6, None)) / np.log(1e-6)
+    return torch.from_numpy(np.einsum("nchw,cd->ndhw", od, np.linalg.inv(_RGB_FROM_HED)))
+
+
+def test_stain_jitter_scales_and_shifts_each_stain() -> None:
+    x = _images(4).clamp(0.05, 1)  # away from the 1e-6 floor: the densities are exact there
+    same = stain_jitter(x, torch.ones(4, 3), torch.zeros(4, 3))
+    torch.testing.assert_close(same, x, rtol=0, atol=1e-5)  # the identity round-trips
+    scale = torch.tensor([[1.1, 1.0, 1.0], [1.0, 0.9, 1.0], [1.0, 1.0, 1.0], [0.95, 1.05, 1.0]])
+    shift = torch.tensor([[0.0, 0.0, 0.0], [0.0, 0.0, 0.02], [0.03, -0.03, 0.0], [0.0, 0.0, 0.0]])
+    out = stain_jitter(x, scale, shift)
+    inside = ((out > 1e-4) & (out < 1 - 1e-4)).all(dim=1, keepdim=True)  # not clipped
+    want = _densities(x) * scale.double()[:, :, None, None] + shift.double()[:, :, None, None]
+    got = _densities(out)
+    assert inside.float().mean() > 0.9
+    err = (got - want).abs().masked_select(inside.expand_as(got))
+    assert err.max() < 1e-4, err.max()
+    # more haematoxylin (image 0) darkens it; image 2 (H up, E down) changes, image by image
+    assert out[0].mean() < x[0].mean() and (out[2] - x[2]).abs().max() > 0.01
+
+
+def test_stain_augment_is_opt_in_seeded_and_bounded() -> None:
+    x = _images(6)
+    plain = augment(x.clone(), IDENTITY, _gen(3))
+    stained = AugmentConfig(**{**IDENTITY.__dict__, "stain": 0.1})
+    a, b = augment(x.clone(), stained, _gen(3)), augment(x.clone(), stained, _gen(3))
+    torch.testing.assert_close(plain, x, rtol=0, atol=1e-5)  # stain 0: nothing drawn or changed
+    assert torch.equal(a, b) and a.min() >= 0 and a.max() <= 1
+    per_image = (a - x).abs().flatten(1).mean(1)
+    assert (per_image > 1e-3).all() and per_image.std() > 0  # every image, each differently
 
 
 def test_hflip_one_is_an_exact_mirror() -> None:

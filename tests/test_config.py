@@ -169,6 +169,8 @@ def test_yaml_file_errors_name_the_file(tmp_path: Path) -> None:
         ("runtime.device=tpu", "runtime.device"),
         ("augment.crop_scale=[0.9, 0.5]", "crop_scale"),
         ("augment.hflip=1.5", "flip"),
+        ("augment.stain=1.0", "augment.stain must be in [0,1)"),
+        ("augment.stain=-0.1", "augment.stain"),
         ("eval.batch_size=0", "eval.batch_size"),
         ("runtime.threads=-1", "runtime.threads"),
         ("model.arch=vgg11", "model.arch must be one of resnet18, resnet34, resnet50, resnet9"),

@@ -233,6 +233,7 @@ def validate(cfg: Config) -> None:
         (cfg.augment.cutout >= 0, "augment.cutout must be >= 0 (pixels, or a fraction < 1)"),
         (0 <= cfg.augment.cutout_p <= 1, "augment.cutout_p must be in [0,1]"),
         (cfg.augment.cutout_fill in ("zero", "mean"), "augment.cutout_fill must be zero|mean"),
+        (0 <= cfg.augment.stain < 1, "augment.stain must be in [0,1)"),
         (cfg.augment.cutmix_alpha >= 0, "augment.cutmix_alpha must be >= 0"),
         (0 <= cfg.train.distill_alpha <= 1, "train.distill_alpha must be in [0,1]"),
         (cfg.train.distill_temperature > 0, "train.distill_temperature must be > 0"),

@@ -38,6 +38,8 @@ class AugmentConfig:
     cutout_p: float = 1.0
     cutout_fill: str = "zero"  # zero | mean
     cutmix_alpha: float = 0.0  # CutMix, lambda ~ Beta(a, a) per batch; with MixUp: 50/50 each
+    # stain jitter: per image, each H/E/DAB optical density x U(1-s, 1+s) + U(-s, s) (0: off)
+    stain: float = 0.0
 
 
 @dataclass

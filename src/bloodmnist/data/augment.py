@@ -92,10 +92,32 @@ def color_jitter(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator) -> t
     return x
 
 
+# Ruifrok & Johnston's stain vectors (haematoxylin, eosin, DAB), rows in RGB optical density,
+# as scikit-image's rgb2hed uses them; optical density is log(I) / log(1e-6), 0 for white.
+_RGB_FROM_HED = ((0.65, 0.70, 0.29), (0.07, 0.99, 0.11), (0.27, 0.57, 0.78))
+_OD_FLOOR = 1e-6
+
+
+def stain_jitter(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """Perturb a batch's stains: each image's haematoxylin/eosin/DAB densities (N,3,H,W) become
+    density * scale + shift ((N,3) each), then back to RGB in [0,1] (Tellez et al. 2018)."""
+    rgb_from_hed = torch.tensor(_RGB_FROM_HED, dtype=torch.float32, device=x.device)
+    od = torch.log(x.float().clamp_min(_OD_FLOOR)) / math.log(_OD_FLOOR)
+    hed = torch.einsum("nchw,cd->ndhw", od, torch.linalg.inv(rgb_from_hed))
+    hed = hed * scale[:, :, None, None] + shift[:, :, None, None]
+    od = torch.einsum("nchw,cd->ndhw", hed, rgb_from_hed)
+    return torch.exp(od * math.log(_OD_FLOOR)).clamp_(0, 1).to(x.dtype)
+
+
 def augment(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator) -> torch.Tensor:
     """Augment a float batch in [0,1] pixel space (N,3,H,W); returns the same layout."""
     mat = geometry_matrices(x.shape[0], cfg, gen, x.device, x.shape[-1])
     x = color_jitter(warp(x, mat), cfg, gen)
+    if cfg.stain > 0:  # drawn only when on, so the other recipes' random streams are unchanged
+        n, dev = x.shape[0], x.device
+        scale = _uniform(3 * n, 1 - cfg.stain, 1 + cfg.stain, gen, dev).view(n, 3)
+        shift = _uniform(3 * n, -cfg.stain, cfg.stain, gen, dev).view(n, 3)
+        x = stain_jitter(x, scale, shift)
     if cfg.cutout > 0:  # drawn only when on, so the reference recipe's random stream is unchanged
         x = cutout(x, cfg, gen)
     return x
