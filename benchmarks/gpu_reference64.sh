@@ -27,6 +27,7 @@ else
 fi
 nvidia-smi >"$OUT/gpu.txt" 2>&1 || true
 t0=$SECONDS
+pids=()
 for stem in $STEMS; do
   echo "== reference64-$stem: $BM study --seeds $SEEDS --jobs 3 --recipe reference --data $DATA64" \
     "--set model.stem=$stem ${EXTRA[*]}" | tee -a "$OUT/commands.txt"
@@ -34,8 +35,16 @@ for stem in $STEMS; do
     --out "$WORK/reference64-$stem" --recipe reference --data "$DATA64" \
     --set "model.stem=$stem" --set runtime.reports=false --set runtime.tensorboard=false \
     "${EXTRA[@]}" >"$OUT/reference64-$stem.log" 2>&1 &
+  pids+=("$stem:$!")
 done
-wait
+failed=0
+for entry in "${pids[@]}"; do  # each study's exit status (124: cut by the deadline)
+  wait "${entry#*:}"
+  rc=$?
+  echo "   reference64-${entry%%:*}: exit $rc" | tee -a "$OUT/commands.txt"
+  [ "$rc" = 0 ] || failed=1
+done
 echo "all studies ended after $((SECONDS - t0)) s" | tee -a "$OUT/commands.txt"
 nvidia-smi >>"$OUT/gpu.txt" 2>&1 || true
 tar --exclude='*.pt' -czf "$OUT/reference64-runs.tar.gz" -C "$WORK" .
+exit "$failed"

@@ -7,9 +7,11 @@
 #   SMOKE=1 OUT=/tmp/smoke RUNS="fast:../shared/data/bloodmnist_pbc_28.npz" \
 #       bash benchmarks/gpu_speed.sh                              # tiny dry run on a CPU
 #
-# RUNS is a list of RECIPE:NPZ; each is trained with seed SEED (42). Writes $OUT/speed.tsv
-# (recipe, data, wall seconds of the command, train_seconds and train_pflop from summary.json,
-# test accuracy with TTA) and $OUT/speed-runs.tar.gz (the run folders without checkpoints).
+# RUNS is a list of RECIPE:NPZ; each is trained with seed SEED (42), at most RUN_SECONDS (500)
+# each. Writes $OUT/speed.tsv (recipe, data, exit status, the run's status, wall seconds of the
+# command, train_seconds and train_pflop from summary.json, test accuracy with TTA; a row per
+# run, also for one that failed or was cut) and $OUT/speed-runs.tar.gz (the run folders without
+# checkpoints).
 set -uo pipefail
 OUT=${OUT:-gpu-results}
 RUNS=${RUNS:?RUNS=RECIPE:NPZ ...}
@@ -23,28 +25,30 @@ if [ "${SMOKE:-0}" = 1 ]; then
 else
   EXTRA=(--device cuda)
 fi
-printf 'recipe\tdata\twall_s\ttrain_seconds\ttrain_pflop\ttest_acc_tta\n' >"$OUT/speed.tsv"
+printf 'recipe\tdata\trc\tstatus\twall_s\ttrain_seconds\ttrain_pflop\ttest_acc_tta\n' \
+  >"$OUT/speed.tsv"
+i=0
 for item in $RUNS; do
+  i=$((i + 1))
   recipe=${item%%:*}
   data=${item#*:}
   name=$recipe-$(basename "$data" .npz)
+  out="$WORK/$i-$name"  # its own folder: a failed run never reports an older run's summary
   t0=$EPOCHREALTIME
-  "$BM" train --recipe "$recipe" --data "$data" --seed "$SEED" --set runtime.reports=false \
-    --set runtime.tensorboard=false --set "runtime.out=$WORK" --set "runtime.name=$name" \
-    "${EXTRA[@]}" >"$OUT/$name.log" 2>&1
+  timeout --kill-after=30 "${RUN_SECONDS:-500}" "$BM" train --recipe "$recipe" --data "$data" \
+    --seed "$SEED" --out "$out" --set runtime.reports=false --set runtime.tensorboard=false \
+    "${EXTRA[@]}" >"$OUT/$i-$name.log" 2>&1
   rc=$?
   t1=$EPOCHREALTIME
-  run=$(ls -td "$WORK"/*"$name" | head -1)
-  "$PY" - "$run/summary.json" "$recipe" "$data" "$t0" "$t1" "$rc" >>"$OUT/speed.tsv" <<'PYEOF'
+  "$PY" - "$out/summary.json" "$recipe" "$data" "$t0" "$t1" "$rc" >>"$OUT/speed.tsv" <<'PYEOF'
 import json, sys
 path, recipe, data, t0, t1, rc = sys.argv[1:]
-wall = float(t1) - float(t0)
 try:
     s = json.load(open(path))
-except OSError:
+except (OSError, ValueError):
     s = {}
-row = [recipe, data, f"{wall:.1f}", s.get("train_seconds", f"exit {rc}"),
-       s.get("train_pflop", ""), s.get("test_acc_tta", "")]
+row = [recipe, data, rc, s.get("status", "no summary"), f"{float(t1) - float(t0):.1f}",
+       s.get("train_seconds", ""), s.get("train_pflop", ""), s.get("test_acc_tta", "")]
 print("\t".join(str(v) for v in row))
 PYEOF
 done

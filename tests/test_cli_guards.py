@@ -183,3 +183,14 @@ def test_data_info_and_verify(shared_data: Path, tmp_path: Path) -> None:
 def test_version(tmp_path: Path) -> None:
     result = run_cli(["--version"], cwd=tmp_path, timeout=120)
     assert result.returncode == 0 and result.stdout.strip() == f"bloodmnist {__version__}"
+
+
+def test_data_path_with_a_tilde_is_the_users_home(tmp_path: Path) -> None:
+    """`data.path: ~/...` (a config file or --set; --data is expanded by the parser) reaches the
+    loader expanded: here a file that is not an npz, so the error names it, not a missing file."""
+    (tmp_path / "mine.npz").write_bytes(b"not an npz archive")
+    args = ["train", "--set", "data.path=~/mine.npz", "--out", str(tmp_path / "run")]
+    result = run_cli(args, cwd=tmp_path, env={"HOME": str(tmp_path)})
+    assert result.returncode == 2, describe(result)
+    assert error_lines(result)[-1].startswith(f"bloodmnist train: error: {tmp_path / 'mine.npz'}:")
+    assert "not found" not in result.stderr

@@ -38,7 +38,6 @@ TRAIN_ARGS = [
     "--set", "optim.batch_size=128",  # 2 optimiser steps on 256 images
     "--set", "optim.lr=0.0002",
     "--set", "train.sync_bn=true",
-    "--set", "eval.compare_tta=false",  # the sharded test pass needs one TTA mode
     "--set", "augment.rotation=0", "--set", "augment.hflip=0",
     "--set", "augment.brightness=0", "--set", "augment.contrast=0",
     "--set", "augment.saturation=0", "--set", "augment.mixup_alpha=0",

@@ -42,15 +42,23 @@ def test_ema_equals_torch_averaged_model() -> None:
 
 
 def test_ema_resumed_keeps_averaging() -> None:
+    """After load() (a resumed run) the next update averages, exactly as an AveragedModel that
+    holds the same weights and has counted one update."""
     model = _net()
-    ema = make_ema(model, 0.5)
-    saved = {k: v.clone() for k, v in model.state_dict().items()}
+    saved = {k: v.clone() for k, v in _net().state_dict().items()}  # the checkpoint's EMA
+    ours = make_ema(model, 0.5)
+    ours.load(saved)
+    theirs = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(0.5), use_buffers=True)
+    theirs.module.load_state_dict(saved)
+    theirs.n_averaged.fill_(1)
     with torch.no_grad():
         model[0].weight.add_(2.0)
-    ema.load(saved)
-    ema.update(model)  # averages with the restored weights instead of copying the model
-    expected = saved["0.weight"] + 0.5 * (model[0].weight - saved["0.weight"])
-    assert torch.allclose(ema.module[0].weight, expected)
+    model(torch.randn(8, 3, 6, 6))  # moves the BN buffers too
+    ours.update(model)
+    theirs.update_parameters(model)
+    for name, a in ours.averaged.state_dict().items():
+        assert torch.equal(a, theirs.state_dict()[name]), name
+    assert not torch.equal(ours.module[0].weight, model[0].weight)  # averaged, not copied
 
 
 def test_training_steps_make_no_host_sync(
@@ -66,7 +74,7 @@ def test_training_steps_make_no_host_sync(
 
         def probe(self, *args, _original=original, _name=name, **kwargs):
             if active[0]:
-                caller = traceback.extract_stack(limit=3)[0]
+                caller = traceback.extract_stack(limit=3)[-2]  # who called the method
                 calls[f"{_name} {Path(caller.filename).name}:{caller.lineno}"] += 1
             return _original(self, *args, **kwargs)
 

@@ -120,7 +120,7 @@ def train(args: argparse.Namespace) -> int:
     if cfg.data.path is not None:  # None: the official file, downloaded into the cache
         from bloodmnist.data.npz import require_file
 
-        require_file(Path(cfg.data.path))
+        require_file(Path(cfg.data.path).expanduser())  # as the loader reads it
     # Heavy imports only now: a bad config or a missing file fails in seconds, not ten
     from bloodmnist.progress import wants_bars
     from bloodmnist.runtime import cleanup, per_rank_batch, setup_runtime
@@ -190,7 +190,9 @@ def evaluate(args: argparse.Namespace) -> int:
     load_model_weights(model, state, ckpt_path)
     model = model.to(rt.device)
     bars = wants_bars(True)  # a live bar per pass in a terminal only
-    result = evaluate_split(model, data, args.split, cfg, rt, tta=args.tta, progress=bars)
+    result = evaluate_split(
+        model, data, args.split, cfg, rt, args.tta, cfg.eval.compare_tta, progress=bars
+    )
     out = {
         "checkpoint": str(ckpt_path),
         "epoch": state["epoch"],

@@ -5,10 +5,10 @@ so the EMA model carries statistics that match its own weights and needs no extr
 the data before validation.
 
 `update` applies torch's own EMA rule (`get_ema_multi_avg_fn`: a foreach lerp per dtype group)
-itself instead of calling `AveragedModel.update_parameters`, which tests its device-side counter
-with Python `if`s: two host syncs per optimiser step, which stall a GPU's queue every step (on
-CUDA the step then waits for the kernels before it instead of running ahead of them). The
-numbers are the same (tests/test_ema.py); the "first update copies" state is a host-side flag.
+itself instead of calling `AveragedModel.update_parameters`, which copies its step counter (a CPU
+tensor) to the model's device every step: on CUDA a synchronous copy, so each step waited for the
+kernels queued before it instead of the CPU running ahead. The numbers are the same
+(tests/test_ema.py); the "first update copies" state is a host-side flag.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ class WeightEMA:
                 pair[1].append(b)
             for ema_list, model_list in groups.values():
                 self._ema(ema_list, model_list, None)
-        self.averaged.n_averaged += 1  # kept for state_dict compatibility; a device op, no sync
+        self.averaged.n_averaged += 1  # kept for state_dict compatibility (a CPU tensor)
 
     def load(self, state: dict[str, Any]) -> None:
         """Restore the EMA weights from a checkpoint's `model` entry (a resumed run)."""
