@@ -69,7 +69,7 @@ def test_identity_config_reproduces_input() -> None:
 
 def _densities(x: torch.Tensor) -> torch.Tensor:
     """Haematoxylin/eosin/DAB optical densities, computed here independently (numpy, float64)."""
-    od = np.log(np.clip(x.double().numpy(), 1e-6, None)) / np.log(1e-6)
+    od = -np.log(np.clip(x.double().numpy(), 1e-6, None))
     return torch.from_numpy(np.einsum("nchw,cd->ndhw", od, np.linalg.inv(_RGB_FROM_HED)))
 
 
@@ -88,6 +88,15 @@ def test_stain_jitter_scales_and_shifts_each_stain() -> None:
     assert err.max() < 1e-4, err.max()
     # more haematoxylin (image 0) darkens it; image 2 (H up, E down) changes, image by image
     assert out[0].mean() < x[0].mean() and (out[2] - x[2]).abs().max() > 0.01
+
+
+def test_stain_jitter_works_in_natural_log_optical_density() -> None:
+    """A pure-haematoxylin pixel of density 0.5 (I = exp(-0.5 * h), h its RGB stain vector),
+    shifted by +0.1, is exp(-0.6 * h): the shift is in -ln(I) units (Tellez et al.'s)."""
+    h = torch.tensor(_RGB_FROM_HED[0])
+    x = torch.exp(-0.5 * h).view(1, 3, 1, 1).expand(1, 3, 2, 2).contiguous()
+    out = stain_jitter(x, torch.ones(1, 3), torch.tensor([[0.1, 0.0, 0.0]]))
+    torch.testing.assert_close(out[0, :, 0, 0], torch.exp(-0.6 * h), rtol=0, atol=1e-5)
 
 
 def test_stain_augment_is_opt_in_seeded_and_bounded() -> None:

@@ -93,7 +93,9 @@ def color_jitter(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator) -> t
 
 
 # Ruifrok & Johnston's stain vectors (haematoxylin, eosin, DAB), rows in RGB optical density,
-# as scikit-image's rgb2hed uses them; optical density is log(I) / log(1e-6), 0 for white.
+# as scikit-image's rgb2hed uses them. Optical density here is -ln(I), 0 for white, the unit of
+# Tellez et al.'s shifts (scikit-image >= 0.19 divides it by -ln(1e-6) = 13.8: 0.05 there would
+# be a 14x stronger shift).
 _RGB_FROM_HED = ((0.65, 0.70, 0.29), (0.07, 0.99, 0.11), (0.27, 0.57, 0.78))
 _OD_FLOOR = 1e-6
 
@@ -102,11 +104,11 @@ def stain_jitter(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> t
     """Perturb a batch's stains: each image's haematoxylin/eosin/DAB densities (N,3,H,W) become
     density * scale + shift ((N,3) each), then back to RGB in [0,1] (Tellez et al. 2018)."""
     rgb_from_hed = torch.tensor(_RGB_FROM_HED, dtype=torch.float32, device=x.device)
-    od = torch.log(x.float().clamp_min(_OD_FLOOR)) / math.log(_OD_FLOOR)
+    od = -torch.log(x.float().clamp_min(_OD_FLOOR))
     hed = torch.einsum("nchw,cd->ndhw", od, torch.linalg.inv(rgb_from_hed))
     hed = hed * scale[:, :, None, None] + shift[:, :, None, None]
     od = torch.einsum("nchw,cd->ndhw", hed, rgb_from_hed)
-    return torch.exp(od * math.log(_OD_FLOOR)).clamp_(0, 1).to(x.dtype)
+    return torch.exp(-od).clamp_(0, 1).to(x.dtype)
 
 
 def augment(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator) -> torch.Tensor:
