@@ -97,17 +97,19 @@ def color_jitter(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator) -> t
 # Tellez et al.'s shifts (scikit-image >= 0.19 divides it by -ln(1e-6) = 13.8: 0.05 there would
 # be a 14x stronger shift).
 _RGB_FROM_HED = ((0.65, 0.70, 0.29), (0.07, 0.99, 0.11), (0.27, 0.57, 0.78))
+_HED_FROM_RGB = tuple(map(tuple, np.linalg.inv(np.array(_RGB_FROM_HED)).tolist()))
 _OD_FLOOR = 1e-6
 
 
 def stain_jitter(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     """Perturb a batch's stains: each image's haematoxylin/eosin/DAB densities (N,3,H,W) become
     density * scale + shift ((N,3) each), then back to RGB in [0,1] (Tellez et al. 2018)."""
-    rgb_from_hed = torch.tensor(_RGB_FROM_HED, dtype=torch.float32, device=x.device)
+    unmix = torch.tensor(_HED_FROM_RGB, dtype=torch.float32, device=x.device)
+    mix = torch.tensor(_RGB_FROM_HED, dtype=torch.float32, device=x.device)
     od = -torch.log(x.float().clamp_min(_OD_FLOOR))
-    hed = torch.einsum("nchw,cd->ndhw", od, torch.linalg.inv(rgb_from_hed))
+    hed = torch.einsum("nchw,cd->ndhw", od, unmix)
     hed = hed * scale[:, :, None, None] + shift[:, :, None, None]
-    od = torch.einsum("nchw,cd->ndhw", hed, rgb_from_hed)
+    od = torch.einsum("nchw,cd->ndhw", hed, mix)
     return torch.exp(-od).clamp_(0, 1).to(x.dtype)
 
 

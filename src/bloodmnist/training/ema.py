@@ -28,6 +28,7 @@ class WeightEMA:
         self.averaged = AveragedModel(model, use_buffers=True)
         self._ema = get_ema_multi_avg_fn(decay)
         self._started = False  # n_averaged > 0, tracked on the host
+        self._pairs: tuple[nn.Module, list[tuple[list, list]]] | None = None
 
     @property
     def module(self) -> nn.Module:
@@ -35,21 +36,28 @@ class WeightEMA:
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
-        mine = [t.detach() for t in _tensors(self.module)]
-        theirs = [t.detach() for t in _tensors(model)]
+        groups = self._groups(model)
         if not self._started:  # the first update copies, as AveragedModel does
-            for a, b in zip(mine, theirs, strict=True):
-                a.copy_(b)
+            for ema_list, model_list in groups:
+                for a, b in zip(ema_list, model_list, strict=True):
+                    a.copy_(b)
             self._started = True
         else:
-            groups: dict[tuple[torch.device, torch.dtype], tuple[list, list]] = {}
-            for a, b in zip(mine, theirs, strict=True):
-                pair = groups.setdefault((a.device, a.dtype), ([], []))
-                pair[0].append(a)
-                pair[1].append(b)
-            for ema_list, model_list in groups.values():
+            for ema_list, model_list in groups:
                 self._ema(ema_list, model_list, None)
         self.averaged.n_averaged += 1  # kept for state_dict compatibility (a CPU tensor)
+
+    def _groups(self, model: nn.Module) -> list[tuple[list, list]]:
+        """(EMA tensors, model tensors) per device and dtype, built once per source model: the
+        detached tensors share storage with the parameters the optimiser updates in place."""
+        if self._pairs is None or self._pairs[0] is not model:
+            groups: dict[tuple[torch.device, torch.dtype], tuple[list, list]] = {}
+            for a, b in zip(_tensors(self.module), _tensors(model), strict=True):
+                pair = groups.setdefault((a.device, a.dtype), ([], []))
+                pair[0].append(a.detach())
+                pair[1].append(b.detach())
+            self._pairs = (model, list(groups.values()))
+        return self._pairs[1]
 
     def load(self, state: dict[str, Any]) -> None:
         """Restore the EMA weights from a checkpoint's `model` entry (a resumed run)."""
