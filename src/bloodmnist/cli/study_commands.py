@@ -14,7 +14,7 @@ from bloodmnist.cli.console import say
 from bloodmnist.errors import BloodMNISTError
 
 if TYPE_CHECKING:  # imported lazily below: `compare` needs none of the study machinery
-    from bloodmnist.training.study import StudyPlan
+    from bloodmnist.studies.study import StudyPlan
 
 
 def _echo(text: str) -> None:
@@ -46,7 +46,7 @@ def check_train_options(train_args: list[str]) -> None:
 def _adopt(run_dirs: list[str], seeds: list[int], train_args: list[str]) -> dict[str, str]:
     """seed -> absolute run folder for each --adopt, each checked against the study's options."""
     from bloodmnist.cli.commands import train_config
-    from bloodmnist.training.study_adopt import check_adoptable
+    from bloodmnist.studies.adopt import check_adoptable
 
     def seed_config(seed: int):
         return train_config(_parse_train([*train_args, "--seed", str(seed)]))
@@ -62,7 +62,7 @@ def _adopt(run_dirs: list[str], seeds: list[int], train_args: list[str]) -> dict
 
 
 def _plan(args: argparse.Namespace, train_args: list[str]) -> tuple[Path, StudyPlan]:
-    from bloodmnist.training.study import (
+    from bloodmnist.studies.study import (
         StudyPlan,
         check_train_args,
         new_plan,
@@ -96,8 +96,8 @@ def study(args: argparse.Namespace) -> int:
     from bloodmnist.evaluation.stats import format_mean_std
     from bloodmnist.evaluation.study_stats import aggregate_runs, load_seed_run
     from bloodmnist.reporting.study_report import write_study_reports
-    from bloodmnist.training.study import failures, run_seeds, seed_dir, study_record
-    from bloodmnist.training.study_adopt import link_adopted
+    from bloodmnist.studies.adopt import link_adopted
+    from bloodmnist.studies.study import failures, run_seeds, seed_dir, study_record
 
     study_dir, plan = _plan(args, list(getattr(args, "train_args", [])))
     threads = f"{plan.threads} threads each" if plan.threads else "threads as set"

@@ -44,7 +44,7 @@ def _plan(args: argparse.Namespace, tune_dir: Path):
     folder holding a search with other options or another space is refused."""
     from dataclasses import asdict
 
-    from bloodmnist.training.study import split_cores
+    from bloodmnist.studies.study import split_cores
     from bloodmnist.tuning.space import load_space
     from bloodmnist.tuning.study import PLAN_FILE, TunePlan, default_storage
 

@@ -16,8 +16,8 @@ from typing import Any
 from bloodmnist.atomic import read_json
 from bloodmnist.config import Config, from_dict, load_yaml
 from bloodmnist.errors import BloodMNISTError, RunLockedError
+from bloodmnist.studies.study import seed_state
 from bloodmnist.training.runlock import RunLock
-from bloodmnist.training.study import seed_state
 
 #: Settings that do not change what a run computes: where it writes, how many threads, whether
 #: reports were built, and the data file's path (its MD5 is compared instead).
