@@ -11,7 +11,7 @@ import torch
 from bloodmnist.config import IMAGENET_MEAN, IMAGENET_STD, AugmentConfig, EvalConfig
 from bloodmnist.data.augment import _RGB_FROM_HED, augment, geometry_matrices, mixup, stain_jitter
 from bloodmnist.data.loader import Normalizer
-from bloodmnist.evaluation.predict import predict_probs, tta_views
+from bloodmnist.evaluation.predict import gaussian_blur3, predict_probs, tta_views
 from bloodmnist.model import build_model
 from bloodmnist.runtime import Runtime
 
@@ -249,6 +249,24 @@ def test_translate_view_moves_content_two_pixels() -> None:
     views = dict(tta_views(EvalConfig()))
     out = views["translate"](_dot(10, 10), torch.arange(1))
     torch.testing.assert_close(out, _dot(12, 12), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("sigma", [0.4, 0.9, 2.0])
+def test_blur_is_torchvisions_bit_for_bit(sigma: float, shared_data) -> None:
+    """The TTA blur is computed without torchvision (start-up time) but must give the same
+    numbers as `torchvision.transforms.v2.functional.gaussian_blur`, which earlier runs used:
+    on real images, in fp32 and channels_last, and under CPU bf16 autocast."""
+    tvf = pytest.importorskip("torchvision.transforms.v2.functional")
+    with np.load(shared_data) as src:
+        x = torch.from_numpy(src["test_images"][:64]).permute(0, 3, 1, 2).float() / 255
+    for image in (x, x.contiguous(memory_format=torch.channels_last)):
+        want = tvf.gaussian_blur(image, kernel_size=[3, 3], sigma=[sigma, sigma])
+        assert torch.equal(gaussian_blur3(image, sigma), want)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            want = tvf.gaussian_blur(image, kernel_size=[3, 3], sigma=[sigma, sigma])
+            got = gaussian_blur3(image, sigma)
+        assert got.dtype == want.dtype == torch.bfloat16 and torch.equal(got, want)
+    assert not torch.equal(gaussian_blur3(x, sigma), x)
 
 
 def test_blur_and_zoom_views() -> None:

@@ -132,7 +132,6 @@ def build_manifest(extra: dict[str, Any]) -> dict[str, Any]:
     """Versions, git commit, command line and host facts; `extra` adds data/device/pretrained."""
     import numpy
     import torch
-    import torchvision
 
     from bloodmnist import __version__
 
@@ -141,12 +140,26 @@ def build_manifest(extra: dict[str, Any]) -> dict[str, Any]:
         "git_commit": _git_commit(),
         "python": platform.python_version(),
         "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
+        "torchvision": _torchvision_version(),
         "numpy": numpy.__version__,
         "command": sys.argv,
         "started": dt.datetime.now().isoformat(timespec="seconds"),
         **extra,
     }
+
+
+def _torchvision_version() -> str:
+    """torchvision's `__version__` (build tag included, e.g. 0.29.1+cu130) read from its
+    version.py: importing torchvision costs ~2 s, and runs of the ResNet-9 family never need it."""
+    import importlib.metadata
+    import importlib.util
+
+    spec = importlib.util.find_spec("torchvision")
+    if spec is None or spec.origin is None:
+        return "not installed"
+    text = Path(spec.origin).with_name("version.py").read_text(encoding="utf-8", errors="replace")
+    found = re.search(r"^__version__ = ['\"]([^'\"]+)['\"]", text, re.MULTILINE)
+    return found.group(1) if found else importlib.metadata.version("torchvision")
 
 
 def write_manifest(run_dir: Path, setup: Callable[[], dict[str, Any]], resumed: bool) -> None:
