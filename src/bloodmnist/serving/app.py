@@ -70,6 +70,16 @@ def create_app(service: ModelService, limits: Limits, max_batch: int = 64) -> Fa
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.state.service, app.state.limits, app.state.batcher = service, limits, batcher
 
+    _service_routes(app, service, limits, batcher, max_batch)
+    _classify_routes(app, service, limits, batcher)
+    return app
+
+
+def _service_routes(
+    app: FastAPI, service: ModelService, limits: Limits, batcher: Batcher, max_batch: int
+) -> None:
+    """The page, the error handler, health and model description."""
+
     @app.exception_handler(RequestError)
     async def _refused(_request: Request, exc: RequestError) -> JSONResponse:
         return JSONResponse({"detail": exc.detail}, status_code=exc.status)
@@ -86,35 +96,47 @@ def create_app(service: ModelService, limits: Limits, max_batch: int = 64) -> Fa
     async def model() -> dict:
         return {**service.describe(), "max_batch": max_batch, "limits": limits.describe()}
 
-    async def run(
-        files: list[UploadFile], top_k: int, tta: bool, preprocess: str, target: str | None
-    ) -> dict:
-        names = service.engine.info.class_names
-        if top_k > len(names):
-            raise RequestError(422, f"top_k must be between 1 and {len(names)}")
-        if tta and not service.engine.supports_tta:
-            raise RequestError(422, "tta=true needs a PyTorch model; this server runs ONNX")
-        wanted = resolve_target(target, names)
-        uploads = [Upload(f.filename or "upload", f.content_type, await f.read()) for f in files]
-        check_uploads(uploads, limits)
 
-        async def work() -> dict:
-            decoded = await asyncio.to_thread(
-                decode_all, uploads, service.engine.info.input_size, preprocess, limits.max_pixels
-            )
-            rows, images, ready = await classify(service, batcher, uploads, decoded, top_k, tta)
-            if target is not None and ready:
-                await add_explanations(service, batcher, rows, images, ready, wanted)
-            return {"model": service.sha256[:12], "tta": tta, "results": rows}
+async def _classify(
+    service: ModelService,
+    limits: Limits,
+    batcher: Batcher,
+    files: list[UploadFile],
+    options: tuple[int, bool, str, str | None],
+) -> dict:
+    """One /v1/predict or /v1/explain request: checked, decoded off the event loop, classified
+    through the batcher, explained when `target` is given, all within the per-request limit."""
+    top_k, tta, preprocess, target = options
+    names = service.engine.info.class_names
+    if top_k > len(names):
+        raise RequestError(422, f"top_k must be between 1 and {len(names)}")
+    if tta and not service.engine.supports_tta:
+        raise RequestError(422, "tta=true needs a PyTorch model; this server runs ONNX")
+    wanted = resolve_target(target, names)
+    uploads = [Upload(f.filename or "upload", f.content_type, await f.read()) for f in files]
+    check_uploads(uploads, limits)
 
-        try:
-            return await asyncio.wait_for(work(), timeout=limits.timeout_s)
-        except asyncio.TimeoutError:
-            raise RequestError(
-                503,
-                f"not finished within the {limits.timeout_s:g} s per-request limit; "
-                "send fewer images per request",
-            ) from None
+    async def work() -> dict:
+        decoded = await asyncio.to_thread(
+            decode_all, uploads, service.engine.info.input_size, preprocess, limits.max_pixels
+        )
+        rows, images, ready = await classify(service, batcher, uploads, decoded, top_k, tta)
+        if target is not None and ready:
+            await add_explanations(service, batcher, rows, images, ready, wanted)
+        return {"model": service.sha256[:12], "tta": tta, "results": rows}
+
+    try:
+        return await asyncio.wait_for(work(), timeout=limits.timeout_s)
+    except asyncio.TimeoutError:
+        raise RequestError(
+            503,
+            f"not finished within the {limits.timeout_s:g} s per-request limit; "
+            "send fewer images per request",
+        ) from None
+
+
+def _classify_routes(app: FastAPI, service: ModelService, limits: Limits, batcher: Batcher) -> None:
+    """POST /v1/predict and /v1/explain."""
 
     @app.post(
         "/v1/predict",
@@ -129,7 +151,7 @@ def create_app(service: ModelService, limits: Limits, max_batch: int = 64) -> Fa
         preprocess: Preprocess = "auto",
     ) -> dict:
         """Top-k classes with probabilities per file; unreadable files get an error entry."""
-        return await run(files, top_k, tta, preprocess, None)
+        return await _classify(service, limits, batcher, files, (top_k, tta, preprocess, None))
 
     @app.post(
         "/v1/explain",
@@ -151,9 +173,8 @@ def create_app(service: ModelService, limits: Limits, max_batch: int = 64) -> Fa
             raise RequestError(
                 422, "Grad-CAM needs the PyTorch model (run folder or .pt); this server runs ONNX"
             )
-        return await run(files, top_k, tta, preprocess, target_class or "")
-
-    return app
+        options = (top_k, tta, preprocess, target_class or "")
+        return await _classify(service, limits, batcher, files, options)
 
 
 async def add_explanations(service, batcher, rows, images, ready, wanted) -> None:

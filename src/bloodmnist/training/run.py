@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bloodmnist.config import Config, save_yaml
 from bloodmnist.data.npz import Dataset, describe
@@ -35,6 +35,9 @@ from bloodmnist.training.runlock import RunLock
 from bloodmnist.training.signals import GracefulStop, StopRequested
 from bloodmnist.training.teacher import check_teacher_data
 from bloodmnist.training.trainer import Trainer, TrainState
+
+if TYPE_CHECKING:
+    from torch import nn
 
 log = logging.getLogger("bloodmnist")
 
@@ -113,7 +116,29 @@ def _train_locked(
     log.info("run folder: %s", run_dir)
     log.info("runtime: %s", rt.describe())
     progress = progress and rt.is_main
-    # Rank 0 first: a download into the cache happens once, and its errors reach every rank.
+    cfg, data, data_info = _load_run_data(cfg, rt, progress)
+    trainer, model, pretrained = _build_trainer(cfg, rt, run_dir, data, data_info, resume, progress)
+    base = _summary_base(cfg, rt, data_info, pretrained)
+    tracker = open_tracker(run_dir, len(data.train), enabled=rt.is_main and cfg.runtime.tensorboard)
+    trainer.on_epoch = partial(_epoch_hooks, tracker, on_epoch)
+    try:
+        state = _fit_guarded(trainer, run_dir, rt, base, stop)
+        stop.note = "finishing the final test evaluation and reports first"
+        teachers = trainer.distill.teacher.models if trainer.distill is not None else []
+        work = compute_fields(model, teachers, cfg, len(data.train) * state.epoch)
+        fields = {**state_fields(state), **base, **work}
+        if not cfg.eval.final_test:  # a search trial: validation only, the test split unseen
+            return skip_test(run_dir, rt, fields)
+        summary = test_once(model, data, cfg, rt, run_dir, fields, progress, reports)
+        tracker.final(summary, run_dir / "figures")
+        return summary
+    finally:
+        tracker.close()
+
+
+def _load_run_data(cfg: Config, rt: Runtime, progress: bool) -> tuple[Config, Dataset, DataInfo]:
+    """The run's data (rank 0 first: a download into the cache happens once, and its errors
+    reach every rank) and the config fitted to it (size and class names come from the file)."""
     data, data_info = main_first(
         rt,
         lambda: load_data(
@@ -125,7 +150,7 @@ def _train_locked(
             follow_file=True,
         ),
     )
-    cfg = fit_config(cfg, data)  # size and class names come from the data file
+    cfg = fit_config(cfg, data)
     log.info(
         "data: %s (MD5 %s) train/val/test = %d/%d/%d",
         data_info.path,
@@ -136,6 +161,20 @@ def _train_locked(
     )
     if cfg.train.teacher:  # a teacher trained on another file could leak this run's test images
         check_teacher_data(cfg.train.teacher, data_info.md5)
+    return cfg, data, data_info
+
+
+def _build_trainer(
+    cfg: Config,
+    rt: Runtime,
+    run_dir: Path,
+    data: Dataset,
+    data_info: DataInfo,
+    resume: dict[str, Any] | None,
+    progress: bool,
+) -> tuple[Trainer, nn.Module, dict[str, Any]]:
+    """The model (new, or to be restored from last.pt), the manifest and config.yaml written by
+    rank 0, and the Trainer, restored when resuming."""
     if resume is None:
         model, pretrained = main_first(rt, lambda: prepare_model(cfg, rt))
         fit_model_to_data(model, cfg, data.train.images)  # before the EMA copies the model
@@ -157,7 +196,14 @@ def _train_locked(
             trainer.state.best_val_acc,
             trainer.state.best_epoch,
         )
-    base = {
+    return trainer, model, pretrained
+
+
+def _summary_base(
+    cfg: Config, rt: Runtime, data_info: DataInfo, pretrained: dict[str, Any]
+) -> dict[str, Any]:
+    """The summary.json fields fixed before training starts."""
+    return {
         "device": str(rt.device),
         "precision": rt.precision,
         "pretrained": "imagenet" if pretrained["used"] else "none",
@@ -169,21 +215,6 @@ def _train_locked(
         "data_official": data_info.official,
         "world_size": rt.world_size,
     }
-    tracker = open_tracker(run_dir, len(data.train), enabled=rt.is_main and cfg.runtime.tensorboard)
-    trainer.on_epoch = partial(_epoch_hooks, tracker, on_epoch)
-    try:
-        state = _fit_guarded(trainer, run_dir, rt, base, stop)
-        stop.note = "finishing the final test evaluation and reports first"
-        teachers = trainer.distill.teacher.models if trainer.distill is not None else []
-        work = compute_fields(model, teachers, cfg, len(data.train) * state.epoch)
-        fields = {**state_fields(state), **base, **work}
-        if not cfg.eval.final_test:  # a search trial: validation only, the test split unseen
-            return skip_test(run_dir, rt, fields)
-        summary = test_once(model, data, cfg, rt, run_dir, fields, progress, reports)
-        tracker.final(summary, run_dir / "figures")
-        return summary
-    finally:
-        tracker.close()
 
 
 def _epoch_hooks(
