@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import subprocess
@@ -276,3 +277,29 @@ def test_train_input_errors_come_before_the_heavy_imports(
     assert out.stdout.strip() == "2 []", out.stdout + out.stderr
     lines = [line for line in out.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and message in lines[0], out.stderr
+
+
+def test_a_fast_recipe_run_never_imports_torchvision(shared_data: Path, tmp_path: Path) -> None:
+    """torchvision costs a process ~2 s to import (it loads torch._dynamo); the ResNet-9 family,
+    its TTA (blur included) and the run folder's manifest do without it."""
+    args = ["train", "--data", str(shared_data), "--subset", "32", "--epochs", "1", "--quiet"]
+    args += ["--out", "run", "--set", "runtime.reports=false", "--set", "runtime.threads=1"]
+    probe = _HEAVY_PROBE.replace("heavy = {", "heavy = {'torch', ")
+    out = subprocess.run(
+        [sys.executable, "-c", probe, *args],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.stdout.strip().splitlines()[-1] == "0 ['scipy', 'sklearn', 'torch']", out.stderr
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["arch"] == "resnet9" and "test_acc_tta" in summary
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert manifest["torchvision"] == _torchvision_version_by_import()
+
+
+def _torchvision_version_by_import() -> str:
+    import torchvision
+
+    return torchvision.__version__
