@@ -298,3 +298,14 @@ def test_noise_view_is_clamped_in_pixel_space_and_seeded_by_index() -> None:
     assert not torch.equal(noise(x[5:], torch.tensor([4])), out[5:])
     other_seed = dict(tta_views(EvalConfig(tta_noise_std=0.05, tta_seed=1)))["noise"]
     assert not torch.equal(other_seed(x, idx), out)
+
+
+def test_blur_refuses_what_it_cannot_blur() -> None:
+    """sigma 0 would make a NaN kernel (torchvision raised); other shapes are not TTA batches."""
+    for bad, sigma in (
+        (_images(2), 0.0),
+        (_images(2)[0], 0.4),
+        (torch.zeros(1, 3, 4, 4, dtype=torch.uint8), 0.4),
+    ):
+        with pytest.raises(ValueError, match="gaussian_blur3"):
+            gaussian_blur3(bad, sigma)

@@ -173,6 +173,7 @@ def test_yaml_file_errors_name_the_file(tmp_path: Path) -> None:
         ("augment.stain=1.0", "augment.stain must be in [0,1)"),
         ("augment.stain=-0.1", "augment.stain"),
         ("eval.batch_size=0", "eval.batch_size"),
+        ("eval.tta_blur_sigma=0", "eval.tta_blur_sigma must be > 0"),
         ("runtime.threads=-1", "runtime.threads"),
         ("model.arch=vgg11", "model.arch must be one of resnet18, resnet34, resnet50, resnet9"),
     ],
@@ -280,7 +281,8 @@ def test_train_input_errors_come_before_the_heavy_imports(
 
 
 def test_a_fast_recipe_run_never_imports_torchvision(shared_data: Path, tmp_path: Path) -> None:
-    """torchvision costs a process ~2 s to import (it loads torch._dynamo); the ResNet-9 family,
+    """torchvision costs evaluate/predict/serve ~2 s to import (a training process ~0.3 s: its
+    optimizer loads torch._dynamo anyway); the ResNet-9 family,
     its TTA (blur included) and the run folder's manifest do without it."""
     args = ["train", "--data", str(shared_data), "--subset", "32", "--epochs", "1", "--quiet"]
     args += ["--out", "run", "--set", "runtime.reports=false", "--set", "runtime.threads=1"]

@@ -6,7 +6,7 @@ image exactly once; checkpoints move between distributed and single-process runs
 
 Why optim.lr is lowered in the equivalence runs: fp32 rounding alone (the same single-process run
 on 1 vs 2 threads, measured) moves the weights by ~7e-5 after two steps at the default lr 0.008 on
-this from-scratch network, and that noise scales with lr. At lr 0.0002 the 2-rank run is 3.5e-6
+the from-scratch ResNet-18, and that noise scales with lr. At lr 0.0002 the 2-rank run is 3.5e-6
 from the 1-process run with the ResNet-18 and 2.3e-6 with the ResNet-9 ×0.25 these runs now
 use (measured), below the 1e-5 bound, while per-rank BatchNorm (sync_bn off)
 misses by ~2e-2 in the running stats (measured on the ResNet-18 at lr 0.001; that gap hardly

@@ -12,7 +12,6 @@ import logging
 import os
 import platform
 import random
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -177,12 +176,7 @@ def seed_everything(seed: int, deterministic: bool = True) -> None:
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
     if deterministic:
-        if "torch._inductor.config" in sys.modules:  # something compiles: inductor's flag too
-            torch.use_deterministic_algorithms(True, warn_only=True)
-        else:
-            # The same ATen switch without torch.use_deterministic_algorithms' import of
-            # torch._inductor (for its flag; nothing here compiles): ~2.5 s of every start-up.
-            torch._C._set_deterministic_algorithms(True, warn_only=True)
+        torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
         torch.backends.cudnn.deterministic = True
 
