@@ -281,9 +281,9 @@ def test_train_input_errors_come_before_the_heavy_imports(
 
 
 def test_a_fast_recipe_run_never_imports_torchvision(shared_data: Path, tmp_path: Path) -> None:
-    """torchvision costs evaluate/predict/serve ~2 s to import (a training process ~0.3 s: its
-    optimizer loads torch._dynamo anyway); the ResNet-9 family,
-    its TTA (blur included) and the run folder's manifest do without it."""
+    """torchvision costs predict/evaluate/serve ~1 s to import (a training process ~0.3 s: its
+    optimizer loads torch._dynamo anyway); the ResNet-9 family, its TTA (blur included) and the
+    run folder's manifest do without it."""
     args = ["train", "--data", str(shared_data), "--subset", "32", "--epochs", "1", "--quiet"]
     args += ["--out", "run", "--set", "runtime.reports=false", "--set", "runtime.threads=1"]
     probe = _HEAVY_PROBE.replace("heavy = {", "heavy = {'torch', ")

@@ -150,7 +150,7 @@ def build_manifest(extra: dict[str, Any]) -> dict[str, Any]:
 
 def _torchvision_version() -> str:
     """torchvision's `__version__` (build tag included, e.g. 0.29.1+cu130) without importing it
-    where it is not loaded yet (~0.3 s in a training process, ~2 s where no optimizer has loaded
+    where it is not loaded yet (~0.3 s in a training process, ~1 s where no optimizer has loaded
     torch._dynamo); "unknown" rather than a failed run if it cannot be found."""
     import importlib.metadata
     import importlib.util
