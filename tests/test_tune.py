@@ -86,6 +86,21 @@ def test_bad_space_is_one_error(params: dict, message: str) -> None:
         parse_space({"params": params}, Config())
 
 
+@pytest.mark.parametrize(
+    ("seeds", "message"),
+    [("42", "'seeds' must be a list"), ([], "'seeds' must be a list"), ([1, True], "must be"),
+     ([-1], "integers >= 0"), ([1.5], "must be"), ([7, 7], "'seeds' repeats a seed")],
+)  # fmt: skip
+def test_bad_seeds_are_one_error(seeds: object, message: str) -> None:
+    from bloodmnist.config import Config
+    from bloodmnist.tuning.space import SpaceError, parse_space
+
+    with pytest.raises(SpaceError, match=message):
+        parse_space({**SPACE, "seeds": seeds}, Config())
+    assert parse_space({**SPACE, "seeds": [3, 1]}, Config()).seeds == [3, 1]
+    assert parse_space(SPACE, Config()).seeds == []
+
+
 def test_bad_space_stops_before_any_trial(tmp_path: Path, shared_data: Path) -> None:
     space = write_space(
         tmp_path, {"params": {"train.epochs": {"type": "int", "low": 5, "high": 2}}}
@@ -298,3 +313,31 @@ def test_a_diverged_trial_counts_as_the_worst_result(tmp_path: Path, shared_data
     assert states(tmp_path / "t") == {0: "COMPLETE"}
     (row,) = trial_csv(tmp_path / "t")
     assert float(row["best_val_acc"]) == 0.0 and row["note"] == "diverged", row
+
+
+def test_seeds_per_trial_score_their_mean(tmp_path: Path, shared_data: Path) -> None:
+    """With `seeds` in the space every trial trains each seed in its own folder, and its score
+    is the mean of their best validation accuracies (a search not fooled by one lucky seed)."""
+    space = {"seeds": [5, 6], "params": {"optim.lr": {"type": "categorical", "choices": [0.1]}}}
+    args = ["tune", "--space", str(write_space(tmp_path, space)), "--trials", "1", "--out", "t"]
+    r = run_cli([*args, *tiny(shared_data)], tmp_path, timeout=300)
+    assert r.returncode == 0, describe(r)
+    tune_dir = tmp_path / "t"
+    (row,) = trial_csv(tune_dir)
+    assert row["state"] == "COMPLETE" and row["run_dir"] == "trials/trial-0000"
+    best = {}
+    for seed in (5, 6):
+        run_dir = tune_dir / "trials" / "trial-0000" / f"seed-{seed}"
+        cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+        assert cfg["train"]["seed"] == seed and cfg["eval"]["final_test"] is False
+        history = list(csv.DictReader((run_dir / "history.csv").open()))
+        assert len(history) == 2
+        best[seed] = max(float(h["val_acc"]) for h in history)
+        assert not (run_dir / "predictions.npz").exists()  # the test split stays unseen
+    assert float(row["best_val_acc"]) == pytest.approx((best[5] + best[6]) / 2, abs=1e-9)
+    assert row["val_acc_per_seed"] == f"5:{best[5]:.4f} 6:{best[6]:.4f}"
+    assert int(row["epochs_run"]) == 4  # 2 epochs for each seed
+    w5 = tune_dir / "trials" / "trial-0000" / "seed-5" / "checkpoints" / "best.pt"
+    w6 = w5.parents[2] / "seed-6" / "checkpoints" / "best.pt"
+    assert w5.read_bytes() != w6.read_bytes()  # two trainings, not one copied
+    assert "mean over seeds 5, 6" in (tune_dir / "report.html").read_text()

@@ -113,16 +113,50 @@ def admit(trial: optuna.Trial, n_trials: int) -> None:
 
 
 def objective(trial: optuna.Trial, setup: TrialSetup) -> float:
-    """Train one trial and return its best validation accuracy (NaN if it diverged)."""
-    from bloodmnist.training.run import train_run
-    from bloodmnist.training.rundir import new_run_dir, write_json
+    """Train one trial (once per seed of the space, if it names seeds) and return its best
+    validation accuracy, the mean over seeds (0 if a seed diverged)."""
+    from bloodmnist.training.rundir import new_run_dir
 
     for key, value in process_identity().items():
         trial.set_user_attr(key, value)
     admit(trial, setup.n_trials)
-    cfg = trial_config(setup, setup.space.suggest(trial), trial.number)
-    run_dir = new_run_dir(trial_dir(setup.tune_dir, trial.number), "", explicit=True)
-    trial.set_user_attr("run_dir", str(run_dir.relative_to(setup.tune_dir)))
+    params = setup.space.suggest(trial)
+    root = trial_dir(setup.tune_dir, trial.number)
+    trial.set_user_attr("run_dir", str(root.relative_to(setup.tune_dir)))
+    seeds: list[int | None] = list(setup.space.seeds) or [None]
+    scores: dict[str, float] = {}
+    epochs = 0
+    for i, seed in enumerate(seeds):
+        cfg = trial_config(setup, params, trial.number)
+        folder = root
+        if seed is not None:
+            cfg.train.seed = seed
+            cfg.runtime.name = f"{cfg.runtime.name}-seed{seed}"
+            folder = root / f"seed-{seed}"
+        run_dir = new_run_dir(folder, "", explicit=True)
+        # Pruning watches the first seed: a trial that is clearly worse stops early, and the
+        # median compares like with like (every trial's first seed, epoch by epoch).
+        score, ran = _train_one(trial, cfg, setup, run_dir, epochs, prune=i == 0)
+        epochs += ran
+        trial.set_user_attr("epochs_run", epochs)
+        if score is None:
+            note = "diverged" if seed is None else f"diverged (seed {seed})"
+            trial.set_user_attr("note", note)
+            return 0.0
+        if seed is not None:
+            scores[str(seed)] = score
+            trial.set_user_attr("seed_val_acc", scores)
+    return sum(scores.values()) / len(scores) if scores else score
+
+
+def _train_one(
+    trial: optuna.Trial, cfg: Config, setup: TrialSetup, run_dir: Path, before: int, prune: bool
+) -> tuple[float | None, int]:
+    """One training of a trial: (best validation accuracy or None if it diverged, epochs run).
+    `before` epochs were run by its earlier seeds (for the trial's epochs_run when pruned)."""
+    from bloodmnist.training.run import train_run
+    from bloodmnist.training.rundir import write_json
+
     seen: dict[str, Any] = {"best_val_acc": -1.0, "best_epoch": 0, "epochs_run": 0}
 
     def report(row: dict[str, Any]) -> None:
@@ -130,6 +164,8 @@ def objective(trial: optuna.Trial, setup: TrialSetup) -> float:
         seen["epochs_run"] = epoch
         if acc > seen["best_val_acc"]:
             seen.update(best_val_acc=acc, best_epoch=epoch)
+        if not prune:
+            return
         trial.report(acc, epoch)
         if trial.should_prune():
             raise optuna.TrialPruned(f"trial {trial.number} pruned after epoch {epoch}")
@@ -137,19 +173,17 @@ def objective(trial: optuna.Trial, setup: TrialSetup) -> float:
     try:
         summary = train_run(cfg, setup.rt, run_dir, progress=False, on_epoch=report)
     except optuna.TrialPruned:
-        trial.set_user_attr("epochs_run", seen["epochs_run"])
+        trial.set_user_attr("epochs_run", before + seen["epochs_run"])
         write_json(run_dir / "summary.json", {"status": "pruned", "trial": trial.number, **seen})
         raise
     except TrainingStopped:
         if _status(run_dir) == "diverged":  # a bad learning rate is a result, not a crash:
             # the worst accuracy (Optuna would mark NaN FAIL, uncounted, and TPE would learn
             # nothing about the region)
-            trial.set_user_attr("note", "diverged")
-            return 0.0
+            return None, seen["epochs_run"]
         trial.set_user_attr("note", "interrupted (marked FAIL; the study runs another)")
         raise
-    trial.set_user_attr("epochs_run", summary["epochs_run"])
-    return float(summary["best_val_acc"])
+    return float(summary["best_val_acc"]), int(summary["epochs_run"])
 
 
 def _status(run_dir: Path) -> str | None:

@@ -69,6 +69,14 @@ def _headline(study: optuna.Study) -> str:
     return table(["", "value"], rows, cls="headline")
 
 
+def _objective(study: optuna.Study) -> str:
+    seeds = (study.user_attrs.get("space") or {}).get("seeds")
+    if seeds:
+        listed = ", ".join(map(str, seeds))
+        return f"mean over seeds {listed} of each trial's best validation accuracy"
+    return "best validation accuracy of each trial"
+
+
 def write_report(study: optuna.Study, tune_dir: Path, name: str) -> Path:
     """Self-contained report.html (inline CSS and PNGs); the test split appears nowhere."""
     header, rows = trial_rows(study)
@@ -76,7 +84,7 @@ def write_report(study: optuna.Study, tune_dir: Path, name: str) -> Path:
     page = (
         f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title>"
         f"<style>{CSS}</style></head><body><main><h1>{title}</h1>"
-        "<p>Objective: best validation accuracy of each trial (the test split is never "
+        f"<p>Objective: {html.escape(_objective(study))} (the test split is never "
         "evaluated during a search). Train the winner with "
         "<code>bloodmnist train --config best.yaml</code>.</p>"
         f"<h2>Summary</h2>{_headline(study)}<h2>Plots</h2>{_figures(study)}"

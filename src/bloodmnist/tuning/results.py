@@ -24,7 +24,7 @@ def trial_rows(study: optuna.Study) -> tuple[list[str], list[list[Any]]]:
     trials = study.get_trials(deepcopy=False)
     keys = sorted({k for t in trials for k in t.params})
     header = ["number", "state", "best_val_acc", "epochs_run", "seconds", *keys]
-    header += ["host", "run_dir", "note"]
+    header += ["val_acc_per_seed", "host", "run_dir", "note"]
     rows = []
     for t in trials:
         seconds = (
@@ -39,9 +39,14 @@ def trial_rows(study: optuna.Study) -> tuple[list[str], list[list[Any]]]:
         rows.append(
             [t.number, t.state.name, value, a.get("epochs_run"), seconds]
             + [t.params.get(k) for k in keys]
-            + [a.get("host"), a.get("run_dir"), a.get("note")]
+            + [_per_seed(a.get("seed_val_acc")), a.get("host"), a.get("run_dir"), a.get("note")]
         )
     return header, rows
+
+
+def _per_seed(scores: dict[str, float] | None) -> str | None:
+    """'42:0.9766 43:0.9743' for a trial of several seeds (its score is their mean)."""
+    return " ".join(f"{k}:{v:.4f}" for k, v in scores.items()) if scores else None
 
 
 def write_trials_csv(study: optuna.Study, path: Path) -> Path:

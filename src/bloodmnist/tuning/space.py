@@ -3,6 +3,7 @@
 ```yaml
 sampler: {kind: tpe, seed: 0}                      # tpe | random
 pruner: {kind: median, startup_trials: 2, warmup_epochs: 1}   # median | hyperband | none
+seeds: [42, 43]        # optional: every trial trains each seed; its score is their mean
 params:
   optim.lr: {type: float, low: 0.003, high: 0.1, log: true}
   train.epochs: {type: int, low: 2, high: 6}
@@ -12,6 +13,10 @@ params:
 
 Every key is checked against the Config tree and every bound or choice against the Config's
 own validation before any trial runs, so a bad space is one error line, not a failed search.
+
+`seeds` (optional) makes every trial train the same values once per seed and score their mean
+best validation accuracy: single-seed differences of a few validation images are noise, and a
+search over noise picks a lucky seed, not better values. Pruning watches the first seed only.
 """
 
 from __future__ import annotations
@@ -56,6 +61,7 @@ class Space:
     sampler: dict[str, Any]
     pruner: dict[str, Any]
     source: dict[str, Any]  # the file as read, stored with the study to detect a changed space
+    seeds: list[int] = field(default_factory=list)  # empty: the fixed options' one seed
 
     def suggest(self, trial: Any) -> dict[str, Any]:
         """One value per key from an Optuna trial, in the file's order."""
@@ -214,9 +220,11 @@ def _section(data: dict[str, Any], name: str, kinds: tuple[str, ...], default: s
 
 def parse_space(data: dict[str, Any], base: Config) -> Space:
     """Check a space mapping against `base` (the trials' fixed config); SpaceError if bad."""
-    unknown = sorted(set(data) - {"params", "sampler", "pruner"})
+    unknown = sorted(set(data) - {"params", "sampler", "pruner", "seeds"})
     if unknown:
-        raise SpaceError(f"unknown top-level entry '{unknown[0]}' (known: params, sampler, pruner)")
+        raise SpaceError(
+            f"unknown top-level entry '{unknown[0]}' (known: params, sampler, pruner, seeds)"
+        )
     params = data.get("params")
     if not isinstance(params, dict) or not params:
         raise SpaceError(
@@ -225,7 +233,20 @@ def parse_space(data: dict[str, Any], base: Config) -> Space:
     parsed = [_param(str(k), v, base) for k, v in params.items()]
     sampler = _section(data, "sampler", SAMPLERS, "tpe")
     pruner = _section(data, "pruner", PRUNERS, "median")
-    return Space(parsed, sampler, pruner, data)
+    return Space(parsed, sampler, pruner, data, _seeds(data.get("seeds")))
+
+
+def _seeds(value: Any) -> list[int]:
+    """The `seeds` entry: absent, or a list of distinct non-negative integers."""
+    if value is None:
+        return []
+    ok = isinstance(value, list) and bool(value)
+    ok = ok and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value)
+    if not ok:
+        raise SpaceError(f"'seeds' must be a list of integers >= 0, e.g. [42, 43], got {value!r}")
+    if len(set(value)) != len(value):
+        raise SpaceError(f"'seeds' repeats a seed: {value}")
+    return list(value)
 
 
 def load_space(path: str | Path, base: Config) -> Space:
