@@ -101,6 +101,30 @@ def test_bad_seeds_are_one_error(seeds: object, message: str) -> None:
     assert parse_space(SPACE, Config()).seeds == []
 
 
+@pytest.mark.parametrize(
+    ("pruner", "message"),
+    [({"by": "time"}, "pruner.by must be one of epoch, progress"),
+     ({"by": "progress", "warmup_epochs": 3}, "warmup_epochs does not go with by: progress"),
+     ({"warmup_percent": 30}, "warmup_percent does not go with by: epoch"),
+     ({"kind": "hyperband", "by": "progress"}, "median pruner only"),
+     ({"by": "progress", "warmup_percent": 150}, "in 0..100")],
+)  # fmt: skip
+def test_bad_pruner_is_one_error(pruner: dict, message: str) -> None:
+    from bloodmnist.config import Config
+    from bloodmnist.tuning.space import SpaceError, parse_space
+
+    with pytest.raises(SpaceError, match=message):
+        parse_space({**SPACE, "pruner": {"kind": "median", **pruner}}, Config())
+
+
+def test_progress_pruner_warmup_is_in_twentieths() -> None:
+    from bloodmnist.tuning.study import make_pruner
+
+    pruner = make_pruner({"kind": "median", "by": "progress", "warmup_percent": 25})
+    assert pruner._n_warmup_steps == 5  # 25% of a run: 5 of its 20 steps
+    assert make_pruner({"kind": "median", "warmup_epochs": 3})._n_warmup_steps == 3
+
+
 def test_bad_space_stops_before_any_trial(tmp_path: Path, shared_data: Path) -> None:
     space = write_space(
         tmp_path, {"params": {"train.epochs": {"type": "int", "low": 5, "high": 2}}}
@@ -341,3 +365,32 @@ def test_seeds_per_trial_score_their_mean(tmp_path: Path, shared_data: Path) -> 
     w6 = w5.parents[2] / "seed-6" / "checkpoints" / "best.pt"
     assert w5.read_bytes() != w6.read_bytes()  # two trainings, not one copied
     assert "mean over seeds 5, 6" in (tune_dir / "report.html").read_text()
+
+
+def test_progress_pruning_meets_trials_at_equal_shares(tmp_path: Path, shared_data: Path) -> None:
+    """`pruner.by: progress`: a 2-epoch and a 4-epoch trial report at the same steps of a
+    20-step grid (the share of each one's schedule), so the median compares like with like."""
+    space = {
+        "sampler": {"kind": "random", "seed": 0},  # draws 4 epochs, then 2
+        "pruner": {"kind": "median", "by": "progress", "startup_trials": 9},
+        "params": {"train.epochs": {"type": "categorical", "choices": [2, 4]}},
+    }
+    args = ["tune", "--space", str(write_space(tmp_path, space)), "--trials", "2", "--out", "t"]
+    r = run_cli([*args, *tiny(shared_data)], tmp_path, timeout=300)
+    assert r.returncode == 0, describe(r)
+    with sqlite3.connect(tmp_path / "t" / "study.db") as db:
+        rows = db.execute(
+            "SELECT t.number, v.step, v.intermediate_value FROM trial_intermediate_values v "
+            "JOIN trials t ON t.trial_id = v.trial_id ORDER BY t.number, v.step"
+        ).fetchall()
+    by_trial: dict[int, list[tuple[int, float]]] = {}
+    for number, step, value in rows:
+        by_trial.setdefault(number, []).append((step, value))
+    epochs = {int(r["number"]): int(r["epochs_run"]) for r in trial_csv(tmp_path / "t")}
+    assert sorted(epochs.values()) == [2, 4], epochs  # the seed draws both lengths
+    for number, points in by_trial.items():
+        run_dir = tmp_path / "t" / "trials" / f"trial-{number:04d}"
+        accs = [float(h["val_acc"]) for h in csv.DictReader((run_dir / "history.csv").open())]
+        n = epochs[number]
+        assert [s for s, _ in points] == [e * 20 // n for e in range(1, n + 1)]
+        assert [v for _, v in points] == pytest.approx(accs)  # epoch e reported at step 20e/n

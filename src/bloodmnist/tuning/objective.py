@@ -22,6 +22,9 @@ from bloodmnist.errors import BloodMNISTError, TrainingStopped
 from bloodmnist.tuning.space import RECIPE_KEY, Space
 
 TRIALS_DIR = "trials"
+#: With `pruner.by: progress`, epochs are reported on a grid of this many equal shares of each
+#: trial's own schedule (step k = k/20 done), so trials of any length meet at the same steps.
+PROGRESS_STEPS = 20
 #: Trial states that count toward --trials; FAIL (crashed, stale, surplus) never does.
 DONE = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 
@@ -157,16 +160,19 @@ def _train_one(
     from bloodmnist.training.run import train_run
     from bloodmnist.training.rundir import write_json
 
-    seen: dict[str, Any] = {"best_val_acc": -1.0, "best_epoch": 0, "epochs_run": 0}
+    seen: dict[str, Any] = {"best_val_acc": -1.0, "best_epoch": 0, "epochs_run": 0, "step": 0}
+    by_progress = setup.space.pruner.get("by") == "progress"
 
     def report(row: dict[str, Any]) -> None:
         epoch, acc = int(row["epoch"]), float(row["val_acc"])
         seen["epochs_run"] = epoch
         if acc > seen["best_val_acc"]:
             seen.update(best_val_acc=acc, best_epoch=epoch)
-        if not prune:
+        step = epoch * PROGRESS_STEPS // cfg.train.epochs if by_progress else epoch
+        if not prune or step <= seen["step"]:  # (progress: this epoch reached no new step)
             return
-        trial.report(acc, epoch)
+        seen["step"] = step
+        trial.report(acc, step)
         if trial.should_prune():
             raise optuna.TrialPruned(f"trial {trial.number} pruned after epoch {epoch}")
 
@@ -174,6 +180,7 @@ def _train_one(
         summary = train_run(cfg, setup.rt, run_dir, progress=False, on_epoch=report)
     except optuna.TrialPruned:
         trial.set_user_attr("epochs_run", before + seen["epochs_run"])
+        seen.pop("step")
         write_json(run_dir / "summary.json", {"status": "pruned", "trial": trial.number, **seen})
         raise
     except TrainingStopped:

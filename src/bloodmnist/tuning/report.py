@@ -21,7 +21,11 @@ PLOTS: tuple[tuple[str, str], ...] = (
     ("plot_optimization_history", "Optimisation history: each trial's best validation accuracy"),
     ("plot_param_importances", "Parameter importances (fANOVA) for validation accuracy"),
     ("plot_parallel_coordinate", "Parallel coordinates: parameter values of every trial"),
-    ("plot_intermediate_values", "Validation accuracy per epoch of every trial (pruning)"),
+    (
+        "plot_intermediate_values",
+        "Validation accuracy of every trial as reported for pruning (per epoch; with "
+        "pruner.by: progress, per twentieth of the trial's own schedule)",
+    ),
 )
 
 

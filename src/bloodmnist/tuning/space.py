@@ -3,6 +3,8 @@
 ```yaml
 sampler: {kind: tpe, seed: 0}                      # tpe | random
 pruner: {kind: median, startup_trials: 2, warmup_epochs: 1}   # median | hyperband | none
+# pruner: {kind: median, by: progress, warmup_percent: 25}  # judge trials at equal shares of
+#                                                           # their own schedules
 seeds: [42, 43]        # optional: every trial trains each seed; its score is their mean
 params:
   optim.lr: {type: float, low: 0.003, high: 0.1, log: true}
@@ -200,8 +202,13 @@ def _param(key: str, spec: Any, base: Config) -> Param:
 #: The options each `sampler:` / `pruner:` entry may carry (see tuning/study.py).
 SECTION_FIELDS = {
     "sampler": {"kind", "seed", "startup_trials"},
-    "pruner": {"kind", "startup_trials", "warmup_epochs", "min_epochs", "reduction_factor"},
-}
+    "pruner": {
+        "kind", "by", "startup_trials", "warmup_epochs", "warmup_percent", "min_epochs",
+        "reduction_factor",
+    },
+}  # fmt: skip
+#: `pruner.by`: compare trials at the same epoch, or at the same share of their own schedule.
+PRUNE_BY = ("epoch", "progress")
 
 
 def _section(data: dict[str, Any], name: str, kinds: tuple[str, ...], default: str) -> dict:
@@ -213,9 +220,30 @@ def _section(data: dict[str, Any], name: str, kinds: tuple[str, ...], default: s
         known = ", ".join(sorted(SECTION_FIELDS[name]))
         raise SpaceError(f"unknown field '{name}.{extra[0]}' (known: {known})")
     for key, value in spec.items():
-        if key != "kind" and not (isinstance(value, int) and not isinstance(value, bool)):
+        if key in ("kind", "by"):
+            continue
+        if not (isinstance(value, int) and not isinstance(value, bool)):
             raise SpaceError(f"'{name}.{key}' must be an integer, got {value!r}")
     return {"kind": default, **spec}
+
+
+def _pruner(data: dict[str, Any]) -> dict[str, Any]:
+    """The `pruner:` entry; `by: progress` (median only) compares trials at the same share of
+    their own schedule: a 40-epoch one-cycle run at epoch 10 has not annealed yet, and judging
+    it against a 20-epoch run's epoch 10 would prune the long runs, which often win."""
+    spec = _section(data, "pruner", PRUNERS, "median")
+    by = spec.setdefault("by", "epoch")
+    if by not in PRUNE_BY:
+        raise SpaceError(f"pruner.by must be one of {', '.join(PRUNE_BY)}, got {by!r}")
+    wrong = "warmup_epochs" if by == "progress" else "warmup_percent"
+    if wrong in spec:
+        other = "warmup_percent" if by == "progress" else "warmup_epochs"
+        raise SpaceError(f"pruner.{wrong} does not go with by: {by}; use pruner.{other}")
+    if by == "progress" and spec["kind"] != "median":
+        raise SpaceError("pruner.by: progress works with the median pruner only")
+    if not 0 <= spec.get("warmup_percent", 0) <= 100:
+        raise SpaceError("pruner.warmup_percent must be in 0..100")
+    return spec
 
 
 def parse_space(data: dict[str, Any], base: Config) -> Space:
@@ -232,7 +260,7 @@ def parse_space(data: dict[str, Any], base: Config) -> Space:
         )
     parsed = [_param(str(k), v, base) for k, v in params.items()]
     sampler = _section(data, "sampler", SAMPLERS, "tpe")
-    pruner = _section(data, "pruner", PRUNERS, "median")
+    pruner = _pruner(data)
     return Space(parsed, sampler, pruner, data, _seeds(data.get("seeds")))
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 import os
 import random
 import socket
@@ -24,7 +25,7 @@ import optuna
 
 from bloodmnist.atomic import read_json, write_text_atomic
 from bloodmnist.errors import BloodMNISTError
-from bloodmnist.tuning.objective import DONE, process_identity, trial_dir
+from bloodmnist.tuning.objective import DONE, PROGRESS_STEPS, process_identity, trial_dir
 from bloodmnist.tuning.space import Space
 
 PLAN_FILE = "tune_plan.json"
@@ -129,9 +130,11 @@ def make_pruner(spec: dict[str, Any]) -> optuna.pruners.BasePruner:
             reduction_factor=int(spec.get("reduction_factor", 3)),
         )
     if spec["kind"] == "median":
+        warmup = int(spec.get("warmup_epochs", 0))
+        if spec.get("by") == "progress":  # steps are PROGRESS_STEPS-ths of each trial's run
+            warmup = math.ceil(int(spec.get("warmup_percent", 0)) * PROGRESS_STEPS / 100)
         return optuna.pruners.MedianPruner(
-            n_startup_trials=int(spec.get("startup_trials", 2)),
-            n_warmup_steps=int(spec.get("warmup_epochs", 0)),
+            n_startup_trials=int(spec.get("startup_trials", 2)), n_warmup_steps=warmup
         )
     return optuna.pruners.NopPruner()
 
