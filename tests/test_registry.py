@@ -49,6 +49,42 @@ def test_resnet9_flops_by_hand() -> None:
     assert train_pflop(flops["train"], 11959 * 10) == pytest.approx(0.0494, abs=5e-4)
 
 
+def test_cover_pool_keeps_an_odd_maps_last_row_and_column() -> None:
+    from bloodmnist.model.resnet9 import CoverPool
+
+    x = torch.zeros(1, 1, 7, 7)
+    x[0, 0, 6, 6] = 5.0  # the corner a 2x2/2 pooling of a 7x7 map never reads
+    assert torch.nn.MaxPool2d(2)(x).max() == 0
+    out = CoverPool()(x)
+    assert out.shape == (1, 1, 3, 3) and out[0, 0, 2, 2] == 5.0 and out.sum() == 5.0
+    even = torch.rand(2, 4, 14, 14)
+    assert torch.equal(CoverPool()(even), torch.nn.MaxPool2d(2)(even))
+
+
+def test_resnet9c_differs_from_resnet9_only_where_a_map_is_odd(tmp_path: Path) -> None:
+    """Same weights: identical at 64 px (s2 stem: 32/16/8/4, all even), different at 28 px
+    (7 -> 3); same FLOPs; the ONNX graph keeps the overlapping pool (parity with torch)."""
+    import onnxruntime as ort
+
+    from bloodmnist.inference.export import export_graph
+
+    torch.manual_seed(0)
+    for size, same in ((64, True), (28, False)):
+        plain = build_model("resnet9", 8, size, width=0.25).eval()
+        cover = build_model("resnet9c", 8, size, width=0.25).eval()
+        cover.load_state_dict(plain.state_dict())  # pools have no weights: same tensors
+        x = torch.rand(4, 3, size, size)
+        with torch.no_grad():
+            assert torch.equal(plain(x), cover(x)) is same, size
+        assert flops_per_image(cover, size) == flops_per_image(plain, size)
+    export_graph(cover, tmp_path / "c.onnx", 28)
+    session = ort.InferenceSession(str(tmp_path / "c.onnx"), providers=["CPUExecutionProvider"])
+    got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    with torch.no_grad():
+        assert np.abs(got - cover(x).numpy()).max() < 1e-4
+        assert np.abs(got - plain(x).numpy()).max() > 1e-3  # the cover pool, not the 2x2 one
+
+
 def test_width_and_depth_knobs() -> None:
     small = ResNet9(8, width=0.25, depth=1)
     deep = ResNet9(8, width=0.25, depth=2)

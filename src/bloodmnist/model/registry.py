@@ -33,6 +33,8 @@ ARCHS: dict[str, Builder] = {
     "resnet50": _torchvision("resnet50"),
     # Compute-efficient 28-px family (width/depth knobs): the fast and best recipes.
     "resnet9": lambda n, size, width, depth, stem: ResNet9(n, width, depth, stem=stem),
+    # The same with poolings that keep an odd map's last row/column (28 px: 7 -> 3).
+    "resnet9c": lambda n, size, width, depth, stem: ResNet9(n, width, depth, stem=stem, cover=True),
     # The same with a fixed patch-whitening first layer fitted to the training images.
     "resnet9w": lambda n, size, width, depth, stem: ResNet9(n, width, depth, True, stem),
 }

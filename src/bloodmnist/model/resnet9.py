@@ -8,12 +8,15 @@ larger images reach the first stage at a resolution near 28-32 px. With `whiten`
 the prep conv is a fixed patch-whitening 3x3 conv fitted to the training images plus a learned
 1x1 conv (model/whiten.py). At 28 px and width 0.5 a forward pass is ~0.14 GFLOP, a seventh of
 the adapted ResNet-18: most of its compute runs at 14 px and below, where a 28-px image has
-little left to resolve.
+little left to resolve. At 28 px the third pooling halves a 7x7 map to 3x3 and so drops its last
+row and column (the image's bottom and right ~4 px); `cover` (arch resnet9c) pools odd maps with
+overlapping 3x3/2 windows that keep them, at the same size and FLOPs.
 """
 
 from __future__ import annotations
 
-from torch import nn
+import torch.nn.functional as F
+from torch import Tensor, nn
 
 from bloodmnist.model.whiten import PatchWhitening
 
@@ -47,10 +50,19 @@ class Residual(nn.Module):
         return x + self.body(x)
 
 
-def _stage(c_in: int, c_out: int, blocks: int) -> nn.Sequential:
-    return nn.Sequential(
-        conv_bn(c_in, c_out), nn.MaxPool2d(2), *[Residual(c_out) for _ in range(blocks)]
-    )
+class CoverPool(nn.Module):
+    """Halve a map like MaxPool2d(2), but let an odd map's last row and column count: 2x2/2
+    windows on an even side, overlapping 3x3/2 windows on an odd one (7 -> 3 covers rows 0-6,
+    where 2x2/2 drops row 6). The same output size and FLOPs; an even map pools as before."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        odd = x.shape[-1] % 2  # fixed per image size: a traced/exported graph keeps one kernel
+        return F.max_pool2d(x, 2 + odd, 2)
+
+
+def _stage(c_in: int, c_out: int, blocks: int, cover: bool = False) -> nn.Sequential:
+    pool = CoverPool() if cover else nn.MaxPool2d(2)
+    return nn.Sequential(conv_bn(c_in, c_out), pool, *[Residual(c_out) for _ in range(blocks)])
 
 
 class ResNet9(nn.Module):
@@ -61,14 +73,15 @@ class ResNet9(nn.Module):
         depth: int = 1,
         whiten: bool = False,
         stem: str = "s1",
+        cover: bool = False,
     ):
         super().__init__()
         c = [max(8, round(64 * width * m)) for m in (1, 2, 4, 8)]
         self.features = nn.Sequential(
             _prep(c[0], stem, whiten),
-            _stage(c[0], c[1], depth),
-            _stage(c[1], c[2], 0),
-            _stage(c[2], c[3], depth),
+            _stage(c[0], c[1], depth, cover),
+            _stage(c[1], c[2], 0, cover),
+            _stage(c[2], c[3], depth, cover),
             nn.AdaptiveMaxPool2d(1),
             nn.Flatten(),
         )
