@@ -1,62 +1,73 @@
 #!/usr/bin/env bash
-# The prepared search for a lent GPU (issue #13, "How to search"): the sweep of the fast
-# recipe's space and the 3-seed study of its finalist beside the shipped recipe, in one call,
-# within a fixed time budget, every result file under $OUT.
+# The prepared search for a lent GPU (issue #13, "How to search"): a sweep of the fast recipe's
+# space, then the 3-seed study of its finalist beside the shipped recipe, in one device call
+# bounded by DEADLINE seconds (default 540: inside a 10-minute call).
 #
 #   DATA28=.gpudata/bloodmnist_pbc_28.npz OUT=$OUT bash benchmarks/gpu_sweep.sh
 #   SMOKE=1 OUT=/tmp/sweep BM=.venv/bin/bloodmnist bash benchmarks/gpu_sweep.sh   # CPU dry run
-# SLIM=1 deletes the search trials' checkpoints under $OUT/tune at the end (for a device call
-# whose $OUT must come back small); the studies' run folders keep theirs.
 #
 # 1. `bloodmnist tune` over SPACE (default configs/search/fast.yaml: two seeds per trial, pruning
-#    by progress), JOBS trials side by side on the GPU; no trial starts after SWEEP_S seconds,
-#    and the step is cut at SWEEP_S + TRIAL_S (a cut trial is FAIL, never counted).
-#    -> $OUT/tune/{trials.csv,best.yaml,report.html}
-# 2. The finalist (tune/best.yaml: the best mean validation accuracy) and the shipped fast
-#    recipe as the control, 3 seeds each, all six runs at once, cut at FINAL_S seconds.
-#    -> $OUT/finalist/study.json, $OUT/control/study.json
-# Choose on validation (best_val_acc, val_acc_tta in the study files); the test numbers beside
-# them are each run's one evaluation of the test split, not a criterion.
+#    by progress), JOBS trials side by side on the GPU; no trial starts after SWEEP_S seconds and
+#    the step is cut at SWEEP_CUT_S (a cut trial is FAIL, never counted; the outputs are then
+#    rebuilt from the study's database).
+# 2. The finalist (best.yaml: the best mean validation accuracy) and the shipped fast recipe as
+#    the control, 3 seeds each, all six runs at once, cut at the DEADLINE.
+# What comes back (a device call returns few files): $OUT/commands.txt, $OUT/trials.csv,
+# $OUT/best.yaml, $OUT/finalist.json and $OUT/control.json (study results), and
+# $OUT/sweep-runs.tar.gz (every folder without checkpoints: logs, report.html, study.db, run
+# folders). Run folders and weights stay in WORK. At today's lease this is a small sweep (a
+# two-seed 40-epoch trial takes minutes on a GPU shared by JOBS trials); raise DEADLINE where a
+# longer call is allowed. Choose on validation (best_val_acc, val_acc_tta in the study files);
+# the test numbers beside them are each run's one evaluation of the test split.
 set -uo pipefail
 OUT=${OUT:-gpu-sweep}
+WORK=${WORK:-/tmp/gpu-sweep}
 DATA28=${DATA28:-.gpudata/bloodmnist_pbc_28.npz}
 SPACE=${SPACE:-configs/search/fast.yaml}
 BM=${BM:-bloodmnist}
-JOBS=${JOBS:-8}
-TRIALS=${TRIALS:-200}  # an upper bound: the time budget ends the sweep
-mkdir -p "$OUT"
+DEADLINE=${DEADLINE:-540}
+for d in "$OUT" "$WORK"; do  # a second run would mix its results with the first one's
+  if [ -d "$d" ] && [ -n "$(ls -A "$d")" ]; then
+    echo "gpu_sweep.sh: $d is not empty; pick a new OUT/WORK" >&2
+    exit 2
+  fi
+done
+mkdir -p "$OUT" "$WORK"
+LEAN=(--set runtime.reports=false --set runtime.tensorboard=false)
 if [ "${SMOKE:-0}" = 1 ]; then  # every trial on 64 images, whatever epochs the space draws
-  SWEEP_S=${SWEEP_S:-20} TRIAL_S=${TRIAL_S:-120} FINAL_S=${FINAL_S:-300} JOBS=2
+  JOBS=2 SWEEP_S=20 SWEEP_CUT_S=150 DEADLINE=400
   FIXED=(--device cpu --precision fp32 --subset 64 --set runtime.threads=1)
-  FINAL=(--epochs 1 --set runtime.reports=false)
+  FINAL=(--epochs 1 "${LEAN[@]}")
 else
-  SWEEP_S=${SWEEP_S:-240} TRIAL_S=${TRIAL_S:-180} FINAL_S=${FINAL_S:-240}
+  JOBS=${JOBS:-8} SWEEP_S=${SWEEP_S:-$((DEADLINE * 4 / 10))}
+  SWEEP_CUT_S=${SWEEP_CUT_S:-$((DEADLINE * 6 / 10))}
   FIXED=(--device cuda)
-  FINAL=()
+  FINAL=(--set runtime.threads=2 "${LEAN[@]}")  # 6 runs on 16 cores, no reports
 fi
+t0=$SECONDS
 
-step() {  # step NAME SECONDS COMMAND...: time-limited, logged to $OUT/NAME.log, never aborts
+step() {  # step NAME SECONDS COMMAND...: time-limited, logged to $WORK/NAME.log, never aborts
   local name=$1 limit=$2
   shift 2
   echo "== $name (limit ${limit} s): $*" | tee -a "$OUT/commands.txt"
-  local t0=$SECONDS
-  timeout "$limit" "$@" >"$OUT/$name.log" 2>&1
-  echo "   $name: exit $? after $((SECONDS - t0)) s" | tee -a "$OUT/commands.txt"
+  local t=$SECONDS
+  timeout --kill-after=20 "$limit" "$@" >"$WORK/$name.log" 2>&1
+  echo "   $name: exit $? after $((SECONDS - t)) s" | tee -a "$OUT/commands.txt"
 }
 
-nvidia-smi >"$OUT/gpu.txt" 2>&1 || true
-step tune $((SWEEP_S + TRIAL_S)) "$BM" tune --space "$SPACE" --trials "$TRIALS" --jobs "$JOBS" \
-  --timeout "$SWEEP_S" --out "$OUT/tune" --recipe fast --data "$DATA28" "${FIXED[@]}"
-# A tune cut by `timeout` has not written its outputs: rebuild them from its database.
-[ -f "$OUT/tune/best.yaml" ] || step tune-report 120 "$BM" tune --report "$OUT/tune"
-if [ -f "$OUT/tune/best.yaml" ]; then
-  step finalist "$FINAL_S" "$BM" study --seeds 42,43,44 --jobs 3 --out "$OUT/finalist" \
-    --config "$OUT/tune/best.yaml" --data "$DATA28" "${FIXED[@]}" "${FINAL[@]}" &
+nvidia-smi >"$WORK/gpu.txt" 2>&1 || true
+step tune "$SWEEP_CUT_S" "$BM" tune --space "$SPACE" --trials 1000 --jobs "$JOBS" \
+  --timeout "$SWEEP_S" --out "$WORK/tune" --recipe fast --data "$DATA28" "${FIXED[@]}" "${LEAN[@]}"
+[ -f "$WORK/tune/trials.csv" ] || step tune-report 60 "$BM" tune --report "$WORK/tune"
+left=$((DEADLINE - (SECONDS - t0) - 30))  # 30 s for the copies and the tar
+if [ -f "$WORK/tune/best.yaml" ]; then
+  step finalist "$left" "$BM" study --seeds 42,43,44 --jobs 3 --out "$WORK/finalist" \
+    --config "$WORK/tune/best.yaml" --data "$DATA28" "${FIXED[@]}" "${FINAL[@]}" &
 fi
-step control "$FINAL_S" "$BM" study --seeds 42,43,44 --jobs 3 --out "$OUT/control" \
+step control "$left" "$BM" study --seeds 42,43,44 --jobs 3 --out "$WORK/control" \
   --recipe fast --data "$DATA28" "${FIXED[@]}" "${FINAL[@]}"
 wait
-if [ "${SLIM:-0}" = 1 ]; then  # asked for: drop the trials' weights so $OUT travels back small
-  rm -rf "$OUT"/tune/trials/*/checkpoints "$OUT"/tune/trials/*/seed-*/checkpoints
-fi
-echo "done: $(date -u +%FT%TZ)" | tee -a "$OUT/commands.txt"
+cp "$WORK/tune/trials.csv" "$WORK/tune/best.yaml" "$OUT/" 2>/dev/null
+for s in finalist control; do cp "$WORK/$s/study.json" "$OUT/$s.json" 2>/dev/null; done
+tar --exclude='*.pt' -czf "$OUT/sweep-runs.tar.gz" -C "$WORK" .
+echo "done after $((SECONDS - t0)) s: $(date -u +%FT%TZ)" | tee -a "$OUT/commands.txt"

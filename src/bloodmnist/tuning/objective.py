@@ -138,7 +138,7 @@ def objective(trial: optuna.Trial, setup: TrialSetup) -> float:
             folder = root / f"seed-{seed}"
         run_dir = new_run_dir(folder, "", explicit=True)
         # Pruning watches the first seed: a trial that is clearly worse stops early, and the
-        # median compares like with like (every trial's first seed, epoch by epoch).
+        # median compares like with like (every trial's first seed, step by step).
         score, ran = _train_one(trial, cfg, setup, run_dir, epochs, prune=i == 0)
         epochs += ran
         trial.set_user_attr("epochs_run", epochs)
@@ -180,6 +180,11 @@ def _train_one(
         summary = train_run(cfg, setup.rt, run_dir, progress=False, on_epoch=report)
     except optuna.TrialPruned:
         trial.set_user_attr("epochs_run", before + seen["epochs_run"])
+        # every epoch's best, not only those reported (progress steps skip some); with seeds,
+        # the first seed's alone: trials.csv says so
+        trial.set_user_attr("best_val_acc", seen["best_val_acc"])
+        if setup.space.seeds:
+            trial.set_user_attr("note", f"pruned during seed {cfg.train.seed} (its value alone)")
         seen.pop("step")
         write_json(run_dir / "summary.json", {"status": "pruned", "trial": trial.number, **seen})
         raise
@@ -188,6 +193,7 @@ def _train_one(
             # the worst accuracy (Optuna would mark NaN FAIL, uncounted, and TPE would learn
             # nothing about the region)
             return None, seen["epochs_run"]
+        trial.set_user_attr("epochs_run", before + seen["epochs_run"])
         trial.set_user_attr("note", "interrupted (marked FAIL; the study runs another)")
         raise
     return float(summary["best_val_acc"]), int(summary["epochs_run"])

@@ -33,9 +33,11 @@ def trial_rows(study: optuna.Study) -> tuple[list[str], list[list[Any]]]:
             else None
         )
         value = t.value
-        if value is None and t.state == optuna.trial.TrialState.PRUNED and t.intermediate_values:
-            value = max(t.intermediate_values.values())  # best epoch before it was pruned
         a = t.user_attrs
+        if value is None and t.state == optuna.trial.TrialState.PRUNED:
+            # its best epoch before it was pruned (older studies: the best reported one)
+            reported = max(t.intermediate_values.values(), default=None)
+            value = a.get("best_val_acc", reported)
         rows.append(
             [t.number, t.state.name, value, a.get("epochs_run"), seconds]
             + [t.params.get(k) for k in keys]

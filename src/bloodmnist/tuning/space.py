@@ -258,6 +258,8 @@ def parse_space(data: dict[str, Any], base: Config) -> Space:
         raise SpaceError(
             "'params' must map config keys to ranges, e.g. optim.lr: {type: float, ...}"
         )
+    if "seeds" in data and "train.seed" in params:
+        raise SpaceError("'seeds' trains every trial on each seed: drop train.seed from params")
     parsed = [_param(str(k), v, base) for k, v in params.items()]
     sampler = _section(data, "sampler", SAMPLERS, "tpe")
     pruner = _pruner(data)

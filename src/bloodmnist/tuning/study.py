@@ -123,7 +123,8 @@ def make_sampler(spec: dict[str, Any], worker: int) -> optuna.samplers.BaseSampl
 
 
 def make_pruner(spec: dict[str, Any]) -> optuna.pruners.BasePruner:
-    """Median or Hyperband on per-epoch validation accuracy; `none` never prunes."""
+    """Median or Hyperband on the validation accuracy reported per epoch (or, median with
+    `by: progress`, per twentieth of each trial's schedule); `none` never prunes."""
     if spec["kind"] == "hyperband":
         return optuna.pruners.HyperbandPruner(
             min_resource=int(spec.get("min_epochs", 1)),
@@ -199,13 +200,18 @@ def fail_orphans(study: optuna.Study, tune_dir: Path | None = None) -> list[int]
 
 
 def _mark_folder(tune_dir: Path | None, number: int) -> None:
-    """A killed trial's folder says so (it has no summary.json of its own)."""
+    """A killed trial's run folder says so (it has no summary.json of its own); with seeds per
+    trial, the seed-S/ folders under it are the run folders."""
     from bloodmnist.training.rundir import write_json
 
-    run_dir = trial_dir(tune_dir, number) if tune_dir else None
-    if run_dir is not None and run_dir.is_dir() and not (run_dir / "summary.json").exists():
-        msg = "its tune worker was killed; the study marked the trial FAIL and runs another"
-        write_json(run_dir / "summary.json", {"status": "failed", "message": msg})
+    root = trial_dir(tune_dir, number) if tune_dir else None
+    if root is None or not root.is_dir():
+        return
+    runs = sorted(p for p in root.glob("seed-*") if p.is_dir()) or [root]
+    msg = "its tune worker was killed; the study marked the trial FAIL and runs another"
+    for run_dir in runs:
+        if not (run_dir / "summary.json").exists():
+            write_json(run_dir / "summary.json", {"status": "failed", "message": msg})
 
 
 def worker_loop(study: optuna.Study, objective: Any, setup: Any, deadline: float | None) -> int:
