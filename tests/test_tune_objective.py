@@ -139,3 +139,11 @@ def test_a_killed_seeded_trial_marks_its_unfinished_seed_folders(tmp_path: Path)
     assert json.loads((root / "seed-1" / "summary.json").read_text())["status"] == "completed"
     assert json.loads((root / "seed-2" / "summary.json").read_text())["status"] == "failed"
     assert not (root / "summary.json").exists()  # the trial folder is not a run folder
+
+
+def test_seeds_and_a_train_seed_parameter_do_not_mix() -> None:
+    from bloodmnist.tuning.space import SpaceError
+
+    space = {"seeds": [1, 2], "params": {"train.seed": {"type": "int", "low": 0, "high": 9}}}
+    with pytest.raises(SpaceError, match="drop train.seed"):
+        parse_space(space, BaseSpec(recipe="fast").build())
