@@ -67,11 +67,14 @@ def test_batched_tta_beats_a_per_image_loop_with_the_same_numbers(
 def test_fast_recipe_values_and_precedence() -> None:
     cfg = build_config(recipe="fast")
     assert cfg.schedule.kind == "onecycle"
-    # the recipe chosen on validation (docs/frontier.md): resnet9 at 0.25 width, 40 epochs
+    # the recipe chosen on validation (docs/frontier.md): resnet9 at 0.25 width, 40 epochs,
+    # v5's values verbatim from the search's trial 17 (what the three seeds measured)
     assert (cfg.model.arch, cfg.model.width, cfg.train.epochs) == ("resnet9", 0.25, 40)
-    assert (cfg.optim.lr, cfg.optim.batch_size, cfg.schedule.pct_start) == (0.05, 64, 0.25)
-    assert cfg.train.ema_decay == 0.995 and cfg.train.label_smoothing == 0.1
-    assert cfg.augment.mixup_alpha == 0 and cfg.augment.translate == 2.0
+    assert (cfg.optim.lr, cfg.optim.batch_size) == (0.07094416289643755, 32)
+    assert cfg.schedule.pct_start == 0.3721490805697818
+    assert cfg.optim.weight_decay == 0.0002689150201906215
+    assert cfg.train.ema_decay == 0.995 and cfg.train.label_smoothing == 0.18825357119346484
+    assert cfg.augment.mixup_alpha == 0 and cfg.augment.translate == 0.0
     assert cfg.augment.rot90 and cfg.augment.hflip == 0.5 and cfg.augment.vflip == 0.5
     assert cfg.eval.tta_mode == "reference7" and cfg.optim.nesterov
     # no early stop can cut the one cycle short before its LR has annealed
@@ -81,14 +84,15 @@ def test_fast_recipe_values_and_precedence() -> None:
     assert (cfg.train.epochs, cfg.optim.lr, cfg.schedule.kind) == (2, 0.05, "onecycle")
     assert build_config(recipe="fast", overrides=["optim.lr=0.01"]).optim.lr == 0.01
     assert build_config(recipe="reference") == Config()  # the reference stays the defaults
-    # best: the fast recipe's settings on the 0.5-width net (four times the FLOPs per image)
-    # for twice the epochs
+    # best: fast v4's settings on the 0.5-width net (four times the FLOPs per image) for twice
+    # the epochs, as measured (fast v5's search values were not tried on it)
     best, fast = build_config(recipe="best"), build_config(recipe="fast")
     assert (best.model.arch, best.model.width, best.train.epochs) == ("resnet9", 0.5, 80)
-    same_train = dataclasses.replace(best.train, epochs=fast.train.epochs)
-    assert (
-        dataclasses.replace(best, model=fast.model, runtime=fast.runtime, train=same_train) == fast
-    )
+    assert (best.optim.lr, best.optim.batch_size, best.optim.weight_decay) == (0.05, 64, 5e-4)
+    assert (best.schedule.pct_start, best.train.label_smoothing) == (0.25, 0.1)
+    assert best.augment.translate == 2.0 and best.train.ema_decay == 0.995
+    assert dataclasses.replace(best.augment, translate=0.0) == fast.augment
+    assert (best.eval, best.model.arch, best.schedule.kind) == (fast.eval, "resnet9", "onecycle")
     with pytest.raises(ConfigError, match="unknown recipe"):
         build_config(recipe="slow")
     with pytest.raises(ConfigError, match="schedule.kind"):
