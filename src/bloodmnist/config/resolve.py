@@ -133,7 +133,8 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 
 RECIPES = ("reference", "fast", "best")
 #: What `train`, `study` and `tune` build on when no --recipe is given: the recipe a user should
-#: run (fast: 96.6% from scratch on a fortieth of the reference's compute, docs/frontier.md). The
+#: run (fast: 97.3% test accuracy with TTA from scratch on a fortieth of the reference's compute,
+#: docs/frontier.md). The
 #: reference stays the dataclass defaults and `--recipe reference`.
 DEFAULT_RECIPE = "fast"
 
