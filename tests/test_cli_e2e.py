@@ -20,7 +20,7 @@ import torch
 from sklearn.metrics import accuracy_score, f1_score
 
 from bloodmnist import CLASS_NAMES
-from bloodmnist.config import from_dict, load_yaml
+from bloodmnist.config import DEFAULT_RECIPE, build_config, from_dict, load_yaml
 from bloodmnist.evaluation.metrics import compute_metrics
 from bloodmnist.model import build_model
 from bloodmnist.training.checkpoint import load_checkpoint
@@ -163,6 +163,9 @@ def test_train_writes_the_full_run_folder(trained) -> None:
     assert (run_dir / "report.xlsx").read_bytes()[:2] == b"PK"
 
 
+PEAK_LR = build_config(recipe=DEFAULT_RECIPE).optim.lr  # the default (fast) recipe's one-cycle peak
+
+
 def test_history_csv(run_dir: Path) -> None:
     header, rows = _history(run_dir)
     assert header == HISTORY_HEADER
@@ -171,8 +174,9 @@ def test_history_csv(run_dir: Path) -> None:
         assert float(r["train_loss"]) > 0 and float(r["val_loss"]) > 0
         for key in ("train_acc", "val_acc", "val_auc"):
             assert 0 <= float(r[key]) <= 1, (key, r)
-        assert 0 < float(r["lr"]) <= 0.05 and float(r["seconds"]) > 0  # the one-cycle peak
-    assert float(rows[0]["lr"]) == pytest.approx(0.005)  # one-cycle starts at peak / div_factor
+        assert 0 < float(r["lr"]) <= PEAK_LR and float(r["seconds"]) > 0  # the one-cycle peak
+    # one-cycle starts at peak / div_factor (10)
+    assert float(rows[0]["lr"]) == pytest.approx(PEAK_LR / 10)
 
 
 def test_summary_matches_predictions(run_dir: Path, shared_data: Path) -> None:
