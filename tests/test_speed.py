@@ -84,15 +84,14 @@ def test_fast_recipe_values_and_precedence() -> None:
     assert (cfg.train.epochs, cfg.optim.lr, cfg.schedule.kind) == (2, 0.05, "onecycle")
     assert build_config(recipe="fast", overrides=["optim.lr=0.01"]).optim.lr == 0.01
     assert build_config(recipe="reference") == Config()  # the reference stays the defaults
-    # best: fast v4's settings on the 0.5-width net (four times the FLOPs per image) for twice
-    # the epochs, as measured (fast v5's search values were not tried on it)
+    # best: the fast recipe's (v5) settings on the 0.5-width net (four times the FLOPs per
+    # image) for twice the epochs
     best, fast = build_config(recipe="best"), build_config(recipe="fast")
     assert (best.model.arch, best.model.width, best.train.epochs) == ("resnet9", 0.5, 80)
-    assert (best.optim.lr, best.optim.batch_size, best.optim.weight_decay) == (0.05, 64, 5e-4)
-    assert (best.schedule.pct_start, best.train.label_smoothing) == (0.25, 0.1)
-    assert best.augment.translate == 2.0 and best.train.ema_decay == 0.995
-    assert dataclasses.replace(best.augment, translate=0.0) == fast.augment
-    assert (best.eval, best.model.arch, best.schedule.kind) == (fast.eval, "resnet9", "onecycle")
+    same_train = dataclasses.replace(best.train, epochs=fast.train.epochs)
+    assert (
+        dataclasses.replace(best, model=fast.model, runtime=fast.runtime, train=same_train) == fast
+    )
     with pytest.raises(ConfigError, match="unknown recipe"):
         build_config(recipe="slow")
     with pytest.raises(ConfigError, match="schedule.kind"):
