@@ -24,10 +24,11 @@ from openpyxl import load_workbook
 from sklearn.metrics import accuracy_score, roc_auc_score
 
 from bloodmnist.errors import BloodMNISTError
-from bloodmnist.evaluation.calibration import ece
+from bloodmnist.evaluation.calibration import calibrate, ece
 from bloodmnist.evaluation.medmnist_csv import read_evaluator_csv
 from bloodmnist.evaluation.stats import mcnemar_exact
 from bloodmnist.studies.study import check_train_args, parse_seeds, split_cores
+from bloodmnist.training.checkpoint import load_checkpoint
 from conftest import describe, run_cli
 
 pytestmark = pytest.mark.slow
@@ -111,6 +112,11 @@ def test_run_calibration_and_temperature(study: Path) -> None:
     assert summary["test_nll"] == pytest.approx(summary["test"]["nll"], rel=1e-9)
     assert 0 <= summary["test_brier"] <= 2 and summary["test_ece_tta"] is None
     assert 0.05 <= summary["temperature"] <= 20 and summary["test_ece_ts"] is not None
+    # the fitted temperature is stored in best.pt, where predict/serve/export read it
+    state = load_checkpoint(run / "checkpoints" / "best.pt")
+    assert state["temperature"] == {"plain": summary["temperature"], "tta": None}
+    scaled = calibrate(preds["test_probs"], summary["temperature"])
+    assert ece(scaled, preds["test_labels"]) == pytest.approx(summary["test_ece_ts"], abs=1e-6)
     html = (run / "report.html").read_text(encoding="utf-8")
     assert (run / "figures" / "reliability_diagram.png").is_file()
     # the five run figures, the reliability diagram and the Grad-CAM figure

@@ -32,7 +32,9 @@ def predict(args: argparse.Namespace) -> int:
     paths = expand_inputs(args.inputs)
     if args.threads < 0:
         raise InferenceError("--threads must be >= 0 (0: all cores)")
-    engine = open_engine(args.model, args.device, args.precision, threads=args.threads)
+    engine = open_engine(
+        args.model, args.device, args.precision, args.threads, calibrated=not args.uncalibrated
+    )
     opts = PredictOptions(
         preprocess=args.preprocess,
         top_k=args.top_k,
@@ -50,6 +52,7 @@ def predict(args: argparse.Namespace) -> int:
         "input_size": info.input_size,
         "preprocess": args.preprocess,
         "tta": args.tta,
+        "temperature": info.applied_temperature(args.tta),  # None: the raw softmax
         "class_names": info.class_names,
     }
     text = render(rows, info.class_names, fmt, header)

@@ -101,6 +101,11 @@ def predict_parser(sub) -> None:
         "--out", metavar="FILE.csv|FILE.json", help="new results file (default: CSV on stdout)"
     )
     p.add_argument("--tta", action="store_true", help="average the 7 TTA views (PyTorch models)")
+    p.add_argument(
+        "--uncalibrated",
+        action="store_true",
+        help="raw softmax: skip the temperature fitted on validation when the model was trained",
+    )
     p.add_argument("--top-k", type=int, default=3, metavar="K")
     p.add_argument(
         "--preprocess",
@@ -188,6 +193,11 @@ def serve_parser(sub) -> None:
     )
     p.add_argument("--threads", type=int, default=0, metavar="N", help="CPU threads (0: all cores)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info"])
+    p.add_argument(
+        "--uncalibrated",
+        action="store_true",
+        help="raw softmax: skip the temperature fitted on validation when the model was trained",
+    )
     add_runtime(p)
 
 

@@ -48,7 +48,8 @@ def serve(args: argparse.Namespace) -> int:
         max_pixels=args.max_pixels,
         timeout_s=args.timeout,
     )
-    service = ModelService.open(args.model, args.device, args.precision, args.threads)
+    calibrated = not args.uncalibrated
+    service = ModelService.open(args.model, args.device, args.precision, args.threads, calibrated)
     info = service.engine.info
     say(
         f"bloodmnist serve: {service.path} ({info.kind}, {service.arch}, {info.input_size} px) on "
@@ -64,6 +65,7 @@ def serve(args: argparse.Namespace) -> int:
         "device": args.device,
         "precision": args.precision,
         "threads": args.threads,
+        "calibrated": calibrated,
         "limits": limits.describe(),
         "max_batch": args.max_batch,
     }

@@ -91,6 +91,18 @@ def apply_temperature(logits: np.ndarray, temperature: float) -> np.ndarray:
     return np.exp(log_softmax(z, axis=1))
 
 
+def calibrate(probs: np.ndarray, temperature: float | None) -> np.ndarray:
+    """Probabilities after a temperature: softmax(log p / T), float32 like the engines' output.
+
+    For one view log p are the logits up to a constant, so this is softmax(logits / T); for TTA
+    it scales the mean of the views' softmax, which is what `temperature_tta` was fitted on.
+    `None` (no temperature fitted) returns `probs` unchanged.
+    """
+    if temperature is None:
+        return probs
+    return apply_temperature(logits_from_probs(probs), temperature).astype(np.float32)
+
+
 def _nll_logits(logits: np.ndarray, y: np.ndarray, temperature: float) -> float:
     logp = log_softmax(logits / temperature, axis=1)
     return float(-np.mean(logp[np.arange(y.size), y]))

@@ -38,6 +38,16 @@ class ModelInfo:
     kind: str  # pytorch | onnx
     extra: dict[str, Any] = field(default_factory=dict)
     precision: str = "fp32"  # what the forward pass runs in (ONNX Runtime here: fp32)
+    # Softmax temperatures fitted on validation at the end of training ({"plain": T, "tta": T});
+    # None: the model has none. `calibrated`: the engine applies them to every output.
+    temperature: dict[str, float | None] | None = None
+    calibrated: bool = False
+
+    def applied_temperature(self, tta: bool = False) -> float | None:
+        """The temperature `probs(..., tta)` applies, or None when it returns the raw softmax."""
+        if not self.calibrated or not self.temperature:
+            return None
+        return self.temperature.get("tta" if tta else "plain")
 
 
 class Engine(Protocol):
@@ -52,7 +62,7 @@ class OnnxEngine:
 
     supports_tta = False  # the 7 TTA views are torch ops; refused with a clear error
 
-    def __init__(self, path: str | Path, threads: int = 0):
+    def __init__(self, path: str | Path, threads: int = 0, calibrated: bool = True):
         import onnxruntime as ort
 
         self.path = Path(path)
@@ -67,6 +77,7 @@ class OnnxEngine:
             reason = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
             raise InferenceError(f"cannot load ONNX model {self.path}: {reason}") from None
         self.info = self._read_info()
+        self.info.calibrated = calibrated and self.info.temperature is not None
 
     def _read_info(self) -> ModelInfo:
         meta = self.session.get_modelmeta().custom_metadata_map
@@ -81,21 +92,33 @@ class OnnxEngine:
                 "'bloodmnist export CHECKPOINT --format onnx'"
             ) from None
         extra = {k[len(META_PREFIX) :]: v for k, v in meta.items() if k.startswith(META_PREFIX)}
-        return ModelInfo(names, size, mean, std, str(self.path), "onnx", extra)
+        temperature = None
+        if META_PREFIX + "temperature" in meta:  # the graph's probs output is divided by it
+            temperature = {"plain": float(meta[META_PREFIX + "temperature"]), "tta": None}
+        return ModelInfo(names, size, mean, std, str(self.path), "onnx", extra, "fp32", temperature)
 
     def probs(self, images: np.ndarray, tta: bool = False) -> np.ndarray:
         """Softmax probabilities for (N, size, size, 3) uint8 images."""
         if tta:
             raise InferenceError(TTA_ONNX_ERROR)
         x = normalize(images, self.info.mean, self.info.std)
+        if self.info.temperature is not None and not self.info.calibrated:
+            (logits,) = self.session.run(["logits"], {INPUT_NAME: x})  # the raw softmax
+            z = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
+            return (np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)).astype(np.float32)
         (out,) = self.session.run(["probs"], {INPUT_NAME: x})
         return out.astype(np.float32)
 
 
 def open_engine(
-    model: str | Path, device: str | None = None, precision: str | None = None, threads: int = 0
+    model: str | Path,
+    device: str | None = None,
+    precision: str | None = None,
+    threads: int = 0,
+    calibrated: bool = True,
 ) -> Engine:
-    """ONNX Runtime for .onnx files (no torch import); PyTorch for checkpoints and run folders."""
+    """ONNX Runtime for .onnx files (no torch import); PyTorch for checkpoints and run folders.
+    `calibrated`: apply the model's validation-fitted temperature, where it has one."""
     path = resolve_model(model)
     if path.suffix.lower() == ".onnx":
         if (device or "cpu") not in ("cpu", "auto") or (precision or "fp32") not in (
@@ -106,7 +129,7 @@ def open_engine(
                 "ONNX models run in fp32 on the CPU here; drop --device/--precision or use the "
                 ".pt checkpoint"
             )
-        return OnnxEngine(path, threads=threads)
+        return OnnxEngine(path, threads=threads, calibrated=calibrated)
     from bloodmnist.inference.torch_engine import TorchEngine
 
-    return TorchEngine(path, device=device, precision=precision, threads=threads)
+    return TorchEngine(path, device, precision, threads, calibrated)

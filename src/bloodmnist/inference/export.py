@@ -64,20 +64,30 @@ class Parity:
 
 
 class _LogitsAndProbs(nn.Module):
-    """The exported graph: both outputs, so deployments need no softmax of their own."""
+    """The exported graph: both outputs, so deployments need no softmax of their own. `probs`
+    is softmax(logits / T) with the checkpoint's validation-fitted temperature, where it has one
+    (the raw logits stay available, and T is in the metadata)."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, temperature: float | None = None):
         super().__init__()
         self.model = model
+        self.temperature = temperature
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self.model(x)
-        return logits, torch.softmax(logits, dim=1)
+        scaled = logits if self.temperature is None else logits / self.temperature
+        return logits, torch.softmax(scaled, dim=1)
 
 
-def export_graph(model: nn.Module, path: Path, size: int, opset: int = EXPORT_OPSET) -> None:
+def export_graph(
+    model: nn.Module,
+    path: Path,
+    size: int,
+    opset: int = EXPORT_OPSET,
+    temperature: float | None = None,
+) -> None:
     """fp32 graph with a dynamic batch axis: input (N,3,size,size) -> logits, probs (N,C)."""
-    wrapped = _LogitsAndProbs(model).eval()
+    wrapped = _LogitsAndProbs(model, temperature).eval()
     dummy = torch.zeros(2, 3, size, size)
     batch = {0: "batch"}
     with warnings.catch_warnings():
@@ -125,7 +135,13 @@ def model_metadata(cfg: Config, ckpt: Path, state: dict) -> dict[str, str]:
         "bloodmnist_version": __version__,
         "torch_version": torch.__version__,
         "opset": str(EXPORT_OPSET),
+        **({"temperature": repr(t)} if (t := plain_temperature(state)) is not None else {}),
     }
+
+
+def plain_temperature(state: dict) -> float | None:
+    """The checkpoint's validation-fitted temperature for one view (the graph has no TTA)."""
+    return (state.get("temperature") or {}).get("plain")
 
 
 def _torch_outputs(model: nn.Module, images: np.ndarray, cfg: Config, batch: int) -> np.ndarray:
@@ -146,11 +162,17 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
 
 
 def check_parity(
-    model: nn.Module, onnx_path: Path, images: np.ndarray, cfg: Config, batch: int = 256
+    model: nn.Module,
+    onnx_path: Path,
+    images: np.ndarray,
+    cfg: Config,
+    batch: int = 256,
+    temperature: float | None = None,
 ) -> Parity:
-    """PyTorch fp32 vs ONNX Runtime on the same uint8 images; ORT reads mean/std from the file."""
+    """PyTorch fp32 vs ONNX Runtime on the same uint8 images; ORT reads mean/std from the file.
+    The reference probabilities are softmax(logits / T) where the graph bakes a temperature in."""
     ref_logits = _torch_outputs(model, images, cfg, batch)
-    ref = _softmax(ref_logits.astype(np.float64))
+    ref = _softmax(ref_logits.astype(np.float64) / (temperature or 1.0))
     engine = OnnxEngine(onnx_path)
     logits, probs = [], []
     for i in range(0, len(images), batch):
@@ -208,9 +230,10 @@ def export_checkpoint(
     tmp = temp_path(out_path)
     try:
         meta = model_metadata(cfg, ckpt, state)
-        export_graph(model, tmp, cfg.data.size)
+        temperature = plain_temperature(state)
+        export_graph(model, tmp, cfg.data.size, temperature=temperature)
         embed_metadata(tmp, meta)
-        parity = check_parity(model, tmp, images, cfg)
+        parity = check_parity(model, tmp, images, cfg, temperature=temperature)
         if not parity.passed:
             raise ExportError(
                 f"ONNX parity check failed on {parity.n} test images: max |dprob| "
@@ -227,6 +250,7 @@ def export_checkpoint(
         "checkpoint": str(ckpt),
         "checkpoint_sha256": meta["source_checkpoint_sha256"],
         "opset": EXPORT_OPSET,
+        "temperature": temperature,
         "parity": record,
         "seconds": round(time.perf_counter() - t0, 1),
     }

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from bloodmnist.data.loader import Normalizer, to_tensor
+from bloodmnist.evaluation.calibration import calibrate
 from bloodmnist.evaluation.predict import predict_probs
 from bloodmnist.inference.engines import ModelInfo
 from bloodmnist.model import model_from_config
@@ -26,6 +27,7 @@ class TorchEngine:
         device: str | None = None,
         precision: str | None = None,
         threads: int = 0,
+        calibrated: bool = True,
     ):
         state = load_checkpoint(path)
         self.cfg = checkpoint_config(state)
@@ -51,13 +53,16 @@ class TorchEngine:
             kind="pytorch",
             extra={"epoch": state["epoch"], "runtime": self.rt.describe()},
             precision=self.rt.precision,
+            temperature=state.get("temperature"),  # written by training's final evaluation
+            calibrated=calibrated and bool(state.get("temperature")),
         )
 
     def probs(self, images: np.ndarray, tta: bool = False) -> np.ndarray:
         """Softmax probabilities for (N, size, size, 3) uint8; `tta` averages the TTA views of the
-        checkpoint's `eval.tta_mode` (7 reference views or 8 dihedral poses)."""
+        checkpoint's `eval.tta_mode` (7 reference views or 8 dihedral poses); then the
+        checkpoint's temperature for that mode, where it has one and `calibrated` was asked."""
         x = to_tensor(images, self.rt.device)
-        return predict_probs(
+        probs = predict_probs(
             self.model,
             x,
             self.rt,
@@ -65,3 +70,4 @@ class TorchEngine:
             batch_size=max(1, len(x)),
             tta=self.cfg.eval if tta else None,
         )
+        return calibrate(probs, self.info.applied_temperature(tta))

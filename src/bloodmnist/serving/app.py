@@ -204,5 +204,7 @@ def app_from_env() -> FastAPI:
     import os
 
     s = json.loads(os.environ[ENV_SETTINGS])
-    service = ModelService.open(s["model"], s["device"], s["precision"], s["threads"])
+    service = ModelService.open(
+        s["model"], s["device"], s["precision"], s["threads"], s.get("calibrated", True)
+    )
     return create_app(service, Limits(**s["limits"]), s["max_batch"])

@@ -61,10 +61,15 @@ class ModelService:
 
     @classmethod
     def open(
-        cls, model: str | Path, device: str | None, precision: str | None, threads: int = 0
+        cls,
+        model: str | Path,
+        device: str | None,
+        precision: str | None,
+        threads: int = 0,
+        calibrated: bool = True,
     ) -> ModelService:
         path = resolve_model(model)
-        engine = open_engine(path, device, precision, threads=threads)
+        engine = open_engine(path, device, precision, threads, calibrated)
         if engine.info.kind == "onnx":
             arch = str(engine.info.extra.get("arch", "resnet18"))
         else:
@@ -84,6 +89,11 @@ class ModelService:
             "file": self.path.name,
             "sha256": self.sha256,
             "tta": bool(self.engine.supports_tta),
+            # the temperatures the served probabilities use (None: the raw softmax)
+            "temperature": {
+                "plain": info.applied_temperature(False),
+                "tta": info.applied_temperature(True) if self.engine.supports_tta else None,
+            },
             "explain": self.explain,
             "training": self.summary,
         }

@@ -40,6 +40,14 @@ def save_checkpoint(state: dict[str, Any], path: Path) -> None:
         raise OutputError.from_os(path, exc) from None
 
 
+def add_to_checkpoint(path: Path, entries: dict[str, Any]) -> None:
+    """Store `entries` beside the weights of a finished run's checkpoint (read, add, atomic
+    rewrite); what else the file holds is kept as it was."""
+    state = load_checkpoint(path)
+    state.update(entries)
+    save_checkpoint(state, path)
+
+
 def file_stamp(path: Path) -> tuple[int, int, int]:
     """(inode, size, mtime ns) of a file: every save is a rename, so any new save changes it."""
     st = Path(path).stat()

@@ -22,7 +22,7 @@ from bloodmnist.evaluation.final import (
 from bloodmnist.evaluation.medmnist_csv import write_run_csvs
 from bloodmnist.model.flops import flops_per_image, train_pflop
 from bloodmnist.runtime import Runtime, from_main
-from bloodmnist.training.checkpoint import load_checkpoint, load_model_weights
+from bloodmnist.training.checkpoint import add_to_checkpoint, load_checkpoint, load_model_weights
 from bloodmnist.training.rundir import write_json
 from bloodmnist.training.trainer import TrainState
 
@@ -71,6 +71,9 @@ def test_once(
         "test_tta": metrics["test_tta"],
     }
     if rt.is_main:
+        if cfg.eval.temperature_scaling:  # predict, serve and export apply it from now on
+            temps = {"plain": metrics["temperature"], "tta": metrics["temperature_tta"]}
+            add_to_checkpoint(best_path, {"temperature": temps})
         save_predictions(run_dir / "predictions.npz", result, data)
         write_run_csvs(run_dir, result, cfg.data.size)  # for the official MedMNIST evaluator
         write_json(run_dir / "summary.json", summary)

@@ -1,0 +1,65 @@
+"""The temperatures `eval.temperature_scaling` would have fitted for finished runs, and their test
+calibration after it: best.pt on validation (plain and TTA), applied to the run's saved test
+probabilities, with the library code training uses (`temperature_from_probs`).
+
+    python benchmarks/posthoc_temperature.py RUN_DIR... --out results.json
+
+Runs trained before the recipes turned temperature scaling on (fast v5, best v3) get the numbers
+they would have had; nothing in the run folders is changed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bloodmnist.data.source import load_data
+from bloodmnist.evaluation.final import evaluate_split, temperature_from_probs
+from bloodmnist.model import model_from_config
+from bloodmnist.runtime import setup_runtime
+from bloodmnist.training.checkpoint import checkpoint_config, load_checkpoint, load_model_weights
+
+
+def posthoc(run: Path, threads: int) -> dict:
+    """Fit T on validation with the run's own device and precision; calibrate its test probs."""
+    state = load_checkpoint(run / "checkpoints" / "best.pt")
+    cfg = checkpoint_config(state)
+    rt = setup_runtime(cfg.runtime.device, cfg.runtime.precision, threads)
+    data, _ = load_data(
+        cfg.data.path, cfg.data.size, cfg.model.num_classes, cfg.data.subset, progress=False
+    )
+    model = model_from_config(cfg)
+    load_model_weights(model, state, run)
+    model = model.to(rt.device).eval()
+    if rt.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    val = evaluate_split(model, data, "val", cfg, rt, True, compare_tta=False)
+    with np.load(run / "predictions.npz") as p:
+        test = {"labels": p["test_labels"].reshape(-1), "probs": p["test_probs"]}
+        test["probs_tta"] = p["test_probs_tta"]
+    summary = json.loads((run / "summary.json").read_text())
+    out = temperature_from_probs(val, test)
+    out.update(test_ece=summary["test_ece"], test_ece_tta=summary["test_ece_tta"])
+    return {**out, "precision": rt.precision}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("runs", nargs="+", type=Path)
+    ap.add_argument("--out", type=Path, help="new JSON file")
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args()
+    results = {}
+    for run in args.runs:
+        results[str(run)] = posthoc(run, args.threads)
+        print(run, json.dumps(results[str(run)]), flush=True)
+    if args.out:
+        args.out.write_text(json.dumps(results, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
