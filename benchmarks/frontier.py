@@ -1,7 +1,7 @@
 """Accuracy against training compute: the frontier table and plot from study results.
 
-    python benchmarks/frontier.py LABEL=STUDY.json[=ARCH] [LABEL=STUDY.json[=ARCH] ...] \
-        [--tta reference7|dihedral8] [--out-json docs/results/frontier.json] \
+    python benchmarks/frontier.py LABEL=STUDY.json[=ARCH][@MODE] [LABEL=STUDY.json ...] \
+        [--tta reference7|dihedral8|dihedral16|dihedral24] [--out-json docs/results/frontier.json] \
         [--out-png docs/images/frontier.png]
 
 Each STUDY.json is a `bloodmnist study` result (its study.json), or one run's or ensemble's
@@ -12,7 +12,8 @@ counter, bloodmnist.model.flops; `=ARCH` names the model where the recipe has ch
 The plot has a log PFLOP axis and the published anchors as horizontal lines. `--tta MODE`
 takes each row's TTA numbers under MODE where every seed reported it (`test_*_tta_MODE`), else
 the row's own TTA, metric by metric; each row says which (`tta`: the mode, `own`, or `mixed`
-with the source of each metric).
+with the source of each metric). `@MODE` after one row's file overrides `--tta` for that row
+(`@own`: the recipe's own TTA).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from bloodmnist.config import build_config  # noqa: E402
+from bloodmnist.evaluation.run_files import TTA_MODES  # noqa: E402
 from bloodmnist.model import model_from_config  # noqa: E402
 from bloodmnist.model.flops import flops_per_image  # noqa: E402
 
@@ -157,17 +159,19 @@ def plot(rows: list[dict], path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("studies", nargs="+", metavar="LABEL=STUDY.json[=ARCH]")
-    p.add_argument("--tta", choices=["reference7", "dihedral8"], default=None)
+    p.add_argument("studies", nargs="+", metavar="LABEL=STUDY.json[=ARCH][@MODE]")
+    p.add_argument("--tta", choices=list(TTA_MODES), default=None)
     p.add_argument("--out-json", default="docs/results/frontier.json")
     p.add_argument("--out-png", default="docs/images/frontier.png")
     args = p.parse_args(argv)
     rows = []
     for item in args.studies:
         label, _, rest = item.partition("=")
+        rest, _, row_mode = rest.partition("@")  # this row's TTA: a mode, or `own`
         path, _, arch = rest.partition("=")
         study = json.loads(Path(path).read_text(encoding="utf-8"))
-        rows.append(row(label, study, arch or None, args.tta))
+        mode = None if row_mode == "own" else (row_mode or args.tta)
+        rows.append(row(label, study, arch or None, mode))
     Path(args.out_json).write_text(json.dumps(rows, indent=1) + "\n", encoding="utf-8")
     plot(rows, Path(args.out_png))
     for r in rows:

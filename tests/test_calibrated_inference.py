@@ -13,14 +13,15 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+import requests
 
 from bloodmnist import CLASS_NAMES
 from bloodmnist.evaluation.calibration import apply_temperature, calibrate
 from bloodmnist.inference.engines import OnnxEngine, open_engine
 from bloodmnist.inference.preprocess import load_image
-from bloodmnist.serving.model_service import ModelService
 from bloodmnist.training.checkpoint import add_to_checkpoint, load_checkpoint
 from conftest import describe, run_cli
+from serve_helpers import post_files, server
 from test_predict import PBC, fit_head_checkpoint
 
 T_PLAIN, T_TTA = 2.5, 0.5  # far from 1, so that applying the wrong one (or none) shows
@@ -114,11 +115,23 @@ def _normalized(engine: OnnxEngine, images: np.ndarray) -> np.ndarray:
     return normalize(images, engine.info.mean, engine.info.std)
 
 
-def test_serve_describes_the_temperature_it_applies(ckpt: Path) -> None:
-    cal = ModelService.open(ckpt, "cpu", "fp32").describe()
-    raw = ModelService.open(ckpt, "cpu", "fp32", calibrated=False).describe()
-    assert cal["temperature"] == {"plain": T_PLAIN, "tta": T_TTA}
-    assert raw["temperature"] == {"plain": None, "tta": None}
+def test_serve_applies_and_reports_the_temperature(ckpt: Path, tmp_path: Path) -> None:
+    """A real server, then a two-worker one with --uncalibrated (its settings reach each worker
+    through the environment), against the raw engine in this process."""
+    files = sorted((PBC / "basophil").glob("*.jpg"))[:4]
+    raw = open_engine(ckpt, "cpu", "fp32", calibrated=False)
+    pixels = np.stack([load_image(f, 28).pixels for f in files])
+    cases = (((), {"plain": T_PLAIN, "tta": T_TTA}), (("--workers", "2", "--uncalibrated"), None))
+    for options, temps in cases:
+        with server(ckpt, *options, "--device", "cpu", log=tmp_path / "serve.log") as url:
+            model = requests.get(url + "/v1/model", timeout=30).json()
+            assert model["temperature"] == (temps or {"plain": None, "tta": None})
+            for tta in (False, True):
+                out = post_files(url, files, tta=str(tta).lower())
+                t = temps["tta" if tta else "plain"] if temps else None
+                assert out["temperature"] == t
+                expected = calibrate(raw.probs(pixels, tta=tta), t)
+                np.testing.assert_allclose(_probs(out["results"]), expected, atol=1e-5)
 
 
 def test_a_checkpoint_without_temperature_is_unchanged(shared_data: Path, tmp_path: Path) -> None:

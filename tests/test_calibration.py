@@ -9,6 +9,7 @@ from sklearn.metrics import brier_score_loss, log_loss
 from bloodmnist.evaluation.calibration import (
     apply_temperature,
     brier,
+    calibrate,
     calibration_metrics,
     ece,
     fit_temperature,
@@ -110,3 +111,17 @@ def test_temperature_from_probabilities() -> None:
 def test_bad_shapes_raise() -> None:
     with pytest.raises(ValueError, match="probs must have shape"):
         ece(np.ones((3, 2)), np.array([0, 1]))
+
+
+@pytest.mark.parametrize("temperature", [0.4, 1.0, 2.5, 4.0])
+def test_calibrate_probs_equals_scaled_logits(temperature: float) -> None:
+    """calibrate(softmax(z), T) == softmax(z / T), also for confident rows whose float32
+    softmax is below 1e-12 or underflows to 0 (what the ONNX graph computes exactly)."""
+    rng = np.random.default_rng(3)
+    logits = rng.normal(0, 4, size=(200, 8))
+    logits[:50, 0] += 60  # p of the other classes ~1e-26 in float64, some 0 in float32
+    probs = apply_temperature(logits, 1.0).astype(np.float32)
+    got = calibrate(probs, temperature)
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, apply_temperature(logits, temperature), atol=2e-6)
+    assert calibrate(probs, None) is probs

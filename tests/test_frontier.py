@@ -93,3 +93,19 @@ def test_tta_mode_is_taken_where_reported_and_named() -> None:
     summary.update(test_macro_f1_tta_dihedral8=0.9, test_auc_tta_dihedral8=0.99, train_pflop=0.1)
     single = fr.row("run", summary, mode="dihedral8")
     assert single["tta"] == "dihedral8" and single["test_acc_tta"] == [0.92, 0.0]
+
+
+def test_a_row_can_take_its_own_tta_beside_a_global_mode(tmp_path: Path) -> None:
+    """`--tta reference7` for every row, `@own` (or `@MODE`) for the row that should differ."""
+    fr = _frontier()
+    summary = {"test_acc": 0.9, "test_acc_tta": 0.95, "test_acc_tta_reference7": 0.93}
+    summary.update(test_macro_f1_tta_reference7=0.9, test_auc_tta_reference7=0.99)
+    summary.update(tta_mode="dihedral16", train_pflop=0.05)
+    path = tmp_path / "s.json"
+    path.write_text(json.dumps(summary))
+    out = ["--out-json", str(tmp_path / "f.json"), "--out-png", str(tmp_path / "f.png")]
+    rows = fr.main(
+        [f"a={path}", f"b={path}@own", f"c={path}@reference7", "--tta", "reference7", *out]
+    )
+    assert [r["test_acc_tta"][0] for r in rows] == [0.93, 0.95, 0.93]
+    assert [r["tta"] for r in rows][:2] == ["reference7", "own"]

@@ -135,16 +135,18 @@ def test_resnet9_trains_records_pflop_predicts_and_exports(shared_data: Path, tm
     summary = json.loads((run / "summary.json").read_text())
     saved = yaml.safe_load((run / "config.yaml").read_text())
     assert DEFAULT_RECIPE == "fast" and saved["model"]["arch"] == "resnet9"
-    assert saved["eval"]["tta_mode"] == "reference7" and saved["train"]["ema_decay"] == 0.995
+    assert saved["eval"]["tta_mode"] == "dihedral16" and saved["train"]["ema_decay"] == 0.995
     per_image = flops_per_image(ResNet9(8, width=0.25))["train"]
     assert summary["arch"] == "resnet9" and summary["train_images_seen"] == 2 * 128
     assert summary["train_pflop"] == pytest.approx(per_image * 256 / 1e15, rel=1e-3)
-    # eval.compare_tta=false: the recipe's own TTA only; the other mode is absent, not zero
-    assert summary["tta_mode"] == "reference7" and summary["test_acc_tta"] is not None
+    # eval.compare_tta=false: the recipe's own TTA only; the other modes are absent, not zero
+    assert summary["tta_mode"] == "dihedral16" and summary["test_acc_tta"] is not None
     assert summary["val_acc_tta"] is not None
-    assert not [k for k in summary if k.endswith("_tta_dihedral8")], summary
+    others = ("reference7", "dihedral8", "dihedral16", "dihedral24")
+    assert not [k for k in summary if k.endswith(tuple(f"_tta_{m}" for m in others))], summary
     with np.load(run / "predictions.npz") as pred_npz:
-        assert "test_probs_tta" in pred_npz and "test_probs_tta_dihedral8" not in pred_npz
+        assert "test_probs_tta" in pred_npz
+        assert not [k for k in pred_npz.files if k.startswith("test_probs_tta_")]
     jpgs = sorted((SHARED_DATA / "pbc_sample").rglob("*.jpg"))[:8]
     pred = run_cli(["predict", str(run), *map(str, jpgs), "--precision", "fp32"], cwd=tmp_path)
     assert pred.returncode == 0, describe(pred)

@@ -76,7 +76,9 @@ def test_fast_recipe_values_and_precedence() -> None:
     assert cfg.train.ema_decay == 0.995 and cfg.train.label_smoothing == 0.18825357119346484
     assert cfg.augment.mixup_alpha == 0 and cfg.augment.translate == 0.0
     assert cfg.augment.rot90 and cfg.augment.hflip == 0.5 and cfg.augment.vflip == 0.5
-    assert cfg.eval.tta_mode == "reference7" and cfg.optim.nesterov
+    # v6: the TTA chosen on validation (docs/levers.md) and a temperature for predict/serve
+    assert cfg.eval.tta_mode == "dihedral16" and cfg.optim.nesterov
+    assert cfg.eval.temperature_scaling
     # no early stop can cut the one cycle short before its LR has annealed
     assert cfg.train.early_stop_patience > cfg.train.epochs
     # the recipe is only the base: flags and --set win
@@ -85,12 +87,17 @@ def test_fast_recipe_values_and_precedence() -> None:
     assert build_config(recipe="fast", overrides=["optim.lr=0.01"]).optim.lr == 0.01
     assert build_config(recipe="reference") == Config()  # the reference stays the defaults
     # best: the fast recipe's (v5) settings on the 0.5-width net (four times the FLOPs per
-    # image) for twice the epochs
+    # image) for twice the epochs, and its own TTA chosen on validation (24 views)
     best, fast = build_config(recipe="best"), build_config(recipe="fast")
     assert (best.model.arch, best.model.width, best.train.epochs) == ("resnet9", 0.5, 80)
+    assert best.eval.tta_mode == "dihedral24"
     same_train = dataclasses.replace(best.train, epochs=fast.train.epochs)
+    same_eval = dataclasses.replace(best.eval, tta_mode=fast.eval.tta_mode)
     assert (
-        dataclasses.replace(best, model=fast.model, runtime=fast.runtime, train=same_train) == fast
+        dataclasses.replace(
+            best, model=fast.model, runtime=fast.runtime, train=same_train, eval=same_eval
+        )
+        == fast
     )
     with pytest.raises(ConfigError, match="unknown recipe"):
         build_config(recipe="slow")

@@ -1,4 +1,5 @@
-"""eval.tta_mode=dihedral8: the 8 dihedral poses, checked against explicit rot90/flip by hand."""
+"""eval.tta_mode=dihedral8 / dihedral16: the dihedral poses (and their zooms), checked against
+explicit rot90/flip/affine zoom by hand."""
 
 from __future__ import annotations
 
@@ -66,6 +67,45 @@ def test_dihedral_views_are_the_eight_distinct_poses() -> None:
     assert ref == ["identity", "hflip", "translate", "zoom", "blur", "noise", "vflip"]
 
 
+def test_dihedral16_is_the_eight_poses_and_their_zooms() -> None:
+    """The 8 poses at scale 1, then each zoomed by tta_scale: zooming about the centre commutes
+    with quarter turns and flips, so it does not matter which comes first."""
+    from bloodmnist.evaluation.predict import _affine
+
+    model, x = _tiny_model(), _images()
+    rt = Runtime(CPU, "fp32", False, 1)
+    norm = Normalizer(IMAGENET_MEAN, IMAGENET_STD, CPU, False)
+    cfg = EvalConfig(tta_mode="dihedral16", tta_scale=1.2)
+    views = tta_views(cfg)
+    assert len(views) == 16 and [n for n, _ in views][8:10] == ["rot0-zoom", "rot90-zoom"]
+    idx = torch.arange(len(x))
+    poses = [view(x, idx) for _, view in views[:8]]
+    for (_, view), pose in zip(views[8:], poses, strict=True):
+        zoomed_first = _affine(x, 1.2, 0.0)
+        assert torch.allclose(view(x, idx), _affine(pose, 1.2, 0.0))
+        first_then_pose = [v(zoomed_first, idx) for _, v in views[:8]]
+        assert any(torch.allclose(view(x, idx), p, atol=1e-6) for p in first_then_pose)
+    got = predict_probs(model, x, rt, norm, batch_size=4, tta=cfg)
+    with torch.no_grad():
+        by_hand = [torch.softmax(model(norm(p)), 1) for p in poses]
+        by_hand += [torch.softmax(model(norm(_affine(p, 1.2, 0.0))), 1) for p in poses]
+    np.testing.assert_allclose(got, torch.stack(by_hand).mean(0).numpy(), rtol=0, atol=2e-6)
+    d8 = predict_probs(model, x, rt, norm, batch_size=4, tta=EvalConfig(tta_mode="dihedral8"))
+    assert np.abs(got - d8).max() > 1e-4  # the zoomed half changes the answer
+
+
+def test_dihedral24_adds_each_pose_blurred() -> None:
+    from bloodmnist.evaluation.predict import gaussian_blur3
+
+    x, idx = _images(2), torch.arange(2)
+    d16 = tta_views(EvalConfig(tta_mode="dihedral16"))
+    d24 = tta_views(EvalConfig(tta_mode="dihedral24", tta_blur_sigma=0.7))
+    assert [n for n, _ in d24][:16] == [n for n, _ in d16] and len(d24) == 24
+    for (name, view), (pose_name, pose) in zip(d24[16:], d24[:8], strict=True):
+        assert name == f"{pose_name}-blur"
+        assert torch.allclose(view(x, idx), gaussian_blur3(pose(x, idx), 0.7))
+
+
 def test_tta_mode_is_validated() -> None:
     assert build_config().eval.tta_mode == "reference7"
     with pytest.raises(ConfigError, match="eval.tta_mode"):
@@ -102,13 +142,29 @@ def test_dihedral_run_records_both_tta_modes_and_predict_uses_them(
     from bloodmnist.data.npz import load_npz
     from bloodmnist.inference.torch_engine import TorchEngine
 
-    engine = TorchEngine(run / "checkpoints" / "best.pt", device="cpu", precision="fp32")
-    assert engine.cfg.eval.tta_mode == "dihedral8"
+    # calibrated=False: predictions.npz keeps the raw softmax, and the default recipe has fitted
+    # a temperature that predict would apply
+    best = run / "checkpoints" / "best.pt"
+    engine = TorchEngine(best, device="cpu", precision="fp32", calibrated=False)
+    assert engine.cfg.eval.tta_mode == "dihedral8" and engine.info.temperature is not None
     data = load_npz(str(shared_data), 8, 128)
     # the validation accuracy of each TTA, for choosing a recipe's mode on validation
     val_tta = engine.probs(data.val.images, tta=True).argmax(1)
     assert summary["val_acc_tta"] == pytest.approx(float(np.mean(val_tta == data.val.labels)))
     assert 0 <= summary["val_acc_tta_reference7"] <= 1
+    # only the two base modes are reported beside a run's own; evaluate --all-tta scores all
+    assert not [k for k in summary if "dihedral16" in k or "dihedral24" in k]
+    out = tmp_path / "val.json"
+    args = ["evaluate", str(run), "--split", "val", "--all-tta", "--json", str(out)]
+    result = run_cli([*args, "--precision", "fp32"], cwd=tmp_path)
+    assert result.returncode == 0, describe(result)
+    scored = json.loads(out.read_text())
+    assert scored["acc_tta"] == pytest.approx(summary["val_acc_tta"])  # own mode: dihedral8
+    for mode in ("reference7", "dihedral16", "dihedral24"):
+        assert 0 <= scored[f"acc_tta_{mode}"] <= 1
+    assert scored["acc_tta_reference7"] == pytest.approx(summary["val_acc_tta_reference7"])
+    bad = run_cli(["evaluate", str(run), "--no-tta", "--all-tta"], cwd=tmp_path)
+    assert bad.returncode != 0 and "--all-tta" in bad.stderr
     images = data.test.images[:16]
     np.testing.assert_allclose(
         engine.probs(images, tta=True), preds["test_probs_tta"][:16], rtol=0, atol=1e-5

@@ -169,6 +169,8 @@ def evaluate(args: argparse.Namespace) -> int:
     ckpt_path = _find_checkpoint(Path(args.target))
     if args.json and Path(args.json).exists():
         raise BloodMNISTError(f"{args.json} already exists; choose a new --json file")
+    if args.all_tta and not args.tta:
+        raise BloodMNISTError("--all-tta scores the TTA modes: drop --no-tta")
     state = load_checkpoint(ckpt_path)  # a bad checkpoint fails before the heavy imports
     from bloodmnist.data.source import load_data
     from bloodmnist.evaluation.final import evaluate_split
@@ -191,7 +193,15 @@ def evaluate(args: argparse.Namespace) -> int:
     model = model.to(rt.device)
     bars = wants_bars(True)  # a live bar per pass in a terminal only
     result = evaluate_split(
-        model, data, args.split, cfg, rt, args.tta, cfg.eval.compare_tta, progress=bars
+        model,
+        data,
+        args.split,
+        cfg,
+        rt,
+        args.tta,
+        cfg.eval.compare_tta or args.all_tta,
+        bars,
+        every_tta=args.all_tta,
     )
     out = {
         "checkpoint": str(ckpt_path),

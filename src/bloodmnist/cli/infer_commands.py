@@ -62,7 +62,10 @@ def predict(args: argparse.Namespace) -> int:
         write_text_atomic(out, text)
     failed = [r for r in rows if r["status"] != "ok"]
     where = f" -> {out}" if out else ""
-    say(f"bloodmnist predict: {len(rows) - len(failed)} of {len(rows)} files classified{where}")
+    t = header["temperature"]
+    calib = f" (probabilities at the validation-fitted T={t:.3g})" if t is not None else ""
+    done = f"{len(rows) - len(failed)} of {len(rows)} files classified"
+    say(f"bloodmnist predict: {done}{calib}{where}")
     for row in failed:
         say(f"bloodmnist predict: error: {row['path']}: {row['error']}")
     return 1 if failed else 0

@@ -52,6 +52,11 @@ def evaluate_parser(sub) -> None:
     p.add_argument("--data", metavar="FILE.npz")
     p.add_argument("--split", choices=["val", "test"], default="test")
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument(
+        "--all-tta",
+        action="store_true",
+        help="score every TTA mode beside the model's own (choose a mode with --split val)",
+    )
     p.add_argument("--json", metavar="FILE", help="also write the metrics to FILE (new file)")
     add_runtime(p)
 
@@ -100,7 +105,9 @@ def predict_parser(sub) -> None:
     p.add_argument(
         "--out", metavar="FILE.csv|FILE.json", help="new results file (default: CSV on stdout)"
     )
-    p.add_argument("--tta", action="store_true", help="average the 7 TTA views (PyTorch models)")
+    p.add_argument(
+        "--tta", action="store_true", help="average the model's TTA views (PyTorch models)"
+    )
     p.add_argument(
         "--uncalibrated",
         action="store_true",
@@ -164,7 +171,8 @@ def compare_parser(sub) -> None:
     p.add_argument("b", metavar="RUN_OR_STUDY_B")
     p.add_argument(
         "--variant",
-        choices=["auto", "plain", "tta", "tta_reference7", "tta_dihedral8"],
+        choices=["auto", "plain", "tta"]
+        + [f"tta_{m}" for m in ("reference7", "dihedral8", "dihedral16", "dihedral24")],
         default="auto",
         help="test predictions to compare (auto: TTA when both have it, under one TTA mode)",
     )

@@ -52,8 +52,9 @@ def serve(args: argparse.Namespace) -> int:
     service = ModelService.open(args.model, args.device, args.precision, args.threads, calibrated)
     info = service.engine.info
     say(
-        f"bloodmnist serve: {service.path} ({info.kind}, {service.arch}, {info.input_size} px) on "
-        f"http://{args.host}:{args.port}/ (API docs /docs, Ctrl-C stops)"
+        f"bloodmnist serve: {service.path} ({info.kind}, {service.arch}, {info.input_size} px"
+        f"{_calibration_note(info)}) on http://{args.host}:{args.port}/ (API docs /docs, Ctrl-C "
+        "stops)"
     )
     common = {"host": args.host, "port": args.port, "log_level": args.log_level}
     common["limit_concurrency"] = args.max_connections  # uvicorn answers 503 beyond it
@@ -73,6 +74,12 @@ def serve(args: argparse.Namespace) -> int:
     del service  # each worker opens its own copy
     uvicorn.run("bloodmnist.serving.app:app_from_env", factory=True, workers=args.workers, **common)
     return 0
+
+
+def _calibration_note(info) -> str:
+    """', probabilities at T=0.49' where a validation-fitted temperature is applied."""
+    t = info.applied_temperature(False)
+    return f", probabilities at T={t:.3g}" if t is not None else ""
 
 
 def _out_names(paths: list[Path], out: Path) -> list[Path]:

@@ -230,7 +230,10 @@ def validate(cfg: Config) -> None:
         (0 < cfg.schedule.pct_start < 1, "schedule.pct_start must be in (0,1)"),
         (0 <= cfg.train.ema_decay < 1, "train.ema_decay must be in [0,1)"),
         (cfg.train.select in ("best", "last"), "train.select must be best|last"),
-        (cfg.eval.tta_mode in ("reference7", "dihedral8"), "eval.tta_mode: reference7|dihedral8"),
+        (
+            cfg.eval.tta_mode in ("reference7", "dihedral8", "dihedral16", "dihedral24"),
+            "eval.tta_mode: reference7|dihedral8|dihedral16|dihedral24",
+        ),
         (cfg.eval.tta_blur_sigma > 0, "eval.tta_blur_sigma must be > 0"),
         (cfg.augment.cutout >= 0, "augment.cutout must be >= 0 (pixels, or a fraction < 1)"),
         (0 <= cfg.augment.cutout_p <= 1, "augment.cutout_p must be in [0,1]"),

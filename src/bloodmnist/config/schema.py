@@ -114,7 +114,9 @@ class TrainConfig:
 @dataclass
 class EvalConfig:
     tta: bool = True
-    tta_mode: str = "reference7"  # reference7 (the reference's 7 views) | dihedral8 (D4 poses)
+    # reference7 (the reference's 7 views) | dihedral8 (D4 poses) | dihedral16 (D4 poses, each
+    # also zoomed by tta_scale) | dihedral24 (dihedral16 plus each pose blurred by tta_blur_sigma)
+    tta_mode: str = "reference7"
     # also the other TTA mode on val and test (*_tta_<other>), so the mode can be chosen on
     # validation; false skips those 7-8 extra passes per split (slow CPUs, tests)
     compare_tta: bool = True
@@ -124,7 +126,8 @@ class EvalConfig:
     tta_blur_sigma: float = 0.4
     tta_noise_std: float = 0.01  # in [0,1] pixel units, from a seeded generator
     tta_seed: int = 0
-    # fit a softmax temperature on validation (best.pt) and report test calibration before/after
+    # fit a softmax temperature on validation (best.pt) and report test calibration before/after;
+    # the temperatures are stored in best.pt, and predict/serve/export/explain apply them
     temperature_scaling: bool = False
     # false: no test evaluation at the end (hyper-parameter search trials see validation only)
     final_test: bool = True

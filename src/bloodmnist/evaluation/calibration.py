@@ -100,7 +100,10 @@ def calibrate(probs: np.ndarray, temperature: float | None) -> np.ndarray:
     """
     if temperature is None:
         return probs
-    return apply_temperature(logits_from_probs(probs), temperature).astype(np.float32)
+    # Clip where float32 underflows, not at NLL_EPS: a clip at 1e-12 would lift a p of 1e-20 to
+    # 1e-12 ** (1 / T), visibly above softmax(logits / T) for T > 2 (the ONNX graph's exact value).
+    logits = np.log(np.maximum(np.asarray(probs, dtype=np.float64), np.finfo(np.float32).tiny))
+    return apply_temperature(logits, temperature).astype(np.float32)
 
 
 def _nll_logits(logits: np.ndarray, y: np.ndarray, temperature: float) -> float:

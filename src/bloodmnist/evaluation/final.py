@@ -22,7 +22,7 @@ from bloodmnist.evaluation.calibration import (
 )
 from bloodmnist.evaluation.metrics import compute_metrics
 from bloodmnist.evaluation.predict import predict_probs, shard_range
-from bloodmnist.evaluation.run_files import TTA_MODES
+from bloodmnist.evaluation.run_files import COMPARED_TTA, TTA_MODES
 from bloodmnist.progress import make_bar
 from bloodmnist.runtime import Runtime
 
@@ -30,9 +30,9 @@ SAMPLE_IMAGES = 32
 DATASET_SAMPLES_PER_CLASS = 6
 
 
-def other_tta(mode: str) -> str:
-    """The TTA mode that is reported beside `mode`."""
-    return next(m for m in TTA_MODES if m != mode)
+def other_ttas(mode: str, every: bool = False) -> list[str]:
+    """The TTA modes that are reported beside `mode`: the base two, or with `every` all."""
+    return [m for m in (TTA_MODES if every else COMPARED_TTA) if m != mode]
 
 
 def _probs(
@@ -61,11 +61,12 @@ def evaluate_split(
     tta: bool,
     compare_tta: bool = True,
     progress: bool = False,
+    every_tta: bool = False,
 ) -> dict[str, Any]:
     """Probabilities and metrics for `split`; with `tta` also the TTA variant of
-    `cfg.eval.tta_mode`. With `compare_tta` the other TTA mode is computed too
-    (`probs_tta_<mode>`, `other_tta`), so a run reports both. `progress`: a
-    live bar per pass (the caller has checked that stderr is a terminal)."""
+    `cfg.eval.tta_mode`. With `compare_tta` the base modes beside it are computed too
+    (`probs_tta_<mode>`, `other_ttas`; with `every_tta` all modes), so they can be compared.
+    `progress`: a live bar per pass (the caller has checked that stderr is a terminal)."""
     sp = data.split(split)
     images = to_tensor(sp.images, rt.device)
     norm = Normalizer(cfg.data.mean, cfg.data.std, rt.device, rt.channels_last)
@@ -82,8 +83,7 @@ def evaluate_split(
         out["tta_mode"] = cfg.eval.tta_mode
         out["probs_tta"] = probs_tta
         out["metrics_tta"] = compute_metrics(sp.labels, probs_tta, names)
-    if tta and compare_tta:
-        other = other_tta(cfg.eval.tta_mode)
+    for other in other_ttas(cfg.eval.tta_mode, every_tta) if tta and compare_tta else []:
         desc = f"{split} TTA ({other})"
         other_cfg = replace(cfg.eval, tta_mode=other)
         probs_other = _probs(model, images, rt, norm, cfg, desc, other_cfg, progress)
@@ -162,25 +162,6 @@ def calibration_summary(result: dict[str, Any]) -> dict[str, float | None]:
         for name in ("ece", "nll", "brier"):
             out[f"test_{name}{suffix}"] = values.get(name)
     return out
-
-
-def temperature_scaling(
-    model: nn.Module,
-    data: Dataset,
-    cfg: Config,
-    rt: Runtime,
-    test: dict[str, Any],
-    progress: bool = False,
-) -> dict[str, Any]:
-    """Fit T on the validation split only, apply it to the test probabilities, report both.
-
-    log(p) of the softmax output are valid logits (softmax is shift-invariant), so no logits need
-    storing. TTA gets its own T, fitted on validation TTA probabilities. Accuracy is unchanged
-    (argmax is invariant to T), so only the calibration numbers move.
-    """
-    tta = "probs_tta" in test
-    val = evaluate_split(model, data, "val", cfg, rt, tta, compare_tta=False, progress=progress)
-    return temperature_from_probs(val, test)
 
 
 def temperature_from_probs(val: dict[str, Any], test: dict[str, Any]) -> dict[str, Any]:

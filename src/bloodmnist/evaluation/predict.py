@@ -75,9 +75,21 @@ def dihedral_views() -> list[tuple[str, View]]:
 
 def tta_views(cfg: EvalConfig) -> list[tuple[str, View]]:
     """`cfg.tta_mode`: reference7 (the reference's 7 CPU views: identity, h-flip, translate, zoom,
-    blur, noise, v-flip) or dihedral8 (`dihedral_views`)."""
+    blur, noise, v-flip), dihedral8 (`dihedral_views`), dihedral16 (those 8 poses, and each
+    again zoomed by `tta_scale` about the centre, which commutes with the poses) or dihedral24
+    (dihedral16 and each pose blurred as the reference's blur view)."""
     if cfg.tta_mode == "dihedral8":
         return dihedral_views()
+    if cfg.tta_mode in ("dihedral16", "dihedral24"):
+        poses = dihedral_views()
+
+        def then(pose: View, name: str) -> View:
+            if name == "zoom":
+                return lambda x, i: _affine(pose(x, i), cfg.tta_scale, 0.0)
+            return lambda x, i: gaussian_blur3(pose(x, i), cfg.tta_blur_sigma)
+
+        extra = ["zoom"] if cfg.tta_mode == "dihedral16" else ["zoom", "blur"]
+        return poses + [(f"{n}-{e}", then(pose, e)) for e in extra for n, pose in poses]
     sigma = cfg.tta_blur_sigma
 
     def noise(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:

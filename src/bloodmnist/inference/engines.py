@@ -21,7 +21,7 @@ META_PREFIX = "bloodmnist."
 INPUT_NAME = "input"
 OUTPUT_NAMES = ("logits", "probs")
 TTA_ONNX_ERROR = (
-    "--tta needs the PyTorch checkpoint (the 7 TTA views are torch ops); pass the .pt "
+    "--tta needs the PyTorch checkpoint (the TTA views are torch ops); pass the .pt "
     "checkpoint or run folder, or drop --tta for the ONNX model"
 )
 
@@ -60,7 +60,7 @@ class Engine(Protocol):
 class OnnxEngine:
     """An exported model run by ONNX Runtime on CPU; settings come from its embedded metadata."""
 
-    supports_tta = False  # the 7 TTA views are torch ops; refused with a clear error
+    supports_tta = False  # the TTA views are torch ops; refused with a clear error
 
     def __init__(self, path: str | Path, threads: int = 0, calibrated: bool = True):
         import onnxruntime as ort

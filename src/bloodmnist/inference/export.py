@@ -135,7 +135,7 @@ def model_metadata(cfg: Config, ckpt: Path, state: dict) -> dict[str, str]:
         "bloodmnist_version": __version__,
         "torch_version": torch.__version__,
         "opset": str(EXPORT_OPSET),
-        **({"temperature": repr(t)} if (t := plain_temperature(state)) is not None else {}),
+        **({"temperature": str(float(t))} if (t := plain_temperature(state)) is not None else {}),
     }
 
 

@@ -123,7 +123,13 @@ async def _classify(
         rows, images, ready = await classify(service, batcher, uploads, decoded, top_k, tta)
         if target is not None and ready:
             await add_explanations(service, batcher, rows, images, ready, wanted)
-        return {"model": service.sha256[:12], "tta": tta, "results": rows}
+        temperature = service.engine.info.applied_temperature(tta)  # None: the raw softmax
+        return {
+            "model": service.sha256[:12],
+            "tta": tta,
+            "temperature": temperature,
+            "results": rows,
+        }
 
     try:
         return await asyncio.wait_for(work(), timeout=limits.timeout_s)

@@ -17,7 +17,7 @@ from bloodmnist.evaluation.final import (
     evaluate_split,
     save_predictions,
     summary_metrics,
-    temperature_scaling,
+    temperature_from_probs,
 )
 from bloodmnist.evaluation.medmnist_csv import write_run_csvs
 from bloodmnist.model.flops import flops_per_image, train_pflop
@@ -59,9 +59,13 @@ def test_once(
     result = evaluate_split(
         model, data, "test", cfg, rt, cfg.eval.tta, cfg.eval.compare_tta, progress=progress
     )
-    metrics = {**summary_metrics(result), **val_tta_fields(model, data, cfg, rt)}
-    if cfg.eval.temperature_scaling:  # every rank: the validation pass gathers across ranks
-        metrics.update(temperature_scaling(model, data, cfg, rt, result, progress))
+    metrics = summary_metrics(result)
+    if cfg.eval.tta or cfg.eval.temperature_scaling:  # one validation pass serves both
+        # every rank: the validation pass gathers across ranks
+        val = evaluate_split(model, data, "val", cfg, rt, cfg.eval.tta, cfg.eval.compare_tta)
+        metrics.update(val_tta_fields(val))
+        if cfg.eval.temperature_scaling:  # T from validation only; test calibration after it
+            metrics.update(temperature_from_probs(val, result))
     summary = {
         "status": "completed",
         **{k: v for k, v in metrics.items() if k not in ("test", "test_tta")},
@@ -87,15 +91,14 @@ def test_once(
     return summary
 
 
-def val_tta_fields(model: nn.Module, data: Dataset, cfg: Config, rt: Runtime) -> dict[str, float]:
-    """Validation accuracy of best.pt with each TTA, so that a recipe's TTA mode can be chosen
-    on validation (the test numbers beside them must not choose it)."""
-    if not cfg.eval.tta:
+def val_tta_fields(result: dict[str, Any]) -> dict[str, float]:
+    """Validation accuracy of best.pt with each TTA the validation `result` holds, so that a
+    recipe's TTA mode can be chosen on validation (the test numbers beside them must not)."""
+    if "metrics_tta" not in result:
         return {}
-    result = evaluate_split(model, data, "val", cfg, rt, tta=True, compare_tta=cfg.eval.compare_tta)
     fields = {"val_acc_tta": result["metrics_tta"]["acc"]}
     for key, value in result.items():
-        if key.startswith("metrics_tta_"):  # the reference's 7 views beside another mode
+        if key.startswith("metrics_tta_"):  # the other TTA modes beside the run's own
             fields[f"val_acc_tta_{key.removeprefix('metrics_tta_')}"] = value["acc"]
     return fields
 

@@ -21,8 +21,10 @@ async function loadModel() {
     state.model = m;
     const t = m.training || {};
     const acc = typeof t.test_acc === "number" ? `, test accuracy ${(t.test_acc * 100).toFixed(1)}%` : "";
+    const temp = (m.temperature || {}).plain;
+    const cal = typeof temp === "number" ? `, calibrated probabilities (T ${temp.toFixed(2)})` : "";
     $("model-info").textContent =
-      `Model ${m.file} (${m.arch}, ${m.engine}, ${m.input_size} px, sha256 ${m.sha256.slice(0, 12)}${acc})`;
+      `Model ${m.file} (${m.arch}, ${m.engine}, ${m.input_size} px, sha256 ${m.sha256.slice(0, 12)}${acc}${cal})`;
     $("gradcam").disabled = !m.explain;
     $("gradcam").checked = m.explain;
     $("tta").disabled = !m.tta;
