@@ -41,6 +41,7 @@ SLOW_FIRST = (
     "test_study_compare.py",
     "test_cli_e2e.py",
     "test_serve.py",
+    "test_calibrated_inference.py",
     "test_ensemble.py",
     "test_sizes.py",
     "test_precision.py",
