@@ -15,28 +15,23 @@ import json
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from bloodmnist.data.source import load_data
 from bloodmnist.evaluation.final import evaluate_split, temperature_from_probs
-from bloodmnist.model import model_from_config
 from bloodmnist.runtime import setup_runtime
-from bloodmnist.training.checkpoint import checkpoint_config, load_checkpoint, load_model_weights
+from bloodmnist.training.checkpoint import checkpoint_config, load_checkpoint
+from bloodmnist.training.teacher import load_eval_model
 
 
 def posthoc(run: Path, threads: int) -> dict:
     """Fit T on validation with the run's own device and precision; calibrate its test probs."""
-    state = load_checkpoint(run / "checkpoints" / "best.pt")
-    cfg = checkpoint_config(state)
+    ckpt = run / "checkpoints" / "best.pt"
+    cfg = checkpoint_config(load_checkpoint(ckpt))
     rt = setup_runtime(cfg.runtime.device, cfg.runtime.precision, threads)
+    model, _, _ = load_eval_model(ckpt, rt.device, rt.channels_last)
     data, _ = load_data(
         cfg.data.path, cfg.data.size, cfg.model.num_classes, cfg.data.subset, progress=False
     )
-    model = model_from_config(cfg)
-    load_model_weights(model, state, run)
-    model = model.to(rt.device).eval()
-    if rt.channels_last:
-        model = model.to(memory_format=torch.channels_last)
     val = evaluate_split(model, data, "val", cfg, rt, True, compare_tta=False)
     with np.load(run / "predictions.npz") as p:
         test = {"labels": p["test_labels"].reshape(-1), "probs": p["test_probs"]}

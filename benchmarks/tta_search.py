@@ -23,9 +23,9 @@ import torch
 from bloodmnist.data.loader import Normalizer, to_tensor
 from bloodmnist.data.source import load_data
 from bloodmnist.evaluation.predict import _affine, gaussian_blur3, seeded_noise
-from bloodmnist.model import model_from_config
 from bloodmnist.runtime import setup_runtime
-from bloodmnist.training.checkpoint import checkpoint_config, load_checkpoint, load_model_weights
+from bloodmnist.training.checkpoint import checkpoint_config, load_checkpoint
+from bloodmnist.training.teacher import load_eval_model
 
 POSES = [f"r{k}" for k in range(4)] + [f"fr{k}" for k in range(4)]  # fr: h-flip, then turns
 REF7 = ["r0_id", "fr0_id", "r0_trans", "r0_zoom", "r0_blur", "r0_noise", "fr2_id"]  # fr2 = v-flip
@@ -50,15 +50,11 @@ MODES = {
 
 def bank(run: Path, out_dir: Path) -> Path:
     """Every pose x view softmax of run's best.pt on validation, saved as one .npz."""
-    state = load_checkpoint(run / "checkpoints" / "best.pt")
-    cfg = checkpoint_config(state)
+    ckpt = run / "checkpoints" / "best.pt"
+    cfg = checkpoint_config(load_checkpoint(ckpt))
     rt = setup_runtime(cfg.runtime.device, cfg.runtime.precision, 1)
+    model, _, _ = load_eval_model(ckpt, rt.device, rt.channels_last)
     data, _ = load_data(cfg.data.path, cfg.data.size, cfg.model.num_classes, None, progress=False)
-    model = model_from_config(cfg)
-    load_model_weights(model, state, run)
-    model = model.to(rt.device).eval()
-    if rt.channels_last:
-        model = model.to(memory_format=torch.channels_last)
     norm = Normalizer(cfg.data.mean, cfg.data.std, rt.device, rt.channels_last)
     e, val = cfg.eval, data.split("val")
     views = {

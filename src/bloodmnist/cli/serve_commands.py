@@ -11,9 +11,13 @@ import json
 import os
 import socket
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bloodmnist.cli.console import say
 from bloodmnist.inference.inputs import InferenceError, expand_inputs
+
+if TYPE_CHECKING:  # the engines module is imported lazily, by the serve and explain commands
+    from bloodmnist.inference.engines import ModelInfo
 
 
 def _check_serve_args(args: argparse.Namespace) -> None:
@@ -76,7 +80,7 @@ def serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _calibration_note(info) -> str:
+def _calibration_note(info: ModelInfo) -> str:
     """', probabilities at T=0.49' where a validation-fitted temperature is applied."""
     t = info.applied_temperature(False)
     return f", probabilities at T={t:.3g}" if t is not None else ""
