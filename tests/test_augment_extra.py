@@ -40,6 +40,24 @@ def test_defaults_are_off_and_keys_are_checked() -> None:
         build_config(overrides=["augment.cutmix_alpha=-0.5"])
 
 
+def test_padding_fills_rotated_corners_without_black() -> None:
+    """Turns of up to 45 degrees leave black corners with zeros padding (the reference's); with
+    reflection the image is mirrored into them; pixels that sample only inside the image agree."""
+    x = _images(16)
+    turn = replace(IDENTITY, rotation=45.0)
+    zero = augment(x.clone(), turn, _gen(1))
+    mirrored = augment(x.clone(), replace(turn, padding="reflection"), _gen(1))  # same angles
+    black = (zero == 0).all(dim=1)
+    assert black[:, 0, 0].float().mean() > 0.5  # most turned images lose their corner
+    assert not (mirrored == 0).any()  # inputs are >= 0.05: nothing black after mirroring
+    assert mirrored.min() >= x.min() - 1e-6 and mirrored.max() <= x.max() + 1e-6
+    centre = slice(9, 19)  # within 5 px of the centre no turn samples outside the image
+    torch.testing.assert_close(zero[..., centre, centre], mirrored[..., centre, centre])
+    assert build_config().augment.padding == "zeros"
+    with pytest.raises(ConfigError, match="augment.padding"):
+        build_config(overrides=["augment.padding=wrap"])
+
+
 def test_cutout_side_pixels_or_fraction() -> None:
     assert [cutout_side(s, 28) for s in (8, 8.4, 0.25, 0.5, 40, 0.01)] == [8, 8, 7, 14, 28, 1]
 

@@ -197,6 +197,11 @@ def validate(cfg: Config) -> None:
     checks = [
         (cfg.optim.lr > 0, "optim.lr must be > 0"),
         (cfg.optim.batch_size > 0, "optim.batch_size must be > 0"),
+        (cfg.optim.weight_decay >= 0, "optim.weight_decay must be >= 0"),
+        (
+            cfg.optim.norm_weight_decay is None or cfg.optim.norm_weight_decay >= 0,
+            "optim.norm_weight_decay must be >= 0 (or null: optim.weight_decay)",
+        ),
         (cfg.eval.batch_size > 0, "eval.batch_size must be > 0"),
         (cfg.runtime.threads >= 0, "runtime.threads must be >= 0 (0: all cores)"),
         (cfg.model.arch in ARCHS, f"model.arch must be one of {', '.join(sorted(ARCHS))}"),
@@ -238,6 +243,10 @@ def validate(cfg: Config) -> None:
         (cfg.augment.cutout >= 0, "augment.cutout must be >= 0 (pixels, or a fraction < 1)"),
         (0 <= cfg.augment.cutout_p <= 1, "augment.cutout_p must be in [0,1]"),
         (cfg.augment.cutout_fill in ("zero", "mean"), "augment.cutout_fill must be zero|mean"),
+        (
+            cfg.augment.padding in ("zeros", "reflection", "border"),
+            "augment.padding must be zeros|reflection|border",
+        ),
         (0 <= cfg.augment.stain < 1, "augment.stain must be in [0,1)"),
         (cfg.augment.cutmix_alpha >= 0, "augment.cutmix_alpha must be >= 0"),
         (0 <= cfg.train.distill_alpha <= 1, "train.distill_alpha must be in [0,1]"),

@@ -32,6 +32,9 @@ class AugmentConfig:
     mixup_alpha: float = 0.001
     rot90: bool = False  # random k*90 deg turns; with both flips: the dihedral group (opt-in)
     translate: float = 0.0  # random shift of up to this many pixels in x and y (black fill)
+    # what the geometry fills outside the source image with: zeros (black, the reference's),
+    # reflection (mirrors the smear's background, so rotations leave no black corners) or border
+    padding: str = "zeros"
     # Cutout / random erasing: a square of `cutout` pixels (>= 1) or image-side fraction (< 1),
     # inside the image, with probability cutout_p; filled with black (zero) or the image's mean
     cutout: float = 0.0
@@ -73,6 +76,9 @@ class OptimConfig:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     nesterov: bool = False
+    # weight decay of the normalisation layers' scales and shifts (None: weight_decay, as the
+    # reference; torchvision's recipes use 0)
+    norm_weight_decay: float | None = None
     batch_size: int = 128  # global batch (split across ranks under torchrun)
 
 

@@ -61,10 +61,11 @@ def geometry_matrices(
     return mat
 
 
-def warp(x: torch.Tensor, mat: torch.Tensor) -> torch.Tensor:
-    """Resample a batch with per-sample affine matrices; outside pixels become black (0)."""
+def warp(x: torch.Tensor, mat: torch.Tensor, padding: str = "zeros") -> torch.Tensor:
+    """Resample a batch with per-sample affine matrices; outside pixels become black (0), or
+    mirror / repeat the image's edge with `padding` "reflection" / "border"."""
     grid = F.affine_grid(mat.to(x.dtype), list(x.shape), align_corners=False)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode=padding, align_corners=False)
 
 
 def grayscale(x: torch.Tensor) -> torch.Tensor:
@@ -116,7 +117,7 @@ def stain_jitter(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> t
 def augment(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator) -> torch.Tensor:
     """Augment a float batch in [0,1] pixel space (N,3,H,W); returns the same layout."""
     mat = geometry_matrices(x.shape[0], cfg, gen, x.device, x.shape[-1])
-    x = color_jitter(warp(x, mat), cfg, gen)
+    x = color_jitter(warp(x, mat, cfg.padding), cfg, gen)
     if cfg.stain > 0:  # drawn only when on, so the other recipes' random streams are unchanged
         n, dev = x.shape[0], x.device
         scale = _uniform(3 * n, 1 - cfg.stain, 1 + cfg.stain, gen, dev).view(n, 3)

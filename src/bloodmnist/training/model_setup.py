@@ -19,6 +19,16 @@ from bloodmnist.training.sync_bn import convert_sync_bn
 
 log = logging.getLogger("bloodmnist")
 
+# the classes torchvision's references treat as normalisation layers (SyncBatchNorm and ours
+# for CPU ranks subclass _BatchNorm)
+NORM_LAYERS = (
+    nn.modules.batchnorm._BatchNorm,
+    nn.modules.instancenorm._InstanceNorm,
+    nn.GroupNorm,
+    nn.LayerNorm,
+    nn.LocalResponseNorm,
+)
+
 
 def prepare_model(cfg: Config, rt: Runtime) -> tuple[nn.Module, dict[str, Any]]:
     """Build the configured model (with ImageNet weights where they exist and are available),
@@ -69,3 +79,19 @@ def wrap_ddp(model: nn.Module, rt: Runtime) -> nn.Module:
 
     ids = [rt.device.index] if rt.device.type == "cuda" else None
     return DistributedDataParallel(model, device_ids=ids)
+
+
+def sgd_param_groups(model: nn.Module, cfg: Config) -> list[dict[str, Any]]:
+    """The optimiser's parameter groups: one, or, with `optim.norm_weight_decay` set, the
+    normalisation layers' weights and biases apart with their own weight decay (torchvision's
+    references call it --norm-weight-decay; decaying BatchNorm's scale only shrinks the next
+    layer's input, which the following BatchNorm undoes)."""
+    if cfg.optim.norm_weight_decay is None:
+        return [{"params": list(model.parameters())}]
+    norm: list[nn.Parameter] = []
+    for module in model.modules():  # a DDP wrapper's modules() reaches the model inside
+        if isinstance(module, NORM_LAYERS):
+            norm.extend(module.parameters(recurse=False))
+    norm_ids = {id(p) for p in norm}
+    other = [p for p in model.parameters() if id(p) not in norm_ids]
+    return [{"params": other}, {"params": norm, "weight_decay": cfg.optim.norm_weight_decay}]

@@ -27,6 +27,7 @@ from bloodmnist.runtime import Runtime, broadcast_object, per_rank_batch, sync_b
 from bloodmnist.training.checkpoint import save_checkpoint, unwrap
 from bloodmnist.training.ema import make_ema
 from bloodmnist.training.loop import DivergenceError, EpochStats, nll, train_one_epoch
+from bloodmnist.training.model_setup import sgd_param_groups
 from bloodmnist.training.rundir import write_history
 from bloodmnist.training.schedule import build_schedule
 from bloodmnist.training.teacher import make_distillation
@@ -94,7 +95,7 @@ class Trainer:
         self.model = model
         per_rank = per_rank_batch(cfg.optim.batch_size, rt.world_size)
         self.optimizer = torch.optim.SGD(
-            model.parameters(),
+            sgd_param_groups(model, cfg),
             lr=cfg.optim.lr,
             momentum=cfg.optim.momentum,
             weight_decay=cfg.optim.weight_decay,
