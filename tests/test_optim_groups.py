@@ -37,7 +37,8 @@ def test_a_step_decays_convolutions_but_not_batchnorm() -> None:
     assert grouped == sorted(id(p) for p in model.parameters())  # each exactly once
     with torch.no_grad():
         for m in bn:  # BatchNorm starts at 1 and 0; make the decay visible on both
-            m.weight.fill_(2.0), m.bias.fill_(0.5)
+            m.weight.fill_(2.0)
+            m.bias.fill_(0.5)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     opt = torch.optim.SGD(groups, lr=0.1, weight_decay=0.01, momentum=0.9)
     for p in model.parameters():
