@@ -7,14 +7,17 @@
 #   SMOKE=1 OUT=/tmp/smoke RUNS="fast:../shared/data/bloodmnist_pbc_28.npz" \
 #       bash benchmarks/gpu_speed.sh                              # tiny dry run on a CPU
 #
-# RUNS is a list of RECIPE:NPZ; each is trained with seed SEED (42), at most RUN_SECONDS (500)
+# RUNS is a list of RECIPE:NPZ[:KEY=VALUE;...] (the optional third field: `--set` overrides
+# separated by `;`, e.g. fast:p28.npz:runtime.compile=true to time torch.compile; no `:` in
+# the NPZ path); each is trained with seed SEED (42), at most RUN_SECONDS (500)
 # each. Writes $OUT/speed.tsv (recipe, data, exit status, the run's status, wall seconds of the
 # command, train_seconds and train_pflop from summary.json, test accuracy with TTA; a row per
 # run, also for one that failed or was cut) and $OUT/speed-runs.tar.gz (the run folders without
 # checkpoints).
 set -uo pipefail
 OUT=${OUT:-gpu-results}
-RUNS=${RUNS:?RUNS=RECIPE:NPZ ...}
+RUNS=${RUNS:?RUNS=RECIPE:NPZ[:KEY=VALUE;...] ...}
+set -f  # RUNS is split on spaces only: a value like [2/3,3/2] is not a glob
 SEED=${SEED:-42}
 WORK=${WORK:-/tmp/gpu-speed}
 BM=${BM:-bloodmnist}
@@ -30,17 +33,20 @@ printf 'recipe\tdata\trc\tstatus\twall_s\ttrain_seconds\ttrain_pflop\ttest_acc_t
 i=0
 for item in $RUNS; do
   i=$((i + 1))
-  recipe=${item%%:*}
-  data=${item#*:}
-  name=$recipe-$(basename "$data" .npz)
+  IFS=: read -r recipe data sets <<<"$item"
+  name=$recipe-$(basename "$data" .npz)${sets:+-$(printf %s "$sets" | tr -c 'A-Za-z0-9.=\n-' _)}
+  setargs=()
+  IFS=';' read -ra kvs <<<"${sets:-}"
+  for kv in "${kvs[@]}"; do [ -n "$kv" ] && setargs+=(--set "$kv"); done
   out="$WORK/$i-$name"  # its own folder: a failed run never reports an older run's summary
   t0=$EPOCHREALTIME
   timeout --kill-after=30 "${RUN_SECONDS:-500}" "$BM" train --recipe "$recipe" --data "$data" \
     --seed "$SEED" --out "$out" --set runtime.reports=false --set runtime.tensorboard=false \
-    "${EXTRA[@]}" >"$OUT/$i-$name.log" 2>&1
+    "${setargs[@]}" "${EXTRA[@]}" >"$OUT/$i-$name.log" 2>&1
   rc=$?
   t1=$EPOCHREALTIME
-  "$PY" - "$out/summary.json" "$recipe" "$data" "$t0" "$t1" "$rc" >>"$OUT/speed.tsv" <<'PYEOF'
+  "$PY" - "$out/summary.json" "$recipe${sets:+:$sets}" "$data" "$t0" "$t1" "$rc" \
+    >>"$OUT/speed.tsv" <<'PYEOF'
 import json, sys
 path, recipe, data, t0, t1, rc = sys.argv[1:]
 try:

@@ -13,8 +13,9 @@ that background load hits all alike:
 Prints img/s per mode (median over rounds), the ratios to bf16, and the training seconds of a
 whole run (epochs x 11,959 images / img/s: step time only, validation and test not included).
 `--variant` adds variants of the recipe (`--set`-style overrides, e.g. an older recipe's
-`model.width=0.35,train.epochs=20`), measured in the same alternating rounds as the recipe
-itself. The last line is one JSON object.
+`model.width=0.35,train.epochs=20`, or `runtime.compile=true`), measured in the same
+alternating rounds as the recipe itself; compiling happens in the untimed warm-up steps.
+The last line is one JSON object.
 """
 
 from __future__ import annotations
@@ -55,6 +56,8 @@ def measure(recipe: str, precision: str, steps: int, threads: int, sets: str = "
     model = model_from_config(cfg).to(memory_format=torch.channels_last)
     ema = make_ema(model, cfg.train.ema_decay)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True)
+    # runtime.compile: the training step's module as the trainer builds it (compiled in warm-up)
+    fwd = torch.compile(model, dynamic=False) if cfg.runtime.compile else model
     norm = Normalizer(cfg.data.mean, cfg.data.std, rt.device, rt.channels_last)
     gen = torch.Generator().manual_seed(0)
     x = torch.rand(cfg.optim.batch_size, 3, cfg.data.size, cfg.data.size, generator=gen)
@@ -63,7 +66,7 @@ def measure(recipe: str, precision: str, steps: int, threads: int, sets: str = "
     def step() -> None:
         xb = norm(augment(x, cfg.augment, gen))
         with rt.autocast():
-            logits = model(xb)
+            logits = fwd(xb)
         loss = torch.nn.functional.cross_entropy(logits.float(), y, label_smoothing=0.1)
         opt.zero_grad(set_to_none=True)
         loss.backward()

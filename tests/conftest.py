@@ -44,6 +44,7 @@ SLOW_FIRST = (
     "test_calibrated_inference.py",
     "test_ensemble.py",
     "test_sizes.py",
+    "test_compile.py",
     "test_precision.py",
     "test_tracking.py",
 )

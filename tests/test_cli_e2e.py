@@ -212,8 +212,31 @@ def test_summary_matches_predictions(run_dir: Path, shared_data: Path) -> None:
 
     _, rows = _history(run_dir)
     val_accs = [float(r["val_acc"]) for r in rows]
+    # the default recipe ships its last (annealed) epoch (train.select: last), whatever the
+    # validation accuracy did; best_* describe that epoch
+    assert summary["best_val_acc"] == pytest.approx(val_accs[-1], abs=1e-5)
+    assert summary["best_epoch"] == EPOCHS
+
+
+@pytest.mark.slow
+def test_select_best_ships_the_epoch_with_the_best_validation_accuracy(
+    shared_data: Path, tmp_path: Path
+) -> None:
+    """train.select=best (the reference recipe's): best.pt is the argmax of the validation
+    curve, not the final epoch. A high LR makes the curve jump around."""
+    run = tmp_path / "run"
+    args = [*train_args(shared_data, run)[:-1], "--subset", "128", "--epochs", "4"]
+    for kv in ("train.select=best", "optim.lr=0.3", "eval.tta=false", "runtime.reports=false"):
+        args += ["--set", kv]
+    result = run_cli([*args, "--quiet"], cwd=tmp_path, timeout=TRAIN_TIMEOUT)
+    assert result.returncode == 0, describe(result)
+    summary = _json(run / "summary.json")
+    val_accs = [float(r["val_acc"]) for r in _history(run)[1]]
+    assert len(val_accs) == 4 and summary["best_epoch"] == 1 + int(np.argmax(val_accs))
     assert summary["best_val_acc"] == pytest.approx(max(val_accs), abs=1e-5)
-    assert summary["best_epoch"] == 1 + int(np.argmax(val_accs))
+    best = load_checkpoint(run / "checkpoints" / "best.pt")
+    assert best["epoch"] == summary["best_epoch"]
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["epoch"] == 4
 
 
 def test_checkpoints_load_and_carry_the_config(run_dir: Path, shared_data: Path) -> None:

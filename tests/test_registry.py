@@ -136,6 +136,8 @@ def test_resnet9_trains_records_pflop_predicts_and_exports(shared_data: Path, tm
     saved = yaml.safe_load((run / "config.yaml").read_text())
     assert DEFAULT_RECIPE == "fast" and saved["model"]["arch"] == "resnet9"
     assert saved["eval"]["tta_mode"] == "dihedral16" and saved["train"]["ema_decay"] == 0.995
+    # the recipe ships its final (annealed) epoch, whatever the validation accuracy did
+    assert saved["train"]["select"] == "last" and summary["best_epoch"] == 2
     per_image = flops_per_image(ResNet9(8, width=0.25))["train"]
     assert summary["arch"] == "resnet9" and summary["train_images_seen"] == 2 * 128
     assert summary["train_pflop"] == pytest.approx(per_image * 256 / 1e15, rel=1e-3)

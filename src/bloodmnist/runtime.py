@@ -12,6 +12,7 @@ import logging
 import os
 import platform
 import random
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,6 +72,13 @@ def home_dir() -> Path:
 def mirror_url() -> str | None:
     """Base URL of a BloodMNIST mirror ($BLOODMNIST_URL), or None for the official Zenodo record."""
     return os.environ.get("BLOODMNIST_URL") or None
+
+
+def has_cxx_compiler() -> bool:
+    """Whether torch.compile's CPU backend (inductor, which reads $CXX first) finds a C++
+    compiler to build its kernels with."""
+    names = (os.environ.get("CXX"), "g++", "clang++", "c++")
+    return any(shutil.which(n) for n in names if n)
 
 
 def weights_dir() -> Path:

@@ -151,6 +151,10 @@ class RuntimeConfig:
     reports: bool = True
     # false: no RUN_DIR/tb/ TensorBoard event files (history.csv and the reports remain)
     tensorboard: bool = True
+    # true: the training step's forward and backward run through torch.compile (inductor;
+    # on a CPU it needs a C++ compiler). The weights, checkpoints, validation and evaluation
+    # are the same eager model; the graphs are compiled once per run (docs/benchmarks.md).
+    compile: bool = False
 
 
 @dataclass

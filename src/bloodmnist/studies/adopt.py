@@ -21,7 +21,14 @@ from bloodmnist.training.runlock import RunLock
 
 #: Settings that do not change what a run computes: where it writes, how many threads, whether
 #: reports were built, and the data file's path (its MD5 is compared instead).
-IGNORED = ("data.path", "runtime.threads", "runtime.reports", "runtime.out", "runtime.name")
+IGNORED = (
+    "data.path",
+    "runtime.threads",
+    "runtime.compile",  # like threads: the same computation, summed in another order
+    "runtime.reports",
+    "runtime.out",
+    "runtime.name",
+)
 
 
 def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -11,10 +11,11 @@ from torch import nn
 
 from bloodmnist.config import Config
 from bloodmnist.data.loader import Normalizer, to_tensor
+from bloodmnist.errors import ConfigError
 from bloodmnist.model import PRETRAINED_ARCHS, model_from_config
 from bloodmnist.model.resnet import PretrainedInfo, resolve_pretrained
 from bloodmnist.model.whiten import FIT_IMAGES, PatchWhitening, fit_to_data
-from bloodmnist.runtime import Runtime, weights_dir
+from bloodmnist.runtime import Runtime, has_cxx_compiler, weights_dir
 from bloodmnist.training.sync_bn import convert_sync_bn
 
 log = logging.getLogger("bloodmnist")
@@ -79,6 +80,25 @@ def wrap_ddp(model: nn.Module, rt: Runtime) -> nn.Module:
 
     ids = [rt.device.index] if rt.device.type == "cuda" else None
     return DistributedDataParallel(model, device_ids=ids)
+
+
+def compile_for_training(model: nn.Module, cfg: Config, rt: Runtime) -> nn.Module:
+    """The module the training step calls: `model` itself, or with `runtime.compile` the same
+    weights behind torch.compile. Static shapes: a run has two batch shapes (full and the
+    epoch's last), each compiled once, where dynamic shapes would give slower generic kernels."""
+    if not cfg.runtime.compile:
+        return model
+    if rt.device.type == "cpu" and not has_cxx_compiler():
+        raise ConfigError(
+            "runtime.compile=true needs a C++ compiler on a CPU (g++ or clang++, or $CXX): "
+            "install one (e.g. apt install g++) or set runtime.compile=false"
+        )
+    # Start from a clean slate: compiled graphs are cached per code object (every ResNet9
+    # shares one forward), so a process that trains run after run (a `tune` worker) would hit
+    # dynamo's recompile limit and silently fall back to eager.
+    torch._dynamo.reset()
+    log.info("runtime.compile: the training step runs through torch.compile (compiled once)")
+    return torch.compile(model, dynamic=False)
 
 
 def sgd_param_groups(model: nn.Module, cfg: Config) -> list[dict[str, Any]]:

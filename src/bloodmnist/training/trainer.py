@@ -131,8 +131,13 @@ class Trainer:
     # -- checkpoints -------------------------------------------------------------------------
     @property
     def eval_model(self) -> nn.Module:
-        """What is validated, saved as the checkpoint's `model` and tested: the EMA when on."""
-        return self.ema.module if self.ema is not None else self.model
+        """What is validated, saved as the checkpoint's `model` and tested: the EMA when on;
+        never the torch.compile wrapper (its graphs are for the training step's shapes)."""
+        return (
+            self.ema.module
+            if self.ema is not None
+            else getattr(self.model, "_orig_mod", self.model)
+        )
 
     def _after_step(self) -> Callable[[], None] | None:
         """Per-step work (one-cycle LR, EMA update); None for the reference recipe."""
