@@ -50,14 +50,16 @@ def measure(recipe: str, precision: str, steps: int, threads: int, sets: str = "
     from bloodmnist.model import model_from_config
     from bloodmnist.runtime import setup_runtime
     from bloodmnist.training.ema import make_ema
+    from bloodmnist.training.model_setup import compile_for_training
 
     cfg = build_config(recipe=recipe, overrides=[o for o in sets.split(",") if o])
     rt = setup_runtime("cpu", precision, threads)
     model = model_from_config(cfg).to(memory_format=torch.channels_last)
     ema = make_ema(model, cfg.train.ema_decay)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True)
-    # runtime.compile: the training step's module as the trainer builds it (compiled in warm-up)
-    fwd = torch.compile(model, dynamic=False) if cfg.runtime.compile else model
+    # the training step's module as the trainer builds it (with runtime.compile: compiled in
+    # the warm-up steps)
+    fwd = compile_for_training(model, cfg, rt)
     norm = Normalizer(cfg.data.mean, cfg.data.std, rt.device, rt.channels_last)
     gen = torch.Generator().manual_seed(0)
     x = torch.rand(cfg.optim.batch_size, 3, cfg.data.size, cfg.data.size, generator=gen)

@@ -24,12 +24,7 @@ from bloodmnist.tracking import Tracker, open_tracker
 from bloodmnist.training.checkpoint import file_stamp
 from bloodmnist.training.finish import compute_fields, skip_test, state_fields, test_once
 from bloodmnist.training.loop import DivergenceError
-from bloodmnist.training.model_setup import (
-    compile_for_training,
-    fit_model_to_data,
-    prepare_model,
-    wrap_ddp,
-)
+from bloodmnist.training.model_setup import fit_model_to_data, prepare_model, wrap_ddp
 from bloodmnist.training.rundir import (
     remove_stale_temps,
     setup_logging,
@@ -192,8 +187,7 @@ def _build_trainer(
         facts = partial(_manifest_facts, _names(cfg), rt, data, data_info, pretrained)
         write_manifest(run_dir, facts, resumed=resume is not None)
         save_yaml(cfg, run_dir / "config.yaml")  # on resume too: --epochs/--device may change
-    step_model = compile_for_training(wrap_ddp(model, rt), cfg, rt)
-    trainer = Trainer(cfg, rt, run_dir, data, step_model, pretrained, progress)
+    trainer = Trainer(cfg, rt, run_dir, data, wrap_ddp(model, rt), pretrained, progress)
     if resume is not None:
         trainer.restore(resume)
         log.info(

@@ -27,7 +27,7 @@ from bloodmnist.runtime import Runtime, broadcast_object, per_rank_batch, sync_b
 from bloodmnist.training.checkpoint import save_checkpoint, unwrap
 from bloodmnist.training.ema import make_ema
 from bloodmnist.training.loop import DivergenceError, EpochStats, nll, train_one_epoch
-from bloodmnist.training.model_setup import sgd_param_groups
+from bloodmnist.training.model_setup import compile_for_training, sgd_param_groups
 from bloodmnist.training.rundir import write_history
 from bloodmnist.training.schedule import build_schedule
 from bloodmnist.training.teacher import make_distillation
@@ -93,6 +93,9 @@ class Trainer:
         self.cfg, self.rt, self.run_dir = cfg, rt, run_dir
         self.pretrained = pretrained or {}
         self.model = model
+        # what the training step calls: the same weights, behind torch.compile with
+        # runtime.compile; validation and checkpoints keep using the eager self.model
+        self.step_model = compile_for_training(model, cfg, rt)
         per_rank = per_rank_batch(cfg.optim.batch_size, rt.world_size)
         self.optimizer = torch.optim.SGD(
             sgd_param_groups(model, cfg),
@@ -131,13 +134,8 @@ class Trainer:
     # -- checkpoints -------------------------------------------------------------------------
     @property
     def eval_model(self) -> nn.Module:
-        """What is validated, saved as the checkpoint's `model` and tested: the EMA when on;
-        never the torch.compile wrapper (its graphs are for the training step's shapes)."""
-        return (
-            self.ema.module
-            if self.ema is not None
-            else getattr(self.model, "_orig_mod", self.model)
-        )
+        """What is validated, saved as the checkpoint's `model` and tested: the EMA when on."""
+        return self.ema.module if self.ema is not None else self.model
 
     def _after_step(self) -> Callable[[], None] | None:
         """Per-step work (one-cycle LR, EMA update); None for the reference recipe."""
@@ -233,7 +231,7 @@ class Trainer:
 
     def _train_and_validate(self, epoch: int, gen, rng) -> tuple[EpochStats, dict[str, float]]:
         stats = train_one_epoch(
-            self.model,
+            self.step_model,
             self.batches,
             self.optimizer,
             self.rt,
