@@ -13,8 +13,8 @@ that background load hits all alike:
 Prints img/s per mode (median over rounds), the ratios to bf16, and the training seconds of a
 whole run (epochs x 11,959 images / img/s: step time only, validation and test not included).
 `--variant` adds variants of the recipe (`--set`-style overrides, e.g. an older recipe's
-`model.width=0.35,train.epochs=20`, or `runtime.compile=true`), measured in the same
-alternating rounds as the recipe itself; compiling happens in the untimed warm-up steps.
+`model.width=0.35,train.epochs=20`, `runtime.compile=true` or `optim.kind=muon`), measured in
+the same alternating rounds as the recipe itself; compiling happens in the untimed warm-up steps.
 The last line is one JSON object.
 """
 
@@ -50,13 +50,14 @@ def measure(recipe: str, precision: str, steps: int, threads: int, sets: str = "
     from bloodmnist.model import model_from_config
     from bloodmnist.runtime import setup_runtime
     from bloodmnist.training.ema import make_ema
-    from bloodmnist.training.model_setup import compile_for_training
+    from bloodmnist.training.model_setup import compile_for_training, sgd_param_groups
+    from bloodmnist.training.optim import build_optimizer
 
     cfg = build_config(recipe=recipe, overrides=[o for o in sets.split(",") if o])
     rt = setup_runtime("cpu", precision, threads)
     model = model_from_config(cfg).to(memory_format=torch.channels_last)
     ema = make_ema(model, cfg.train.ema_decay)
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True)
+    opt = build_optimizer(model, cfg, sgd_param_groups(model, cfg))  # the trainer's optimiser
     # the training step's module as the trainer builds it (with runtime.compile: compiled in
     # the warm-up steps)
     fwd = compile_for_training(model, cfg, rt)

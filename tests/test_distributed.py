@@ -253,14 +253,25 @@ def worst(model):
     stats = [(a - b).abs().max() for a, b in zip(model.module.buffers(), ref.buffers())
              if a.is_floating_point()]
     return f"{max(grads).item()} {max(stats).item()}"
+grads = worst(ddp) + " " + worst(plain)
+# one step of the default recipe's optimiser (Muon for the filters, SGD for the rest) on those
+# gradients: the DDP model's weights must equal the one-piece model's
+from bloodmnist.config import build_config
+from bloodmnist.training.optim import build_optimizer
+cfg = build_config(overrides=["optim.kind=muon", "optim.muon_lr=0.01", "optim.lr=0.1"])
+for model in (ddp, ref):
+    build_optimizer(model, cfg, [{"params": list(model.parameters())}]).step()
+step = max((p - q).abs().max() / q.abs().max()
+           for p, q in zip(ddp.module.parameters(), ref.parameters())).item()
 if rank == 0:
-    print("RESULT", worst(ddp), worst(plain))
+    print("RESULT", grads, step)
 dist.destroy_process_group()
 """
 
 
 def test_sync_bn_gradients_exact_in_float64(small_npz, tmp_path):
-    """DDP + CpuSyncBatchNorm on 2x8 images = plain BatchNorm on 16, to float64 rounding."""
+    """DDP + CpuSyncBatchNorm on 2x8 images = plain BatchNorm on 16, to float64 rounding, and so
+    is one Muon step on those gradients."""
     script = tmp_path / "grad_check.py"
     script.write_text(GRAD_CHECK)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
@@ -275,6 +286,7 @@ def test_sync_bn_gradients_exact_in_float64(small_npz, tmp_path):
     )
     assert res.returncode == 0, describe(res)
     line = next(ln for ln in res.stdout.splitlines() if ln.startswith("RESULT"))
-    grad_rel, stat_abs, plain_grad_rel, plain_stat_abs = map(float, line.split()[1:])
+    grad_rel, stat_abs, plain_grad_rel, plain_stat_abs, muon_rel = map(float, line.split()[1:])
     assert grad_rel < 1e-9 and stat_abs < 1e-12, line
+    assert muon_rel < 1e-9, line  # Muon's orthogonalisation runs in float64 here
     assert plain_grad_rel > 1e-3 and plain_stat_abs > 1e-3, line  # the check can fail

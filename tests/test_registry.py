@@ -15,6 +15,7 @@ from bloodmnist.errors import ConfigError
 from bloodmnist.model import ARCHS, build_model, model_from_config
 from bloodmnist.model.flops import flops_per_image, train_pflop
 from bloodmnist.model.resnet9 import ResNet9
+from bloodmnist.training.optim import step_flops
 from conftest import SHARED_DATA, describe, run_cli
 
 
@@ -140,7 +141,11 @@ def test_resnet9_trains_records_pflop_predicts_and_exports(shared_data: Path, tm
     assert saved["train"]["select"] == "last" and summary["best_epoch"] == 2
     per_image = flops_per_image(ResNet9(8, width=0.25))["train"]
     assert summary["arch"] == "resnet9" and summary["train_images_seen"] == 2 * 128
-    assert summary["train_pflop"] == pytest.approx(per_image * 256 / 1e15, rel=1e-3)
+    # plus Muon's matrix products (the recipe's optimiser): 2 epochs of 2 steps at batch 64
+    muon = step_flops(ResNet9(8, width=0.25), build_config(recipe="fast")) * 4 / 1e15
+    assert saved["optim"]["kind"] == "muon"
+    assert summary["optimizer_pflop"] == pytest.approx(muon, rel=1e-3)
+    assert summary["train_pflop"] == pytest.approx(per_image * 256 / 1e15 + muon, rel=1e-3)
     # eval.compare_tta=false: the recipe's own TTA only; the other modes are absent, not zero
     assert summary["tta_mode"] == "dihedral16" and summary["test_acc_tta"] is not None
     assert summary["val_acc_tta"] is not None

@@ -202,6 +202,8 @@ def validate(cfg: Config) -> None:
             cfg.optim.norm_weight_decay is None or cfg.optim.norm_weight_decay >= 0,
             "optim.norm_weight_decay must be >= 0 (or null: optim.weight_decay)",
         ),
+        (cfg.optim.kind in ("sgd", "muon"), "optim.kind must be sgd|muon"),
+        (cfg.optim.muon_lr > 0, "optim.muon_lr must be > 0"),
         (cfg.eval.batch_size > 0, "eval.batch_size must be > 0"),
         (cfg.runtime.threads >= 0, "runtime.threads must be >= 0 (0: all cores)"),
         (cfg.model.arch in ARCHS, f"model.arch must be one of {', '.join(sorted(ARCHS))}"),

@@ -80,6 +80,10 @@ class OptimConfig:
     # reference; torchvision's recipes use 0)
     norm_weight_decay: float | None = None
     batch_size: int = 128  # global batch (split across ranks under torchrun)
+    # sgd | muon: the convolution filters take Muon's orthogonalised steps of relative size
+    # muon_lr at a fixed norm (no weight decay); everything else SGD as above (training/optim.py)
+    kind: str = "sgd"
+    muon_lr: float = 0.02
 
 
 @dataclass

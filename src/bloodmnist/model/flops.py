@@ -1,8 +1,9 @@
 """FLOPs of a model per image, with torch's own counter (multiply and add counted apart).
 
 A training step is counted as what the counter sees for forward + backward (about 3x the
-forward); BatchNorm, activations, pooling and the optimiser are not counted (they are a few
-percent of a convolutional net's arithmetic).
+forward); BatchNorm, activations, pooling and the optimiser's elementwise updates are not
+counted (they are a few percent of a convolutional net's arithmetic). Muon's matrix products
+are not elementwise: a run adds them (bloodmnist.training.optim.step_flops).
 """
 
 from __future__ import annotations

@@ -23,6 +23,7 @@ from bloodmnist.evaluation.medmnist_csv import write_run_csvs
 from bloodmnist.model.flops import flops_per_image, train_pflop
 from bloodmnist.runtime import Runtime, from_main
 from bloodmnist.training.checkpoint import add_to_checkpoint, load_checkpoint, load_model_weights
+from bloodmnist.training.optim import step_flops
 from bloodmnist.training.rundir import write_json
 from bloodmnist.training.trainer import TrainState
 
@@ -121,18 +122,23 @@ def _headline(summary: dict[str, Any]) -> str:
 
 
 def compute_fields(
-    model: nn.Module, teachers: list[nn.Module], cfg: Config, images_seen: int
+    model: nn.Module, teachers: list[nn.Module], cfg: Config, images_seen: int, steps: int
 ) -> dict[str, Any]:
     """What the run cost in arithmetic: the model's FLOPs per image and the training PFLOP,
-    which includes a distillation teacher's forward pass on every training image."""
+    which includes a distillation teacher's forward pass on every training image and the
+    optimiser's matrix work (Muon's orthogonalisation; `steps` counts every rank's)."""
     flops = flops_per_image(model, cfg.data.size)
     per_image = flops["train"] + sum(flops_per_image(t, cfg.data.size)["forward"] for t in teachers)
-    return {
+    optimiser = step_flops(model, cfg) * steps / 1e15
+    fields = {
         "arch": cfg.model.arch,
         "gflop_forward_per_image": round(flops["forward"] / 1e9, 5),
         "train_images_seen": images_seen,
-        "train_pflop": float(f"{train_pflop(per_image, images_seen):.4g}"),
+        "train_pflop": float(f"{train_pflop(per_image, images_seen) + optimiser:.4g}"),
     }
+    if optimiser:
+        fields["optimizer_pflop"] = float(f"{optimiser:.4g}")
+    return fields
 
 
 def state_fields(state: TrainState) -> dict[str, Any]:

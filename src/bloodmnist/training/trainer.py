@@ -28,6 +28,7 @@ from bloodmnist.training.checkpoint import save_checkpoint, unwrap
 from bloodmnist.training.ema import make_ema
 from bloodmnist.training.loop import DivergenceError, EpochStats, nll, train_one_epoch
 from bloodmnist.training.model_setup import compile_for_training, sgd_param_groups
+from bloodmnist.training.optim import build_optimizer
 from bloodmnist.training.rundir import write_history
 from bloodmnist.training.schedule import build_schedule
 from bloodmnist.training.teacher import make_distillation
@@ -97,13 +98,7 @@ class Trainer:
         # runtime.compile; validation and checkpoints keep using the eager self.model
         self.step_model = compile_for_training(model, cfg, rt)
         per_rank = per_rank_batch(cfg.optim.batch_size, rt.world_size)
-        self.optimizer = torch.optim.SGD(
-            sgd_param_groups(model, cfg),
-            lr=cfg.optim.lr,
-            momentum=cfg.optim.momentum,
-            weight_decay=cfg.optim.weight_decay,
-            nesterov=cfg.optim.nesterov,
-        )
+        self.optimizer = build_optimizer(model, cfg, sgd_param_groups(model, cfg))
         self.normalize = Normalizer(cfg.data.mean, cfg.data.std, rt.device, rt.channels_last)
         self.batches = TrainBatches(
             images=to_tensor(data.train.images, rt.device),
