@@ -16,7 +16,7 @@
 # $OUT/best.yaml, $OUT/finalist.json and $OUT/control.json (study results), and
 # $OUT/sweep-runs.tar.gz (every folder without checkpoints: logs, report.html, study.db, run
 # folders). Run folders and weights stay in WORK. At today's lease this is a small sweep (a
-# two-seed 40-epoch trial takes minutes on a GPU shared by JOBS trials); raise DEADLINE where a
+# two-seed 34-epoch trial takes minutes on a GPU shared by JOBS trials); raise DEADLINE where a
 # longer call is allowed. Choose on validation (best_val_acc, val_acc_tta in the study files);
 # the test numbers beside them are each run's one evaluation of the test split.
 set -uo pipefail

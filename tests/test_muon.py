@@ -22,6 +22,7 @@ from bloodmnist.training.optim import (
     orthogonalise,
     step_flops,
 )
+from bloodmnist.training.schedule import build_schedule
 
 FAST_NET = ["model.arch=resnet9", "model.width=0.25", "model.pretrained=none"]
 
@@ -84,6 +85,20 @@ def test_muon_groups_filter_banks_and_steps_at_fixed_norm() -> None:
         assert w.norm().item() == pytest.approx(math.sqrt(w.shape[0]), rel=0.05)
 
 
+def test_muon_beside_norm_weight_decay_and_the_one_cycle() -> None:
+    """Three groups (decayed, BatchNorm apart, filter banks); the schedule scales each LR."""
+    overrides = [*FAST_NET, "optim.kind=muon", "optim.muon_lr=0.01", "optim.norm_weight_decay=0"]
+    cfg = build_config(overrides=[*overrides, "schedule.kind=onecycle", "schedule.div_factor=10"])
+    model = model_from_config(cfg)
+    opt = build_optimizer(model, cfg, sgd_param_groups(model, cfg))
+    assert [g["weight_decay"] for g in opt.param_groups[:2]] == [cfg.optim.weight_decay, 0.0]
+    assert [g["orthogonal"] for g in opt.param_groups] == [False, False, True]
+    assert sum(len(g["params"]) for g in opt.param_groups) == len(list(model.parameters()))
+    build_schedule(opt, cfg.schedule, epochs=2, steps_per_epoch=10)
+    lrs = [g["lr"] for g in opt.param_groups]  # the cycle starts at peak / div_factor
+    assert lrs == pytest.approx([cfg.optim.lr / 10, cfg.optim.lr / 10, 0.01 / 10])
+
+
 def test_muon_fits_a_batch() -> None:
     """Forty Muon steps drive one fixed batch's loss far down (a wrong sign or scale would not)."""
     torch.manual_seed(0)
@@ -140,8 +155,12 @@ def test_a_real_run_trains_with_muon_and_resumes(shared_data: Path, tmp_path: Pa
     assert summary["train_pflop"] > summary["optimizer_pflop"] > 0
     for name, w in banks.items():  # held near norm sqrt(out) throughout
         assert w.norm().item() == pytest.approx(math.sqrt(w.shape[0]), rel=0.1), name
+    # every parameter carries a momentum buffer into the checkpoint
+    assert len(last["optimizer"]["state"]) == sum(len(g["params"]) for g in groups)
     # --resume rebuilds the same optimiser from the saved config and carries on
     assert main(["train", "--resume", str(tmp_path), "--epochs", "2", "--quiet"]) == 0
+    resumed = json.loads((tmp_path / "summary.json").read_text())
+    assert resumed["optimizer_pflop"] == pytest.approx(2 * summary["optimizer_pflop"], rel=1e-3)
     last = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=False)
     assert last["epoch"] == 2 and [g["orthogonal"] for g in last["optimizer"]["param_groups"]] == [
         False,

@@ -66,9 +66,10 @@ def test_a_run_trains_with_it_saves_the_groups_and_resumes(
     assert main([*first, "--set", "optim.norm_weight_decay=0"]) == 0
     decays, last = _decays(tmp_path)
     wd = last["config"]["optim"]["weight_decay"]
-    assert wd > 0 and decays == [wd, 0.0]
+    # the recipe's Muon keeps the filter banks in a third group, at a fixed norm (no decay)
+    assert wd > 0 and decays == [wd, 0.0, 0.0]
     assert last["config"]["optim"]["norm_weight_decay"] == 0.0
     # --resume rebuilds the optimiser from the saved config: the same two groups, one more epoch
     assert main(["train", "--resume", str(tmp_path), "--epochs", "2", "--quiet"]) == 0
     decays, last = _decays(tmp_path)
-    assert decays == [wd, 0.0] and last["epoch"] == 2
+    assert decays == [wd, 0.0, 0.0] and last["epoch"] == 2

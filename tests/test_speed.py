@@ -98,6 +98,7 @@ def test_fast_recipe_values_and_precedence() -> None:
     # fast ships its last, annealed epoch (v7); best keeps its best validation epoch until its
     # three seeds are rerun with `last` (docs/levers.md)
     assert (fast.train.select, best.train.select) == ("last", "best")
+    assert best.train == dataclasses.replace(fast.train, epochs=80, select="best")
     assert dataclasses.replace(
         fast, model=best.model, runtime=best.runtime, optim=v5_optim, train=best.train
     ) == dataclasses.replace(best, eval=dataclasses.replace(best.eval, tta_mode="dihedral16"))

@@ -126,7 +126,7 @@ def compute_fields(
 ) -> dict[str, Any]:
     """What the run cost in arithmetic: the model's FLOPs per image and the training PFLOP,
     which includes a distillation teacher's forward pass on every training image and the
-    optimiser's matrix work (Muon's orthogonalisation; `steps` counts every rank's)."""
+    optimiser's matrix work (Muon's orthogonalisation, once per optimiser step)."""
     flops = flops_per_image(model, cfg.data.size)
     per_image = flops["train"] + sum(flops_per_image(t, cfg.data.size)["forward"] for t in teachers)
     optimiser = step_flops(model, cfg) * steps / 1e15

@@ -16,6 +16,7 @@ learning rates by the same factor and one state_dict resumes both.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -52,13 +53,20 @@ class MuonSGD(torch.optim.Optimizer):
     sqrt(out), then the orthogonalised update times lr * sqrt(max(1, out / fan_in)).
     """
 
-    def __init__(self, groups: list[dict[str, Any]], lr: float, momentum: float, **kw: Any):
+    def __init__(self, groups: list[dict[str, Any]], lr: float, momentum: float, **kw: Any) -> None:
+        """`kw`: weight_decay and nesterov defaults; a group's own keys win."""
         defaults = {"lr": lr, "momentum": momentum, "weight_decay": 0.0, "nesterov": False}
         defaults.update(kw, orthogonal=False)
         super().__init__(groups, defaults)
 
     @torch.no_grad()
-    def step(self, closure: Any = None) -> None:  # noqa: D102 (torch's signature)
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        """One update of every parameter that has a gradient; `closure` (torch's contract)
+        re-evaluates the loss first, which is returned."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
         for group in self.param_groups:
             lr, mom, nesterov = group["lr"], group["momentum"], group["nesterov"]
             for p in group["params"]:
@@ -82,6 +90,7 @@ class MuonSGD(torch.optim.Optimizer):
                 p.mul_(math.sqrt(out) / (p.norm() + 1e-12))
                 scale = math.sqrt(max(1.0, out / flat.shape[1]))
                 p.add_(orthogonalise(flat).view_as(p), alpha=-lr * scale)
+        return loss
 
 
 def filter_banks(model: nn.Module) -> list[nn.Parameter]:
@@ -96,7 +105,9 @@ def filter_banks(model: nn.Module) -> list[nn.Parameter]:
 def step_flops(model: nn.Module, cfg: Config) -> float:
     """FLOPs the optimiser adds per step beyond elementwise work: Muon's Newton-Schulz
     iterations (per iteration on an r x c bank, r <= c: two r x r x c products and one r^3;
-    multiply and add counted apart, as bloodmnist.model.flops does); 0 for SGD."""
+    multiply and add counted apart, as bloodmnist.model.flops does); 0 for SGD. Counted once per
+    step, like the model's FLOPs once per image: under torchrun every rank repeats them on the
+    same all-reduced gradient, which a run's train_pflop does not multiply by the ranks."""
     if cfg.optim.kind != "muon":
         return 0.0
     total = 0.0
@@ -106,7 +117,9 @@ def step_flops(model: nn.Module, cfg: Config) -> float:
     return total
 
 
-def build_optimizer(model: nn.Module, cfg: Config, sgd_groups: list[dict[str, Any]]):
+def build_optimizer(
+    model: nn.Module, cfg: Config, sgd_groups: list[dict[str, Any]]
+) -> torch.optim.Optimizer:
     """`optim.kind`: sgd (torch.optim.SGD over `sgd_groups`) or muon (filter banks apart)."""
     o = cfg.optim
     if o.kind == "sgd":
@@ -123,7 +136,8 @@ def build_optimizer(model: nn.Module, cfg: Config, sgd_groups: list[dict[str, An
     ]
     # the SGD groups first: the schedule logs param_groups[0]'s learning rate
     banks = {"params": [p for g in sgd_groups for p in g["params"] if id(p) in bank_ids]}
-    groups.append({**banks, "lr": o.muon_lr, "orthogonal": True})
+    # held at a fixed norm instead of decayed: weight_decay 0 says so in the state_dict
+    groups.append({**banks, "lr": o.muon_lr, "orthogonal": True, "weight_decay": 0.0})
     return MuonSGD(
         groups, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay, nesterov=o.nesterov
     )

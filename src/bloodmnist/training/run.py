@@ -125,7 +125,7 @@ def _train_locked(
         state = _fit_guarded(trainer, run_dir, rt, base, stop)
         stop.note = "finishing the final test evaluation and reports first"
         teachers = trainer.distill.teacher.models if trainer.distill is not None else []
-        steps = len(trainer.batches) * state.epoch * rt.world_size
+        steps = len(trainer.batches) * state.epoch  # optimiser steps (each rank takes them all)
         work = compute_fields(model, teachers, cfg, len(data.train) * state.epoch, steps)
         fields = {**state_fields(state), **base, **work}
         if not cfg.eval.final_test:  # a search trial: validation only, the test split unseen
