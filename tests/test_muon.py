@@ -99,6 +99,31 @@ def test_muon_beside_norm_weight_decay_and_the_one_cycle() -> None:
     assert lrs == pytest.approx([cfg.optim.lr / 10, cfg.optim.lr / 10, 0.01 / 10])
 
 
+@pytest.mark.parametrize("cycle", [True, False])
+def test_one_cycle_moves_every_groups_momentum_unless_told_not_to(cycle: bool) -> None:
+    """torch's OneCycleLR sets each group's momentum from max_momentum at the start to
+    base_momentum at the peak LR; with cycle_momentum false optim.momentum holds throughout."""
+    sets = [*FAST_NET, "optim.kind=muon", "schedule.kind=onecycle", "schedule.pct_start=0.5"]
+    sets += ["optim.momentum=0.9", "schedule.base_momentum=0.8", "schedule.max_momentum=0.97"]
+    cfg = build_config(overrides=[*sets, f"schedule.cycle_momentum={str(cycle).lower()}"])
+    model = model_from_config(cfg)
+    opt = build_optimizer(model, cfg, sgd_param_groups(model, cfg))
+    schedule = build_schedule(opt, cfg.schedule, epochs=2, steps_per_epoch=10)
+    seen = []
+    for _ in range(19):
+        seen.append([g["momentum"] for g in opt.param_groups])  # [SGD group, filter banks]
+        opt.step()  # no gradients: nothing moves (the scheduler expects a step first)
+        schedule.step_batch()
+    start, peak, end = seen[0], seen[9], seen[-1]
+    if cycle:
+        assert start == pytest.approx([0.97, 0.97]) and peak == pytest.approx([0.8, 0.8], abs=1e-3)
+        assert end[0] == end[1] > 0.96
+    else:
+        assert {m for row in seen for m in row} == {0.9}
+    with pytest.raises(ConfigError, match="base_momentum <= schedule.max_momentum"):
+        build_config(overrides=["schedule.base_momentum=0.96", "schedule.max_momentum=0.95"])
+
+
 def test_muon_fits_a_batch() -> None:
     """Forty Muon steps drive one fixed batch's loss far down (a wrong sign or scale would not)."""
     torch.manual_seed(0)

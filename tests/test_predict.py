@@ -32,14 +32,18 @@ from conftest import SHARED_DATA, describe, run_cli
 PBC = SHARED_DATA / "pbc_sample"
 
 
-def fit_head_checkpoint(npz: Path, ckpt: Path, n: int = 128) -> None:
-    """Random-init backbone, head fitted on its features of n real training images; saved."""
+def fit_head_checkpoint(
+    npz: Path, ckpt: Path, n: int = 128, cfg: Config | None = None, **state: object
+) -> None:
+    """Random-init backbone, head fitted on its features of n real training images; saved.
+    `cfg` picks the model (default: the reference's ResNet-18); `state` adds checkpoint keys."""
     torch.manual_seed(0)
     data = np.load(npz)
     images, labels = data["train_images"][:n], data["train_labels"][:n, 0]
-    cfg = Config()
+    cfg = cfg or Config()
     cfg.data.path, cfg.model.pretrained, cfg.runtime.device = str(npz), "none", "cpu"
-    model = build_model("resnet18", cfg.model.num_classes).eval()
+    m = cfg.model
+    model = build_model(m.arch, m.num_classes, width=m.width, depth=m.depth).eval()
     head, model.fc = model.fc, torch.nn.Identity()
     norm = Normalizer(cfg.data.mean, cfg.data.std, torch.device("cpu"), channels_last=False)
     with torch.no_grad():
@@ -50,7 +54,9 @@ def fit_head_checkpoint(npz: Path, ckpt: Path, n: int = 128) -> None:
         head.weight.copy_(torch.from_numpy(clf.coef_ / sd))
         head.bias.copy_(torch.from_numpy(clf.intercept_ - (clf.coef_ * mu / sd).sum(1)))
     model.fc = head
-    save_checkpoint({"model": model.state_dict(), "config": cfg.to_dict(), "epoch": 0}, ckpt)
+    save_checkpoint(
+        {"model": model.state_dict(), "config": cfg.to_dict(), "epoch": 0, **state}, ckpt
+    )
 
 
 @pytest.fixture(scope="module")

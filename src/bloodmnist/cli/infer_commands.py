@@ -51,7 +51,7 @@ def predict(args: argparse.Namespace) -> int:
         "precision": info.precision,
         "input_size": info.input_size,
         "preprocess": args.preprocess,
-        "tta": args.tta,
+        "tta": args.tta or info.tta_baked is not None,  # a graph exported with --tta: always
         "temperature": info.applied_temperature(args.tta),  # None: the raw softmax
         "class_names": info.class_names,
     }
@@ -74,6 +74,6 @@ def predict(args: argparse.Namespace) -> int:
 def export(args: argparse.Namespace) -> int:
     from bloodmnist.inference.export import export_checkpoint
 
-    result = export_checkpoint(args.model, args.out, args.data, args.parity_images)
+    result = export_checkpoint(args.model, args.out, args.data, args.parity_images, args.tta)
     print(json.dumps(result, indent=2))
     return 0

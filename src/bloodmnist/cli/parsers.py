@@ -134,6 +134,13 @@ def export_parser(sub) -> None:
     p.add_argument("--out", metavar="FILE.onnx", help="new file (default RUN_DIR/model.onnx)")
     p.add_argument("--data", metavar="FILE.npz", help="test images for the parity check")
     p.add_argument("--parity-images", type=int, default=1024, metavar="N")
+    p.add_argument(
+        "--tta",
+        action="store_true",
+        help="put the checkpoint's test-time augmentation (its dihedral eval.tta_mode) into the "
+        "graph: the recipe's published accuracy from the .onnx file, at one forward per view "
+        "(default RUN_DIR/model-tta.onnx)",
+    )
 
 
 def study_parser(sub) -> None:

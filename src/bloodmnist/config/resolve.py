@@ -235,6 +235,10 @@ def validate(cfg: Config) -> None:
         ),
         (cfg.schedule.kind in ("two_phase", "onecycle"), "schedule.kind: two_phase|onecycle"),
         (0 < cfg.schedule.pct_start < 1, "schedule.pct_start must be in (0,1)"),
+        (
+            0 <= cfg.schedule.base_momentum <= cfg.schedule.max_momentum < 1,
+            "schedule.base_momentum <= schedule.max_momentum must lie in [0,1)",
+        ),
         (0 <= cfg.train.ema_decay < 1, "train.ema_decay must be in [0,1)"),
         (cfg.train.select in ("best", "last"), "train.select must be best|last"),
         (

@@ -97,6 +97,12 @@ class ScheduleConfig:
     pct_start: float = 0.25  # onecycle: share of the steps spent warming up
     div_factor: float = 25.0  # onecycle: start LR = optim.lr / div_factor
     final_div_factor: float = 1e4  # onecycle: final LR = start LR / final_div_factor
+    # onecycle: torch's OneCycleLR also moves every group's momentum against the LR, from
+    # max_momentum at the start to base_momentum at the peak LR and back; optim.momentum is then
+    # not used (it is with cycle_momentum false, and under two_phase)
+    cycle_momentum: bool = True
+    base_momentum: float = 0.85
+    max_momentum: float = 0.95
 
 
 @dataclass

@@ -44,7 +44,8 @@ def gaussian_blur3(x: torch.Tensor, sigma: float) -> torch.Tensor:
     lim = (3 - 1) / (2.0 * 2.0**0.5)  # torchvision's sample points: (kernel_size - 1) / (2 sqrt 2)
     taps = torch.linspace(-lim, lim, steps=3, dtype=x.dtype, device=x.device)
     k1 = torch.softmax(taps.div(sigma).pow(2).neg(), dim=0)
-    kernel = (k1.unsqueeze(-1) * k1).expand(x.shape[1], 1, 3, 3)
+    # int(): a constant kernel shape when traced into an ONNX graph (export --tta)
+    kernel = (k1.unsqueeze(-1) * k1).expand(int(x.shape[1]), 1, 3, 3)
     return F.conv2d(F.pad(x, [1, 1, 1, 1], mode="reflect"), kernel, groups=x.shape[1])
 
 
@@ -58,6 +59,17 @@ def seeded_noise(shape: tuple[int, ...], index: torch.Tensor, seed: int) -> torc
     return out
 
 
+def rot90(x: torch.Tensor, k: int) -> torch.Tensor:
+    """torch.rot90(x, k, dims=(2, 3)) written as flips and a transpose, which the ONNX exporter
+    takes (it has no rot90) and which are the same pixel permutation (tested)."""
+    k %= 4
+    if k == 1:
+        return x.flip(3).transpose(2, 3)
+    if k == 2:
+        return x.flip((2, 3))
+    return x.transpose(2, 3).flip(3) if k == 3 else x
+
+
 def dihedral_views() -> list[tuple[str, View]]:
     """The 8 poses of the dihedral group D4: k quarter turns, then the same after an h-flip.
 
@@ -66,7 +78,7 @@ def dihedral_views() -> list[tuple[str, View]]:
     """
 
     def pose(k: int, flip: bool) -> View:
-        return lambda x, i: torch.rot90(x.flip(3) if flip else x, k, dims=(2, 3))
+        return lambda x, i: rot90(x.flip(3) if flip else x, k)
 
     return [
         (f"{'flip-' if f else ''}rot{90 * k}", pose(k, f)) for f in (False, True) for k in range(4)

@@ -21,8 +21,9 @@ META_PREFIX = "bloodmnist."
 INPUT_NAME = "input"
 OUTPUT_NAMES = ("logits", "probs")
 TTA_ONNX_ERROR = (
-    "--tta needs the PyTorch checkpoint (the TTA views are torch ops); pass the .pt "
-    "checkpoint or run folder, or drop --tta for the ONNX model"
+    "--tta needs the PyTorch checkpoint or an ONNX file exported with 'bloodmnist export --tta' "
+    "(this one has no TTA views in its graph); pass the .pt checkpoint or run folder, or drop "
+    "--tta for this ONNX model"
 )
 
 
@@ -42,12 +43,14 @@ class ModelInfo:
     # None: the model has none. `calibrated`: the engine applies them to every output.
     temperature: dict[str, float | None] | None = None
     calibrated: bool = False
+    # An ONNX graph exported with --tta: its TTA mode; every output is the views' mean then.
+    tta_baked: str | None = None
 
     def applied_temperature(self, tta: bool = False) -> float | None:
         """The temperature `probs(..., tta)` applies, or None when it returns the raw softmax."""
         if not self.calibrated or not self.temperature:
             return None
-        return self.temperature.get("tta" if tta else "plain")
+        return self.temperature.get("tta" if tta or self.tta_baked else "plain")
 
 
 class Engine(Protocol):
@@ -59,8 +62,6 @@ class Engine(Protocol):
 
 class OnnxEngine:
     """An exported model run by ONNX Runtime on CPU; settings come from its embedded metadata."""
-
-    supports_tta = False  # the TTA views are torch ops; refused with a clear error
 
     def __init__(self, path: str | Path, threads: int = 0, calibrated: bool = True):
         import onnxruntime as ort
@@ -78,6 +79,8 @@ class OnnxEngine:
             raise InferenceError(f"cannot load ONNX model {self.path}: {reason}") from None
         self.info = self._read_info()
         self.info.calibrated = calibrated and self.info.temperature is not None
+        # only a graph exported with --tta holds the views; a plain one refuses --tta
+        self.supports_tta = self.info.tta_baked is not None
 
     def _read_info(self) -> ModelInfo:
         meta = self.session.get_modelmeta().custom_metadata_map
@@ -92,14 +95,19 @@ class OnnxEngine:
                 "'bloodmnist export CHECKPOINT --format onnx'"
             ) from None
         extra = {k[len(META_PREFIX) :]: v for k, v in meta.items() if k.startswith(META_PREFIX)}
+        baked = extra.get("tta_mode")
         temperature = None
         if META_PREFIX + "temperature" in meta:  # the graph's probs output is divided by it
-            temperature = {"plain": float(meta[META_PREFIX + "temperature"]), "tta": None}
-        return ModelInfo(names, size, mean, std, str(self.path), "onnx", extra, "fp32", temperature)
+            t = float(meta[META_PREFIX + "temperature"])
+            temperature = {"plain": None, "tta": t} if baked else {"plain": t, "tta": None}
+        info = ModelInfo(names, size, mean, std, str(self.path), "onnx", extra, "fp32", temperature)
+        info.tta_baked = baked
+        return info
 
     def probs(self, images: np.ndarray, tta: bool = False) -> np.ndarray:
-        """Softmax probabilities for (N, size, size, 3) uint8 images."""
-        if tta:
+        """Softmax probabilities for (N, size, size, 3) uint8 images; a graph exported with
+        --tta averages its views whatever `tta` says (the views are the model)."""
+        if tta and not self.supports_tta:
             raise InferenceError(TTA_ONNX_ERROR)
         x = normalize(images, self.info.mean, self.info.std)
         if self.info.temperature is not None and not self.info.calibrated:

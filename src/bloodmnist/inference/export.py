@@ -30,9 +30,11 @@ from bloodmnist.config import Config
 from bloodmnist.data.download import file_sha256
 from bloodmnist.data.loader import Normalizer, to_tensor
 from bloodmnist.data.source import load_data
+from bloodmnist.evaluation.predict import tta_views
 from bloodmnist.inference.engines import INPUT_NAME, META_PREFIX, OUTPUT_NAMES, OnnxEngine
 from bloodmnist.inference.inputs import InferenceError, resolve_model
 from bloodmnist.inference.preprocess import normalize
+from bloodmnist.inference.tta_graph import TTAGraph, check_exportable, reference_tta_probs
 from bloodmnist.model import model_from_config
 from bloodmnist.runtime import setup_runtime
 from bloodmnist.training.checkpoint import checkpoint_config, load_checkpoint, load_model_weights
@@ -43,6 +45,12 @@ PREPROCESSING = (
     "RGB uint8 HxW -> auto: BloodMNIST recipe (centre square crop of round(short side x 200/360), "
     "PIL bilinear resize to input_size, JPEG q75 round trip) when the short side > 2 x input_size, "
     "else bilinear resize; then x/255, (x - mean)/std, NCHW float32"
+)
+
+
+TTA_OUTPUTS = (
+    "; TTA inside: logits = log of the mean of the views' softmax, probs = its softmax at the "
+    "TTA temperature"
 )
 
 
@@ -85,9 +93,14 @@ def export_graph(
     size: int,
     opset: int = EXPORT_OPSET,
     temperature: float | None = None,
+    tta: Config | None = None,
 ) -> None:
-    """fp32 graph with a dynamic batch axis: input (N,3,size,size) -> logits, probs (N,C)."""
-    wrapped = _LogitsAndProbs(model, temperature).eval()
+    """fp32 graph with a dynamic batch axis: input (N,3,size,size) -> logits, probs (N,C);
+    with `tta` (a checkpoint's config), the views of its `eval.tta_mode` averaged inside."""
+    if tta is not None:
+        wrapped: nn.Module = TTAGraph(model, tta, temperature).eval()
+    else:
+        wrapped = _LogitsAndProbs(model, temperature).eval()
     dummy = torch.zeros(2, 3, size, size)
     batch = {0: "batch"}
     with warnings.catch_warnings():
@@ -116,17 +129,20 @@ def embed_metadata(path: Path, meta: dict[str, str]) -> None:
         full = META_PREFIX + key
         prop = existing.get(full) or proto.metadata_props.add()
         prop.key, prop.value = full, value
-    proto.doc_string = "bloodmnist adapted ResNet-18; see metadata bloodmnist.*"
+    proto.doc_string = "bloodmnist classifier; see metadata bloodmnist.*"
     onnx.save(proto, str(path))
 
 
-def model_metadata(cfg: Config, ckpt: Path, state: dict) -> dict[str, str]:
+def model_metadata(cfg: Config, ckpt: Path, state: dict, tta: bool = False) -> dict[str, str]:
+    t = graph_temperature(state, tta)
+    views = {"tta_mode": cfg.eval.tta_mode, "tta_views": str(len(tta_views(cfg.eval)))}
     return {
         "class_names": json.dumps(list(cfg.model.names())),
         "input_size": str(cfg.data.size),
         "mean": json.dumps(list(cfg.data.mean)),
         "std": json.dumps(list(cfg.data.std)),
-        "input": "float32 NCHW RGB, (pixel/255 - mean)/std; outputs logits and probs (N, C)",
+        "input": "float32 NCHW RGB, (pixel/255 - mean)/std; outputs logits and probs (N, C)"
+        + (TTA_OUTPUTS if tta else ""),
         "preprocessing": PREPROCESSING,
         "source_checkpoint": ckpt.name,
         "source_checkpoint_sha256": file_sha256(ckpt),
@@ -135,13 +151,15 @@ def model_metadata(cfg: Config, ckpt: Path, state: dict) -> dict[str, str]:
         "bloodmnist_version": __version__,
         "torch_version": torch.__version__,
         "opset": str(EXPORT_OPSET),
-        **({"temperature": str(float(t))} if (t := plain_temperature(state)) is not None else {}),
+        **({"temperature": str(float(t))} if t is not None else {}),
+        **(views if tta else {}),
     }
 
 
-def plain_temperature(state: dict) -> float | None:
-    """The checkpoint's validation-fitted temperature for one view (the graph has no TTA)."""
-    return (state.get("temperature") or {}).get("plain")
+def graph_temperature(state: dict, tta: bool = False) -> float | None:
+    """The checkpoint's validation-fitted temperature for the graph: the one-view T, or with
+    `tta` the T fitted on the mean of the TTA views."""
+    return (state.get("temperature") or {}).get("tta" if tta else "plain")
 
 
 def _torch_outputs(model: nn.Module, images: np.ndarray, cfg: Config, batch: int) -> np.ndarray:
@@ -156,6 +174,17 @@ def _torch_outputs(model: nn.Module, images: np.ndarray, cfg: Config, batch: int
     return np.concatenate(chunks)
 
 
+def _reference(
+    model: nn.Module, images: np.ndarray, cfg: Config, batch: int, tta: bool
+) -> np.ndarray:
+    """The logits the graph must reproduce, float64: the model's, or with `tta` the log of the
+    mean of the views' softmax as `evaluate` computes it."""
+    if not tta:
+        return _torch_outputs(model, images, cfg, batch).astype(np.float64)
+    probs = reference_tta_probs(model, images, cfg).astype(np.float64)
+    return np.log(np.maximum(probs, np.finfo(np.float32).tiny))
+
+
 def _softmax(logits: np.ndarray) -> np.ndarray:
     e = np.exp(logits - logits.max(axis=1, keepdims=True))
     return e / e.sum(axis=1, keepdims=True)
@@ -168,11 +197,13 @@ def check_parity(
     cfg: Config,
     batch: int = 256,
     temperature: float | None = None,
+    tta: bool = False,
 ) -> Parity:
     """PyTorch fp32 vs ONNX Runtime on the same uint8 images; ORT reads mean/std from the file.
-    The reference probabilities are softmax(logits / T) where the graph bakes a temperature in."""
-    ref_logits = _torch_outputs(model, images, cfg, batch)
-    ref = _softmax(ref_logits.astype(np.float64) / (temperature or 1.0))
+    The reference probabilities are softmax(logits / T) where the graph bakes a temperature in
+    (for `tta`, `calibrate` of the views' mean: the same formula)."""
+    ref_logits = _reference(model, images, cfg, batch, tta)
+    ref = _softmax(ref_logits / (temperature or 1.0))
     engine = OnnxEngine(onnx_path)
     logits, probs = [], []
     for i in range(0, len(images), batch):
@@ -190,9 +221,13 @@ def check_parity(
     )
 
 
-def default_out(target: Path, ckpt: Path) -> Path:
-    """RUN_DIR/model.onnx for a run folder, else the checkpoint's name with .onnx."""
-    return target / "model.onnx" if target.is_dir() else ckpt.with_suffix(".onnx")
+def default_out(target: Path, ckpt: Path, tta: bool = False) -> Path:
+    """RUN_DIR/model.onnx for a run folder, else the checkpoint's name with .onnx (model-tta,
+    NAME-tta with `tta`)."""
+    tag = "-tta" if tta else ""
+    return (
+        target / f"model{tag}.onnx" if target.is_dir() else ckpt.with_name(f"{ckpt.stem}{tag}.onnx")
+    )
 
 
 def _check_out(out: Path) -> None:
@@ -209,17 +244,21 @@ def export_checkpoint(
     out: str | Path | None = None,
     data: str | None = None,
     parity_images: int = 1024,
+    tta: bool = False,
 ) -> dict:
-    """Export, verify parity on real test images, then atomically write the .onnx file."""
+    """Export, verify parity on real test images, then atomically write the .onnx file; `tta`
+    puts the checkpoint's test-time augmentation into the graph."""
     t0 = time.perf_counter()
     target = Path(target).expanduser()
     ckpt = resolve_model(target)
-    out_path = Path(out).expanduser() if out else default_out(target, ckpt)
+    out_path = Path(out).expanduser() if out else default_out(target, ckpt, tta)
     _check_out(out_path)
     if parity_images < 1:
         raise ExportError("--parity-images must be >= 1")
     state = load_checkpoint(ckpt)
     cfg = checkpoint_config(state)
+    if tta:
+        check_exportable(cfg.eval)
     model = model_from_config(cfg)
     load_model_weights(model, state, ckpt)
     model = model.float().eval()
@@ -229,11 +268,11 @@ def export_checkpoint(
     images = dataset.test.images[:parity_images]
     tmp = temp_path(out_path)
     try:
-        meta = model_metadata(cfg, ckpt, state)
-        temperature = plain_temperature(state)
-        export_graph(model, tmp, cfg.data.size, temperature=temperature)
+        meta = model_metadata(cfg, ckpt, state, tta)
+        temperature = graph_temperature(state, tta)
+        export_graph(model, tmp, cfg.data.size, temperature=temperature, tta=cfg if tta else None)
         embed_metadata(tmp, meta)
-        parity = check_parity(model, tmp, images, cfg, temperature=temperature)
+        parity = check_parity(model, tmp, images, cfg, temperature=temperature, tta=tta)
         if not parity.passed:
             raise ExportError(
                 f"ONNX parity check failed on {parity.n} test images: max |dprob| "
@@ -251,6 +290,7 @@ def export_checkpoint(
         "checkpoint_sha256": meta["source_checkpoint_sha256"],
         "opset": EXPORT_OPSET,
         "temperature": temperature,
+        "tta_mode": cfg.eval.tta_mode if tta else None,
         "parity": record,
         "seconds": round(time.perf_counter() - t0, 1),
     }

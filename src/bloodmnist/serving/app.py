@@ -111,7 +111,9 @@ async def _classify(
     if top_k > len(names):
         raise RequestError(422, f"top_k must be between 1 and {len(names)}")
     if tta and not service.engine.supports_tta:
-        raise RequestError(422, "tta=true needs a PyTorch model; this server runs ONNX")
+        raise RequestError(
+            422, "tta=true needs a PyTorch model or an ONNX file exported with --tta"
+        )
     wanted = resolve_target(target, names)
     uploads = [Upload(f.filename or "upload", f.content_type, await f.read()) for f in files]
     check_uploads(uploads, limits)
@@ -126,7 +128,7 @@ async def _classify(
         temperature = service.engine.info.applied_temperature(tta)  # None: the raw softmax
         return {
             "model": service.sha256[:12],
-            "tta": tta,
+            "tta": tta or service.engine.info.tta_baked is not None,  # a --tta graph: always
             "temperature": temperature,
             "results": rows,
         }

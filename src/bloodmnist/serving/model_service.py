@@ -89,6 +89,8 @@ class ModelService:
             "file": self.path.name,
             "sha256": self.sha256,
             "tta": bool(self.engine.supports_tta),
+            # an ONNX graph exported with --tta: its views answer every request
+            "tta_baked": info.tta_baked,
             # the temperatures the served probabilities use (None: the raw softmax)
             "temperature": {
                 "plain": info.applied_temperature(False),

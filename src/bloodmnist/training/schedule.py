@@ -68,6 +68,9 @@ class OneCycleSchedule:
             pct_start=cfg.pct_start,
             div_factor=cfg.div_factor,
             final_div_factor=cfg.final_div_factor,
+            cycle_momentum=cfg.cycle_momentum,
+            base_momentum=cfg.base_momentum,
+            max_momentum=cfg.max_momentum,
         )
 
     def step(self, epoch: int, val_acc: float) -> None:
