@@ -16,6 +16,7 @@ import argparse
 import datetime
 import json
 import platform
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -42,8 +43,9 @@ def score(engine: OnnxEngine, images: np.ndarray, labels: np.ndarray, batch: int
     }
 
 
-def one_run(run: Path, split: str, threads: int, batch: int, folder: Path) -> dict:
-    """Export both graphs of one run into `folder` and score them on `split`."""
+def one_run(run: Path, args: argparse.Namespace, folder: Path) -> dict:
+    """Export both graphs of one run into `folder` and score them on `args.split`."""
+    split, threads, batch, parity = args.split, args.threads, args.batch, args.parity_images
     cfg = checkpoint_config(load_checkpoint(run / "checkpoints" / "best.pt"))
     data, _ = load_data(cfg.data.path, cfg.data.size, cfg.model.num_classes, None, progress=False)
     part = data.split(split)
@@ -52,8 +54,9 @@ def one_run(run: Path, split: str, threads: int, batch: int, folder: Path) -> di
     row: dict = {"run": str(run), "tta_mode": cfg.eval.tta_mode, "split": split}
     for name, tta in (("plain", False), ("tta", True)):
         out = folder / f"{run.name}-{name}.onnx"
-        export_checkpoint(run, out, parity_images=256, tta=tta)
+        report = export_checkpoint(run, out, parity_images=parity, tta=tta)
         row[name] = score(OnnxEngine(out, threads=threads), part.images, labels, batch)
+        row[name]["parity"] = report["parity"]
         row[name]["file_mb"] = round(out.stat().st_size / 2**20, 2)
     key = "test_acc" if split == "test" else "val_acc"
     row["run_acc"], row["run_acc_tta"] = summary.get(key), summary.get(f"{key}_tta")
@@ -67,19 +70,20 @@ def main() -> None:
     p.add_argument("--split", choices=["val", "test"], default="test")
     p.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads (0: all)")
     p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--parity-images", type=int, default=1024, help="export's parity check")
     p.add_argument("--json", help="also write the results here")
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        rows = [one_run(r, args.split, args.threads, args.batch, Path(tmp)) for r in args.runs]
+        rows = [one_run(r, args, Path(tmp)) for r in args.runs]
     for r in rows:
         ratio = r["plain"]["img_per_s"] / r["tta"]["img_per_s"]
         print(
-            f"{r['run']}: ONNX plain {r['plain']['acc']:.4f} (run {r['run_acc']:.4f}), "
-            f"ONNX TTA {r['tta']['acc']:.4f} (run {r['run_acc_tta']:.4f}); "
+            f"{r['run']}: ONNX plain {r['plain']['acc']:.4f} (run {r['run_acc']}), "
+            f"ONNX TTA {r['tta']['acc']:.4f} (run {r['run_acc_tta']}); "
             f"{r['plain']['img_per_s']:.0f} vs {r['tta']['img_per_s']:.0f} img/s ({ratio:.1f}x)"
         )
     record = {
-        "command": "python benchmarks/onnx_tta.py " + " ".join(map(str, args.runs)),
+        "command": "python benchmarks/onnx_tta.py " + " ".join(sys.argv[1:]),
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "machine": host_info(setup_runtime("cpu", "fp32")) | {"python": platform.python_version()},
         "threads": args.threads,

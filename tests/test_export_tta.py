@@ -63,24 +63,30 @@ def test_tta_graph_passes_parity_and_records_its_views(exported: tuple[Path, dic
     assert parity["max_abs_diff_prob"] <= 1e-4
     meta = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
     assert meta["bloodmnist.tta_mode"] == "dihedral24" and meta["bloodmnist.tta_views"] == "24"
-    assert float(meta["bloodmnist.temperature"]) == TEMPS["tta"]
+    # T_tta under its own key: a reader that predates --tta finds no (wrong) one-view T
+    assert float(meta["bloodmnist.temperature_tta"]) == TEMPS["tta"]
+    assert "bloodmnist.temperature" not in meta
     assert "TTA inside" in meta["bloodmnist.input"]
+    assert "temperature_tta" in meta["bloodmnist.input"]
 
 
 def test_tta_graph_equals_the_torch_engines_tta(exported, ckpt: Path, shared_data: Path) -> None:
     out, _ = exported
     images = np.load(shared_data)["val_images"][:96]
     torch_engine = TorchEngine(ckpt, device="cpu", precision="fp32")
-    want, plain = torch_engine.probs(images, tta=True), torch_engine.probs(images)
+    want = torch_engine.probs(images, tta=True)
+    raw_engine = TorchEngine(ckpt, device="cpu", precision="fp32", calibrated=False)
+    raw_want, raw_plain = raw_engine.probs(images, tta=True), raw_engine.probs(images)
     engine = OnnxEngine(out, threads=1)
     assert engine.supports_tta and engine.info.tta_baked == "dihedral24"
     assert engine.info.applied_temperature(False) == TEMPS["tta"]
     for tta in (False, True):  # the views are the model: the flag changes nothing
         got = engine.probs(images, tta=tta)
         assert np.abs(got - want).max() <= 1e-4
-    assert np.abs(want - plain).max() > 1e-2  # the views did change the answer
-    raw = OnnxEngine(out, threads=1, calibrated=False).probs(images)
-    assert np.abs(raw.sum(1) - 1).max() < 1e-5 and np.abs(raw - want).max() > 1e-3
+    assert np.abs(raw_want - raw_plain).max() > 1e-2  # the views do change the answer
+    raw = OnnxEngine(out, threads=1, calibrated=False)  # softmax(logits): the views' raw mean
+    assert raw.info.applied_temperature(True) is None
+    assert np.abs(raw.probs(images) - raw_want).max() <= 1e-4
 
 
 def test_predict_and_serve_use_the_tta_graph(exported, tmp_path: Path) -> None:
@@ -88,24 +94,27 @@ def test_predict_and_serve_use_the_tta_graph(exported, tmp_path: Path) -> None:
         pytest.skip(f"raw sample images not found at {PBC}")
     out, _ = exported
     rows = {}
-    for flags in ([], ["--tta"]):
-        dest = tmp_path / f"p{len(flags)}.json"
+    for flags in ([], ["--tta"], ["--uncalibrated"]):
+        dest = tmp_path / f"p{len(rows)}.json"
         result = run_cli(["predict", str(out), str(PBC), "--out", str(dest), *flags], cwd=tmp_path)
         assert result.returncode == 0, describe(result)
         doc = json.loads(dest.read_text())
-        assert doc["tta"] is True and doc["temperature"] == TEMPS["tta"]
-        rows[len(flags)] = {r["path"]: r["probs"] for r in doc["results"]}
-    assert rows[0] == rows[1] and len(rows[0]) == 128
+        t = None if flags == ["--uncalibrated"] else TEMPS["tta"]
+        assert doc["tta"] is True and doc["temperature"] == t, flags
+        rows[len(rows)] = {r["path"]: r["probs"] for r in doc["results"]}
+    assert rows[0] == rows[1] and len(rows[0]) == 128 and rows[2] != rows[0]
     with server(out, log=tmp_path / "serve.log") as url:
         info = requests.get(url + "/v1/model", timeout=10).json()
         assert info["tta"] is True and info["tta_baked"] == "dihedral24"
+        assert info["temperature"] == {"plain": TEMPS["tta"], "tta": TEMPS["tta"]}
         files = pbc_files()[:8]
-        answer = post_files(url, files)
-        assert answer["tta"] is True and answer["temperature"] == TEMPS["tta"]
-        assert [r["file"] for r in answer["results"]] == [p.name for p in files]
-        for path, row in zip(files, answer["results"], strict=True):
-            want = rows[0][str(path)]
-            assert max(abs(row["probs"][k] - want[k]) for k in want) <= 1e-5
+        for params in ({}, {"tta": "true"}):
+            answer = post_files(url, files, **params)
+            assert answer["tta"] is True and answer["temperature"] == TEMPS["tta"]
+            assert [r["file"] for r in answer["results"]] == [p.name for p in files]
+            for path, row in zip(files, answer["results"], strict=True):
+                want = rows[0][str(path)]
+                assert max(abs(row["probs"][k] - want[k]) for k in want) <= 1e-5
 
 
 def test_reference_views_are_refused_and_nothing_is_written(shared_data, tmp_path) -> None:
@@ -122,3 +131,34 @@ def test_default_names_for_a_checkpoint_file() -> None:
     ckpt = Path("/r/checkpoints/best.pt")  # a run folder gives RUN/model-tta.onnx (`exported`)
     assert default_out(ckpt, ckpt, tta=True) == Path("/r/checkpoints/best-tta.onnx")
     assert default_out(ckpt, ckpt) == Path("/r/checkpoints/best.onnx")
+
+
+def test_page_shows_the_views_inside_the_model(exported, tmp_path: Path) -> None:
+    """The page ticks and locks the TTA box, names the mode and quotes the run's TTA accuracy
+    (the accuracy this file delivers), then classifies an upload."""
+    if not PBC.is_dir():
+        pytest.skip(f"raw sample images not found at {PBC}")
+    from selenium.webdriver.common.by import By
+
+    from test_serve_page import start_browser, wait_for
+
+    out, _ = exported
+    (out.parent / "summary.json").write_text(json.dumps({"test_acc": 0.5, "test_acc_tta": 0.75}))
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    with server(out, log=tmp_path / "serve.log") as url:
+        driver = start_browser(tmp_path / "profile", downloads)
+        try:
+            driver.get(url + "/")
+            info = driver.find_element(By.ID, "model-info")
+            wait_for(lambda: info.text.startswith("Model model-tta.onnx"), what="model info")
+            assert "test accuracy 75.0%" in info.text, info.text
+            box = driver.find_element(By.ID, "tta")
+            assert box.is_selected() and not box.is_enabled()
+            assert "inside the model: dihedral24" in driver.find_element(By.ID, "tta-note").text
+            driver.find_element(By.ID, "files").send_keys(str(pbc_files()[0]))
+            status = driver.find_element(By.ID, "status")
+            wait_for(lambda: status.text.startswith("Done"), what="results")
+            assert status.text == "Done: 1 of 1 images classified."
+        finally:
+            driver.quit()

@@ -43,12 +43,12 @@ def atomic_open(
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
-        _publish(tmp, path) if exclusive else os.replace(tmp, path)
+        publish_new(tmp, path) if exclusive else os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
 
 
-def _publish(tmp: Path, path: Path) -> None:
+def publish_new(tmp: Path, path: Path) -> None:
     """Give `tmp` the name `path` unless that name exists (FileExistsError)."""
     try:
         os.link(tmp, path)  # atomic, and fails where `path` exists

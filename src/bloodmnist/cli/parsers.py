@@ -106,7 +106,10 @@ def predict_parser(sub) -> None:
         "--out", metavar="FILE.csv|FILE.json", help="new results file (default: CSV on stdout)"
     )
     p.add_argument(
-        "--tta", action="store_true", help="average the model's TTA views (PyTorch models)"
+        "--tta",
+        action="store_true",
+        help="average the model's TTA views (PyTorch models; an .onnx exported with --tta "
+        "always does)",
     )
     p.add_argument(
         "--uncalibrated",
@@ -131,7 +134,9 @@ def export_parser(sub) -> None:
     p = sub.add_parser("export", help="export a checkpoint to ONNX after a parity check")
     p.add_argument("model", metavar="RUN_DIR_OR_CHECKPOINT")
     p.add_argument("--format", choices=["onnx"], default="onnx")
-    p.add_argument("--out", metavar="FILE.onnx", help="new file (default RUN_DIR/model.onnx)")
+    p.add_argument(
+        "--out", metavar="FILE.onnx", help="new file (default RUN_DIR/model.onnx, model-tta.onnx)"
+    )
     p.add_argument("--data", metavar="FILE.npz", help="test images for the parity check")
     p.add_argument("--parity-images", type=int, default=1024, metavar="N")
     p.add_argument(

@@ -81,9 +81,11 @@ def serve(args: argparse.Namespace) -> int:
 
 
 def _calibration_note(info: ModelInfo) -> str:
-    """', probabilities at T=0.49' where a validation-fitted temperature is applied."""
+    """', probabilities at T=0.49' where a validation-fitted temperature is applied, and the
+    TTA mode inside an ONNX graph exported with --tta."""
     t = info.applied_temperature(False)
-    return f", probabilities at T={t:.3g}" if t is not None else ""
+    baked = f", TTA inside ({info.tta_baked})" if info.tta_baked else ""
+    return baked + (f", probabilities at T={t:.3g}" if t is not None else "")
 
 
 def _out_names(paths: list[Path], out: Path) -> list[Path]:

@@ -95,14 +95,25 @@ class OnnxEngine:
                 "'bloodmnist export CHECKPOINT --format onnx'"
             ) from None
         extra = {k[len(META_PREFIX) :]: v for k, v in meta.items() if k.startswith(META_PREFIX)}
-        baked = extra.get("tta_mode")
+        baked = extra.get("tta_mode")  # an `export --tta` graph
         temperature = None
-        if META_PREFIX + "temperature" in meta:  # the graph's probs output is divided by it
-            t = float(meta[META_PREFIX + "temperature"])
-            temperature = {"plain": None, "tta": t} if baked else {"plain": t, "tta": None}
-        info = ModelInfo(names, size, mean, std, str(self.path), "onnx", extra, "fp32", temperature)
-        info.tta_baked = baked
-        return info
+        # the graph's probs output is divided by it (the one-view T, or T_tta in a --tta graph)
+        if (t := extra.get("temperature_tta" if baked else "temperature")) is not None:
+            temperature = (
+                {"plain": None, "tta": float(t)} if baked else {"plain": float(t), "tta": None}
+            )
+        return ModelInfo(
+            names,
+            size,
+            mean,
+            std,
+            str(self.path),
+            "onnx",
+            extra,
+            "fp32",
+            temperature,
+            tta_baked=baked,
+        )
 
     def probs(self, images: np.ndarray, tta: bool = False) -> np.ndarray:
         """Softmax probabilities for (N, size, size, 3) uint8 images; a graph exported with

@@ -14,10 +14,9 @@ current onnxruntime release runs the file.
 from __future__ import annotations
 
 import json
-import os
 import time
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -25,18 +24,19 @@ import torch
 from torch import nn
 
 from bloodmnist import __version__
-from bloodmnist.atomic import temp_path
+from bloodmnist.atomic import publish_new, temp_path
 from bloodmnist.config import Config
 from bloodmnist.data.download import file_sha256
-from bloodmnist.data.loader import Normalizer, to_tensor
 from bloodmnist.data.source import load_data
-from bloodmnist.evaluation.predict import tta_views
-from bloodmnist.inference.engines import INPUT_NAME, META_PREFIX, OUTPUT_NAMES, OnnxEngine
+from bloodmnist.inference.engines import INPUT_NAME, META_PREFIX, OUTPUT_NAMES
 from bloodmnist.inference.inputs import InferenceError, resolve_model
-from bloodmnist.inference.preprocess import normalize
-from bloodmnist.inference.tta_graph import TTAGraph, check_exportable, reference_tta_probs
+from bloodmnist.inference.parity import Parity, check_parity
+from bloodmnist.inference.tta_graph import (
+    TTAGraph,
+    check_exportable,
+    tta_metadata,
+)
 from bloodmnist.model import model_from_config
-from bloodmnist.runtime import setup_runtime
 from bloodmnist.training.checkpoint import checkpoint_config, load_checkpoint, load_model_weights
 
 EXPORT_OPSET = 20
@@ -48,27 +48,8 @@ PREPROCESSING = (
 )
 
 
-TTA_OUTPUTS = (
-    "; TTA inside: logits = log of the mean of the views' softmax, probs = its softmax at the "
-    "TTA temperature"
-)
-
-
 class ExportError(InferenceError):
     """The export failed or did not prove parity; nothing was written."""
-
-
-@dataclass
-class Parity:
-    n: int
-    max_abs_diff_prob: float
-    max_abs_diff_logit: float
-    argmax_agree: int
-    tolerance: float
-
-    @property
-    def passed(self) -> bool:
-        return self.max_abs_diff_prob <= self.tolerance and self.argmax_agree == self.n
 
 
 class _LogitsAndProbs(nn.Module):
@@ -93,12 +74,12 @@ def export_graph(
     size: int,
     opset: int = EXPORT_OPSET,
     temperature: float | None = None,
-    tta: Config | None = None,
+    tta_cfg: Config | None = None,
 ) -> None:
     """fp32 graph with a dynamic batch axis: input (N,3,size,size) -> logits, probs (N,C);
-    with `tta` (a checkpoint's config), the views of its `eval.tta_mode` averaged inside."""
-    if tta is not None:
-        wrapped: nn.Module = TTAGraph(model, tta, temperature).eval()
+    with `tta_cfg` (a checkpoint's config), the views of its `eval.tta_mode` averaged inside."""
+    if tta_cfg is not None:
+        wrapped: nn.Module = TTAGraph(model, tta_cfg, temperature).eval()
     else:
         wrapped = _LogitsAndProbs(model, temperature).eval()
     dummy = torch.zeros(2, 3, size, size)
@@ -134,15 +115,16 @@ def embed_metadata(path: Path, meta: dict[str, str]) -> None:
 
 
 def model_metadata(cfg: Config, ckpt: Path, state: dict, tta: bool = False) -> dict[str, str]:
+    """The `bloodmnist.*` keys; a --tta graph's temperature is `temperature_tta` (a reader that
+    predates --tta then finds no one-view T rather than a wrong one)."""
     t = graph_temperature(state, tta)
-    views = {"tta_mode": cfg.eval.tta_mode, "tta_views": str(len(tta_views(cfg.eval)))}
+    input_text = "float32 NCHW RGB, (pixel/255 - mean)/std; outputs logits and probs (N, C)"
     return {
         "class_names": json.dumps(list(cfg.model.names())),
         "input_size": str(cfg.data.size),
         "mean": json.dumps(list(cfg.data.mean)),
         "std": json.dumps(list(cfg.data.std)),
-        "input": "float32 NCHW RGB, (pixel/255 - mean)/std; outputs logits and probs (N, C)"
-        + (TTA_OUTPUTS if tta else ""),
+        "input": input_text,
         "preprocessing": PREPROCESSING,
         "source_checkpoint": ckpt.name,
         "source_checkpoint_sha256": file_sha256(ckpt),
@@ -151,8 +133,8 @@ def model_metadata(cfg: Config, ckpt: Path, state: dict, tta: bool = False) -> d
         "bloodmnist_version": __version__,
         "torch_version": torch.__version__,
         "opset": str(EXPORT_OPSET),
-        **({"temperature": str(float(t))} if t is not None else {}),
-        **(views if tta else {}),
+        **(tta_metadata(cfg, t, input_text) if tta else {}),
+        **({"temperature": str(float(t))} if t is not None and not tta else {}),
     }
 
 
@@ -160,65 +142,6 @@ def graph_temperature(state: dict, tta: bool = False) -> float | None:
     """The checkpoint's validation-fitted temperature for the graph: the one-view T, or with
     `tta` the T fitted on the mean of the TTA views."""
     return (state.get("temperature") or {}).get("tta" if tta else "plain")
-
-
-def _torch_outputs(model: nn.Module, images: np.ndarray, cfg: Config, batch: int) -> np.ndarray:
-    """Reference fp32 logits on the CPU, normalised exactly as training and evaluation do."""
-    rt = setup_runtime("cpu", "fp32")
-    norm = Normalizer(cfg.data.mean, cfg.data.std, rt.device, channels_last=False)
-    with torch.no_grad():
-        chunks = [
-            model(norm(to_tensor(images[i : i + batch], rt.device))).numpy()
-            for i in range(0, len(images), batch)
-        ]
-    return np.concatenate(chunks)
-
-
-def _reference(
-    model: nn.Module, images: np.ndarray, cfg: Config, batch: int, tta: bool
-) -> np.ndarray:
-    """The logits the graph must reproduce, float64: the model's, or with `tta` the log of the
-    mean of the views' softmax as `evaluate` computes it."""
-    if not tta:
-        return _torch_outputs(model, images, cfg, batch).astype(np.float64)
-    probs = reference_tta_probs(model, images, cfg).astype(np.float64)
-    return np.log(np.maximum(probs, np.finfo(np.float32).tiny))
-
-
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    e = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
-
-
-def check_parity(
-    model: nn.Module,
-    onnx_path: Path,
-    images: np.ndarray,
-    cfg: Config,
-    batch: int = 256,
-    temperature: float | None = None,
-    tta: bool = False,
-) -> Parity:
-    """PyTorch fp32 vs ONNX Runtime on the same uint8 images; ORT reads mean/std from the file.
-    The reference probabilities are softmax(logits / T) where the graph bakes a temperature in
-    (for `tta`, `calibrate` of the views' mean: the same formula)."""
-    ref_logits = _reference(model, images, cfg, batch, tta)
-    ref = _softmax(ref_logits / (temperature or 1.0))
-    engine = OnnxEngine(onnx_path)
-    logits, probs = [], []
-    for i in range(0, len(images), batch):
-        x = normalize(images[i : i + batch], engine.info.mean, engine.info.std)
-        out_logits, out_probs = engine.session.run(list(OUTPUT_NAMES), {INPUT_NAME: x})
-        logits.append(out_logits)
-        probs.append(out_probs)
-    got_logits, got = np.concatenate(logits), np.concatenate(probs)
-    return Parity(
-        n=len(images),
-        max_abs_diff_prob=float(np.abs(ref - got).max()),
-        max_abs_diff_logit=float(np.abs(ref_logits - got_logits).max()),
-        argmax_agree=int((ref.argmax(1) == got.argmax(1)).sum()),
-        tolerance=PARITY_TOL,
-    )
 
 
 def default_out(target: Path, ckpt: Path, tta: bool = False) -> Path:
@@ -237,6 +160,28 @@ def _check_out(out: Path) -> None:
         raise ExportError(f"--out {out} already exists; choose a new file name")
     if not out.parent.is_dir():
         raise ExportError(f"--out {out}: folder {out.parent} does not exist")
+
+
+def _write_and_check(
+    model: nn.Module,
+    cfg: Config,
+    tmp: Path,
+    meta: dict[str, str],
+    images: np.ndarray,
+    temperature: float | None,
+    tta: bool,
+) -> Parity:
+    """Write the graph with its metadata to `tmp` and measure parity; an exporter or checker
+    failure becomes one error line (the caller removes `tmp`)."""
+    try:
+        export_graph(
+            model, tmp, cfg.data.size, temperature=temperature, tta_cfg=cfg if tta else None
+        )
+        embed_metadata(tmp, meta)
+    except Exception as exc:  # noqa: BLE001 - torch.onnx / onnx.checker raise many types
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        raise ExportError(f"ONNX export failed: {reason}") from exc
+    return check_parity(model, tmp, images, cfg, temperature, tta, PARITY_TOL)
 
 
 def export_checkpoint(
@@ -266,13 +211,11 @@ def export_checkpoint(
         data or cfg.data.path, cfg.data.size, cfg.model.num_classes, None, progress=False
     )
     images = dataset.test.images[:parity_images]
+    meta = model_metadata(cfg, ckpt, state, tta)
+    temperature = graph_temperature(state, tta)
     tmp = temp_path(out_path)
     try:
-        meta = model_metadata(cfg, ckpt, state, tta)
-        temperature = graph_temperature(state, tta)
-        export_graph(model, tmp, cfg.data.size, temperature=temperature, tta=cfg if tta else None)
-        embed_metadata(tmp, meta)
-        parity = check_parity(model, tmp, images, cfg, temperature=temperature, tta=tta)
+        parity = _write_and_check(model, cfg, tmp, meta, images, temperature, tta)
         if not parity.passed:
             raise ExportError(
                 f"ONNX parity check failed on {parity.n} test images: max |dprob| "
@@ -281,7 +224,12 @@ def export_checkpoint(
             )
         record = {**asdict(parity), "data": info.path, "split": "test"}
         embed_metadata(tmp, {"parity": json.dumps(record)})
-        os.replace(tmp, out_path)
+        try:  # never replaces: a file made at --out during the export stays as it is
+            publish_new(tmp, out_path)
+        except FileExistsError:
+            raise ExportError(
+                f"--out {out_path} appeared during the export; not replaced"
+            ) from None
     finally:
         tmp.unlink(missing_ok=True)
     return {

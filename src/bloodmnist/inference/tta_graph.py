@@ -20,10 +20,12 @@ from torch import nn
 from bloodmnist.config import Config, EvalConfig
 from bloodmnist.data.loader import Normalizer, to_tensor
 from bloodmnist.evaluation.predict import predict_probs, tta_views
+from bloodmnist.evaluation.run_files import TTA_MODES
 from bloodmnist.inference.inputs import InferenceError
 from bloodmnist.runtime import setup_runtime
 
-EXPORTABLE_TTA = ("dihedral8", "dihedral16", "dihedral24")
+# every mode but the reference's 7 views (noise)
+EXPORTABLE_TTA = tuple(mode for mode in TTA_MODES if mode.startswith("dihedral"))
 
 
 def check_exportable(eval_cfg: EvalConfig) -> None:
@@ -63,8 +65,26 @@ class TTAGraph(nn.Module):
         return logits, torch.softmax(logits if t is None else logits / t, dim=1)
 
 
-def reference_tta_probs(model: nn.Module, images: np.ndarray, cfg: Config) -> np.ndarray:
-    """What `evaluate` gives for these uint8 images with TTA (fp32 on the CPU, uncalibrated)."""
+def reference_tta_logits(
+    model: nn.Module, images: np.ndarray, cfg: Config, batch: int
+) -> np.ndarray:
+    """The graph's `logits` as `evaluate` computes them for these uint8 images: the log of the
+    views' mean softmax (fp32 on the CPU, float64 out, clipped as `calibrate` clips)."""
     rt = setup_runtime("cpu", "fp32")
     norm = Normalizer(cfg.data.mean, cfg.data.std, rt.device, channels_last=False)
-    return predict_probs(model, to_tensor(images, rt.device), rt, norm, 256, tta=cfg.eval)
+    probs = predict_probs(model, to_tensor(images, rt.device), rt, norm, batch, tta=cfg.eval)
+    return np.log(np.maximum(probs.astype(np.float64), np.finfo(np.float32).tiny))
+
+
+def tta_metadata(cfg: Config, temperature: float | None, input_text: str) -> dict[str, str]:
+    """The metadata keys a --tta graph adds or changes."""
+    probs = "its softmax" + (" at temperature_tta" if temperature is not None else "")
+    meta = {
+        "tta_mode": cfg.eval.tta_mode,
+        "tta_views": str(len(tta_views(cfg.eval))),
+        "input": f"{input_text}; TTA inside: logits = log of the views' mean softmax, "
+        f"probs = {probs}",
+    }
+    if temperature is not None:
+        meta["temperature_tta"] = str(float(temperature))
+    return meta

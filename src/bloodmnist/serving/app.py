@@ -114,6 +114,8 @@ async def _classify(
         raise RequestError(
             422, "tta=true needs a PyTorch model or an ONNX file exported with --tta"
         )
+    # a --tta graph answers every request with its views: one flag, one batch queue
+    tta = tta or service.engine.info.tta_baked is not None
     wanted = resolve_target(target, names)
     uploads = [Upload(f.filename or "upload", f.content_type, await f.read()) for f in files]
     check_uploads(uploads, limits)
@@ -128,7 +130,7 @@ async def _classify(
         temperature = service.engine.info.applied_temperature(tta)  # None: the raw softmax
         return {
             "model": service.sha256[:12],
-            "tta": tta or service.engine.info.tta_baked is not None,  # a --tta graph: always
+            "tta": tta,
             "temperature": temperature,
             "results": rows,
         }

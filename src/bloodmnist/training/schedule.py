@@ -48,7 +48,9 @@ class TwoPhaseSchedule:
 
 class OneCycleSchedule:
     """One-cycle LR per optimiser step (torch OneCycleLR): warm up to optim.lr over pct_start of
-    the steps, then cosine-anneal to optim.lr / (div_factor * final_div_factor)."""
+    the steps, then cosine-anneal to optim.lr / (div_factor * final_div_factor). With
+    schedule.cycle_momentum (torch's default) every group's momentum moves the other way, from
+    max_momentum to base_momentum at the peak LR and back; optim.momentum is then unused."""
 
     def __init__(
         self,

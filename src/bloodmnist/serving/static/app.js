@@ -20,14 +20,18 @@ async function loadModel() {
     const m = await r.json();
     state.model = m;
     const t = m.training || {};
-    const acc = typeof t.test_acc === "number" ? `, test accuracy ${(t.test_acc * 100).toFixed(1)}%` : "";
+    // a graph exported with --tta answers with its views: quote the run's TTA accuracy
+    const testAcc = m.tta_baked ? t.test_acc_tta : t.test_acc;
+    const acc = typeof testAcc === "number" ? `, test accuracy ${(testAcc * 100).toFixed(1)}%` : "";
     const temp = (m.temperature || {}).plain;
     const cal = typeof temp === "number" ? `, calibrated probabilities (T ${temp.toFixed(2)})` : "";
     $("model-info").textContent =
       `Model ${m.file} (${m.arch}, ${m.engine}, ${m.input_size} px, sha256 ${m.sha256.slice(0, 12)}${acc}${cal})`;
     $("gradcam").disabled = !m.explain;
     $("gradcam").checked = m.explain;
-    $("tta").disabled = !m.tta;
+    $("tta").disabled = !m.tta || Boolean(m.tta_baked);
+    $("tta").checked = Boolean(m.tta_baked);
+    $("tta-note").textContent = m.tta_baked ? ` (inside the model: ${m.tta_baked})` : "";
   } catch (e) {
     $("model-info").textContent = "Cannot reach the server: " + e;
   }
