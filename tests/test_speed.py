@@ -88,19 +88,18 @@ def test_fast_recipe_values_and_precedence() -> None:
     assert (cfg.train.epochs, cfg.optim.lr, cfg.schedule.kind) == (2, 0.05, "onecycle")
     assert build_config(recipe="fast", overrides=["optim.lr=0.01"]).optim.lr == 0.01
     assert build_config(recipe="reference") == Config()  # the reference stays the defaults
-    # best: the fast recipe's v5 settings (SGD, batch 32) on the 0.5-width net (four times the
+    # best: the fast recipe's settings (v8: Muon, batch 64) on the 0.5-width net (four times the
     # FLOPs per image) for 80 epochs, and its own TTA chosen on validation (24 views)
     best, fast = build_config(recipe="best"), build_config(recipe="fast")
     assert (best.model.arch, best.model.width, best.train.epochs) == ("resnet9", 0.5, 80)
-    assert (best.optim.kind, best.optim.batch_size) == ("sgd", 32)
-    v5_optim = dataclasses.replace(fast.optim, kind="sgd", muon_lr=0.02, batch_size=32)
+    assert (best.optim.kind, best.optim.muon_lr, best.optim.batch_size) == ("muon", 0.01, 64)
     assert best.eval.tta_mode == "dihedral24"
     # fast ships its last, annealed epoch (v7); best keeps its best validation epoch until its
     # three seeds are rerun with `last` (docs/levers.md)
     assert (fast.train.select, best.train.select) == ("last", "best")
     assert best.train == dataclasses.replace(fast.train, epochs=80, select="best")
     assert dataclasses.replace(
-        fast, model=best.model, runtime=best.runtime, optim=v5_optim, train=best.train
+        fast, model=best.model, runtime=best.runtime, train=best.train
     ) == dataclasses.replace(best, eval=dataclasses.replace(best.eval, tta_mode="dihedral16"))
     with pytest.raises(ConfigError, match="unknown recipe"):
         build_config(recipe="slow")
