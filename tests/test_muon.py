@@ -148,6 +148,36 @@ def test_step_flops_are_what_torch_counts() -> None:
             orthogonalise(torch.randn(w.shape[0], w[0].numel()))
     assert step_flops(model, cfg) == counter.get_total_flops() > 1e9  # ~1 GFLOP at width 0.25
     assert step_flops(model, build_config(overrides=FAST_NET)) == 0.0
+    three = build_config(overrides=[*FAST_NET, "optim.kind=muon", "optim.muon_ns_steps=3"])
+    assert step_flops(model, three) == pytest.approx(step_flops(model, cfg) * 3 / 5)
+
+
+def test_fewer_newton_schulz_steps_reach_the_optimiser() -> None:
+    """optim.muon_ns_steps is what the filter banks' step iterates (a 3-step update differs
+    from the 5-step one; SGD groups are untouched by it)."""
+    torch.manual_seed(0)
+    steps = {}
+    for n in (3, 5):
+        cfg = build_config(overrides=[*FAST_NET, "optim.kind=muon", f"optim.muon_ns_steps={n}"])
+        torch.manual_seed(0)
+        model = model_from_config(cfg)
+        opt = build_optimizer(model, cfg, sgd_param_groups(model, cfg))
+        assert opt.param_groups[-1]["ns_steps"] == n
+        torch.manual_seed(1)
+        torch.nn.functional.cross_entropy(
+            model(torch.randn(8, 3, 28, 28)), torch.arange(8)
+        ).backward()
+        bank = filter_banks(model)[1]
+        flat = bank.grad.reshape(bank.shape[0], -1).clone()
+        before = bank.detach().clone()
+        opt.step()
+        scale = math.sqrt(max(1.0, flat.shape[0] / flat.shape[1])) * cfg.optim.muon_lr
+        want = before * math.sqrt(bank.shape[0]) / before.norm() - scale * orthogonalise(
+            flat, n
+        ).view_as(bank)
+        assert torch.allclose(bank.detach(), want, atol=1e-6)
+        steps[n] = bank.detach().clone()
+    assert (steps[3] - steps[5]).abs().max() > 1e-4
 
 
 def test_config_checks() -> None:
@@ -156,6 +186,8 @@ def test_config_checks() -> None:
         build_config(overrides=["optim.kind=adam"])
     with pytest.raises(ConfigError, match="optim.muon_lr must be > 0"):
         build_config(overrides=["optim.kind=muon", "optim.muon_lr=0"])
+    with pytest.raises(ConfigError, match="optim.muon_ns_steps must be >= 1"):
+        build_config(overrides=["optim.kind=muon", "optim.muon_ns_steps=0"])
     with pytest.raises(ConfigError, match="base_momentum <= schedule.max_momentum"):
         build_config(overrides=["schedule.base_momentum=0.96", "schedule.max_momentum=0.95"])
 

@@ -56,6 +56,7 @@ class MuonSGD(torch.optim.Optimizer):
     def __init__(self, groups: list[dict[str, Any]], lr: float, momentum: float, **kw: Any) -> None:
         """`kw`: weight_decay and nesterov defaults; a group's own keys win."""
         defaults = {"lr": lr, "momentum": momentum, "weight_decay": 0.0, "nesterov": False}
+        defaults["ns_steps"] = NS_STEPS
         defaults.update(kw, orthogonal=False)
         super().__init__(groups, defaults)
 
@@ -89,7 +90,9 @@ class MuonSGD(torch.optim.Optimizer):
                 flat = d.reshape(out, -1)
                 p.mul_(math.sqrt(out) / (p.norm() + 1e-12))
                 scale = math.sqrt(max(1.0, out / flat.shape[1]))
-                p.add_(orthogonalise(flat).view_as(p), alpha=-lr * scale)
+                # .get: optimiser states saved before the key existed resume with 5
+                update = orthogonalise(flat, group.get("ns_steps", NS_STEPS)).view_as(p)
+                p.add_(update, alpha=-lr * scale)
         return loss
 
 
@@ -113,7 +116,7 @@ def step_flops(model: nn.Module, cfg: Config) -> float:
     total = 0.0
     for w in filter_banks(model):
         r, c = sorted((w.shape[0], w[0].numel()))
-        total += NS_STEPS * 2 * (2 * r * r * c + r**3)
+        total += cfg.optim.muon_ns_steps * 2 * (2 * r * r * c + r**3)
     return total
 
 
@@ -137,7 +140,15 @@ def build_optimizer(
     # the SGD groups first: the schedule logs param_groups[0]'s learning rate
     banks = {"params": [p for g in sgd_groups for p in g["params"] if id(p) in bank_ids]}
     # held at a fixed norm instead of decayed: weight_decay 0 says so in the state_dict
-    groups.append({**banks, "lr": o.muon_lr, "orthogonal": True, "weight_decay": 0.0})
+    groups.append(
+        {
+            **banks,
+            "lr": o.muon_lr,
+            "orthogonal": True,
+            "weight_decay": 0.0,
+            "ns_steps": o.muon_ns_steps,
+        }
+    )
     return MuonSGD(
         groups, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay, nesterov=o.nesterov
     )
