@@ -154,7 +154,7 @@ def test_step_flops_are_what_torch_counts() -> None:
 
 def test_fewer_newton_schulz_steps_reach_the_optimiser() -> None:
     """optim.muon_ns_steps is what the filter banks' step iterates (a 3-step update differs
-    from the 5-step one; SGD groups are untouched by it)."""
+    from the 5-step one)."""
     torch.manual_seed(0)
     steps = {}
     for n in (3, 5):
@@ -178,6 +178,28 @@ def test_fewer_newton_schulz_steps_reach_the_optimiser() -> None:
         assert torch.allclose(bank.detach(), want, atol=1e-6)
         steps[n] = bank.detach().clone()
     assert (steps[3] - steps[5]).abs().max() > 1e-4
+
+
+def test_optimiser_states_saved_before_ns_steps_resume_with_five() -> None:
+    """A checkpoint's optimiser state from before optim.muon_ns_steps has no `ns_steps` in its
+    groups; torch's load_state_dict takes the saved groups, so the step falls back to 5."""
+    cfg = build_config(overrides=[*FAST_NET, "optim.kind=muon"])
+    torch.manual_seed(0)
+    model = model_from_config(cfg)
+    opt = build_optimizer(model, cfg, sgd_param_groups(model, cfg))
+    old = opt.state_dict()
+    for group in old["param_groups"]:
+        del group["ns_steps"]
+    opt.load_state_dict(old)
+    assert "ns_steps" not in opt.param_groups[-1]
+    torch.nn.functional.cross_entropy(model(torch.randn(8, 3, 28, 28)), torch.arange(8)).backward()
+    bank = filter_banks(model)[1]
+    flat, before = bank.grad.reshape(bank.shape[0], -1).clone(), bank.detach().clone()
+    opt.step()
+    scale = math.sqrt(max(1.0, flat.shape[0] / flat.shape[1])) * cfg.optim.muon_lr
+    want = before * math.sqrt(bank.shape[0]) / before.norm()
+    want = want - scale * orthogonalise(flat, 5).view_as(bank)
+    assert torch.allclose(bank.detach(), want, atol=1e-6)
 
 
 def test_config_checks() -> None:
