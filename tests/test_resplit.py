@@ -71,3 +71,31 @@ def test_the_script_refuses_to_overwrite(tmp_path: Path) -> None:
     )
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "not found" in proc.stderr
     assert not (tmp_path / "new.npz").exists()
+
+
+def test_keep_test_draws_only_train_and_val(shared_data: Path, tmp_path: Path) -> None:
+    """--keep-test: files for choosing; the test split is the source's, byte for byte."""
+    target = tmp_path / "fold1.npz"
+    proc = subprocess.run(
+        [sys.executable, str(BENCH), str(shared_data), str(target), "--seed", "1", "--keep-test"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    with np.load(shared_data) as f:
+        src = {k: f[k] for k in f.files}
+    with np.load(target) as f:
+        out = {k: f[k] for k in f.files}
+    assert list(out) == [f"{s}_{k}" for s in SPLITS for k in ("images", "labels")]
+    assert np.array_equal(out["test_images"], src["test_images"])
+    assert np.array_equal(out["test_labels"], src["test_labels"])
+    for s in ("train", "val"):
+        assert out[f"{s}_images"].shape == src[f"{s}_images"].shape
+        a, b = src[f"{s}_labels"][:, 0], out[f"{s}_labels"][:, 0]
+        assert np.array_equal(np.bincount(a, minlength=8), np.bincount(b, minlength=8))
+    assert _pairs(out, ("train", "val")) == _pairs(src, ("train", "val"))
+    assert not np.array_equal(out["val_labels"], src["val_labels"])
+    # of the 13,671 train+val images, each stays put with probability (7/8)^2 + (1/8)^2 = 0.78
+    moved = int(proc.stdout.split(": ")[1].split()[2])
+    assert 0.17 < moved / 13671 < 0.27, proc.stdout

@@ -205,6 +205,7 @@ def validate(cfg: Config) -> None:
         (cfg.optim.kind in ("sgd", "muon"), "optim.kind must be sgd|muon"),
         (cfg.optim.muon_lr > 0, "optim.muon_lr must be > 0"),
         (cfg.optim.muon_ns_steps >= 1, "optim.muon_ns_steps must be >= 1"),
+        (cfg.optim.sam_rho >= 0, "optim.sam_rho must be >= 0 (0: plain steps)"),
         (cfg.eval.batch_size > 0, "eval.batch_size must be > 0"),
         (cfg.runtime.threads >= 0, "runtime.threads must be >= 0 (0: all cores)"),
         (cfg.model.arch in ARCHS, f"model.arch must be one of {', '.join(sorted(ARCHS))}"),

@@ -87,6 +87,10 @@ class OptimConfig:
     # Newton-Schulz iterations per Muon step (Muon's products scale with it; the coefficients
     # are tuned for 5, so fewer also change the update, not just its cost)
     muon_ns_steps: int = 5
+    # sharpness-aware minimisation: each step's gradient is taken at the weights moved rho along
+    # the normalised gradient (0: off). Two forward and backward passes per step
+    # (training/sam.py; train_pflop counts both)
+    sam_rho: float = 0.0
 
 
 @dataclass

@@ -125,10 +125,13 @@ def compute_fields(
     model: nn.Module, teachers: list[nn.Module], cfg: Config, images_seen: int, steps: int
 ) -> dict[str, Any]:
     """What the run cost in arithmetic: the model's FLOPs per image and the training PFLOP,
-    which includes a distillation teacher's forward pass on every training image and the
-    optimiser's matrix work (Muon's orthogonalisation, once per optimiser step)."""
+    which includes a distillation teacher's forward pass on every training image, SAM's second
+    pass and the optimiser's matrix work (Muon's orthogonalisation, once per optimiser step)."""
     flops = flops_per_image(model, cfg.data.size)
-    per_image = flops["train"] + sum(flops_per_image(t, cfg.data.size)["forward"] for t in teachers)
+    passes = 2 if cfg.optim.sam_rho > 0 else 1  # SAM: a second forward and backward per step
+    per_image = passes * flops["train"] + sum(
+        flops_per_image(t, cfg.data.size)["forward"] for t in teachers
+    )
     optimiser = step_flops(model, cfg) * steps / 1e15
     fields = {
         "arch": cfg.model.arch,

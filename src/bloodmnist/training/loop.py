@@ -14,6 +14,7 @@ from torch import nn
 from bloodmnist.data.augment import mix_batch
 from bloodmnist.data.loader import TrainBatches
 from bloodmnist.runtime import Runtime
+from bloodmnist.training.sam import SharpnessAware
 from bloodmnist.training.teacher import Distillation
 
 
@@ -36,6 +37,28 @@ def _all_reduce(t: torch.Tensor, rt: Runtime) -> torch.Tensor:
     return t
 
 
+def batch_loss(
+    model: nn.Module,
+    x: torch.Tensor,
+    targets: tuple[torch.Tensor, torch.Tensor, float],
+    rt: Runtime,
+    label_smoothing: float,
+    distill: Distillation | None = None,
+    soft: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The batch's training loss and fp32 logits; `targets` is (y, y_b, lam) of the mixing."""
+    y, y_b, lam = targets
+    with rt.autocast():
+        logits = model(x)
+    logits = logits.float()
+    loss = lam * F.cross_entropy(logits, y, label_smoothing=label_smoothing)
+    if lam < 1.0:
+        loss = loss + (1 - lam) * F.cross_entropy(logits, y_b, label_smoothing=label_smoothing)
+    if distill is not None:
+        loss = distill.loss(x, logits, loss, soft)
+    return loss, logits
+
+
 def train_one_epoch(
     model: nn.Module,
     batches: TrainBatches,
@@ -51,12 +74,15 @@ def train_one_epoch(
     cutmix_alpha: float = 0.0,
     distill: Distillation | None = None,
     on_step: Callable[[int], None] | None = None,
+    sam: SharpnessAware | None = None,
 ) -> EpochStats:
     """Train for one epoch. Loss/accuracy accumulate on the device; one host sync at the end.
 
     `after_step` runs after every optimiser step (per-step LR schedule, weight EMA). With
     `distill` the loss is the distillation loss, its teacher forwarded on this very batch.
-    `on_step` gets each step's batch size (host-side: the progress bar, no device sync).
+    `on_step` gets each step's batch size (host-side: the progress bar, no device sync). With
+    `sam` each step takes the gradient at SAM's perturbed weights (the reported loss and
+    accuracy are the unperturbed first pass's).
     """
     model.train()
     # [loss sum, correct] on the device: no .item() per step; the sample count is host-side.
@@ -64,16 +90,14 @@ def train_one_epoch(
     samples = 0
     for x, y in batches.epoch(epoch, gen):
         x, y_b, lam = mix_batch(x, y, mixup_alpha, cutmix_alpha, rng, gen)
-        with rt.autocast():
-            logits = model(x)
-        logits = logits.float()
-        loss = lam * F.cross_entropy(logits, y, label_smoothing=label_smoothing)
-        if lam < 1.0:
-            loss = loss + (1 - lam) * F.cross_entropy(logits, y_b, label_smoothing=label_smoothing)
-        if distill is not None:
-            loss = distill.loss(x, logits, loss)
+        # the teacher answers once per batch, also when SAM takes a second pass
+        soft = distill.soft(x) if distill is not None else None
+        args = (model, x, (y, y_b, lam), rt, label_smoothing, distill, soft)
+        loss, logits = batch_loss(*args)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if sam is not None:
+            sam.replace_grad(lambda a=args: batch_loss(*a)[0].backward())
         optimizer.step()
         if after_step is not None:
             after_step()

@@ -160,9 +160,20 @@ class Distillation:
     alpha: float
     temperature: float
 
-    def loss(self, x: torch.Tensor, logits: torch.Tensor, hard_loss: torch.Tensor) -> torch.Tensor:
-        """The distillation loss for the batch `x` the student produced `logits` for."""
-        soft = self.teacher.probs(x, self.temperature)
+    def soft(self, x: torch.Tensor) -> torch.Tensor:
+        """The teacher's softened probabilities for the batch `x`."""
+        return self.teacher.probs(x, self.temperature)
+
+    def loss(
+        self,
+        x: torch.Tensor,
+        logits: torch.Tensor,
+        hard_loss: torch.Tensor,
+        soft: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The distillation loss for the batch `x` the student produced `logits` for (`soft`:
+        the teacher's answer for it, when already computed)."""
+        soft = self.soft(x) if soft is None else soft
         return kd_loss(logits, soft, hard_loss, self.alpha, self.temperature)
 
 

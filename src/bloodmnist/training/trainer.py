@@ -30,6 +30,7 @@ from bloodmnist.training.loop import DivergenceError, EpochStats, nll, train_one
 from bloodmnist.training.model_setup import compile_for_training, sgd_param_groups
 from bloodmnist.training.optim import build_optimizer
 from bloodmnist.training.rundir import write_history
+from bloodmnist.training.sam import make_sam
 from bloodmnist.training.schedule import build_schedule
 from bloodmnist.training.teacher import make_distillation
 
@@ -116,6 +117,7 @@ class Trainer:
         self.ema = make_ema(unwrap(model), cfg.train.ema_decay)  # None for the reference recipe
         # train.teacher: frozen teacher model(s) (distill.teacher.models, for FLOP counting)
         self.distill = make_distillation(cfg, rt)
+        self.sam = make_sam(self.step_model, cfg.optim.sam_rho)  # None unless optim.sam_rho > 0
         self.val_images = to_tensor(data.val.images, rt.device)
         self.val_labels = data.val.labels
         self.state = TrainState()
@@ -240,6 +242,7 @@ class Trainer:
             cutmix_alpha=self.cfg.augment.cutmix_alpha,
             distill=self.distill,
             on_step=self.progress.step,
+            sam=self.sam,
         )
         self.progress.validating()
         return stats, self.validate()
