@@ -89,7 +89,8 @@ class OptimConfig:
     muon_ns_steps: int = 5
     # sharpness-aware minimisation: each step's gradient is taken at the weights moved rho along
     # the normalised gradient (0: off). Two forward and backward passes per step
-    # (training/sam.py; train_pflop counts both)
+    # (training/sam.py; train_pflop counts both). On fast v8, 0.05 and 0.1 lowered validation
+    # accuracy (docs/levers.md), so no recipe sets it
     sam_rho: float = 0.0
 
 
