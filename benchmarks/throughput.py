@@ -48,14 +48,20 @@ class FixedBatches:
 
     x: torch.Tensor
     y: torch.Tensor
+    idx: torch.Tensor  # the batch's rows: the loop mixes them to find MixUp partners' labels
     steps: int
 
     def __len__(self) -> int:
         return self.steps
 
+    @property
+    def labels(self) -> torch.Tensor:
+        """Labels by row, as TrainBatches has them (the batch's rows are 0..n-1 here)."""
+        return self.y
+
     def epoch(self, epoch: int, gen: torch.Generator) -> Iterator[tuple[torch.Tensor, ...]]:
         for _ in range(self.steps):
-            yield self.x, self.y
+            yield self.x, self.y, self.idx
 
 
 def _sgd(model: torch.nn.Module, cfg: Config) -> torch.optim.Optimizer:
@@ -85,7 +91,9 @@ def _train_variants(data, cfg: Config, rt: Runtime, steps: int) -> tuple[dict, o
     loader = ref.train_loader(
         data.train.images, data.train.labels, bs, cfg.data.mean, cfg.data.std, cfg.train.seed
     )
-    fixed = FixedBatches(*next(ours.epoch(0, torch.Generator(device=rt.device))), steps=steps)
+    x0, y0, _ = next(ours.epoch(0, torch.Generator(device=rt.device)))
+    rows = torch.arange(len(y0), device=y0.device)
+    fixed = FixedBatches(x0, y0, rows, steps=steps)
 
     def run_ours(batches, epoch: int, alpha: float) -> None:
         gen, rng = epoch_generators(cfg.train.seed, epoch, 0, rt.device)
@@ -93,14 +101,14 @@ def _train_variants(data, cfg: Config, rt: Runtime, steps: int) -> tuple[dict, o
 
     def data_only(epoch: int) -> None:
         gen, _ = epoch_generators(cfg.train.seed, epoch, 0, rt.device)
-        for x, _y in ours.epoch(epoch, gen):
+        for x, _y, _idx in ours.epoch(epoch, gen):
             x.sum().item()  # forces the work on asynchronous devices
 
     # Warm-up (oneDNN primitive creation, worker imports): one step of each, untimed.
     warm = ref.RunningLoader(loader)
     ref.train_steps(m_ref, warm, opt_ref, 1, rt.device)
     warm.close()
-    run_ours(FixedBatches(fixed.x, fixed.y, 1), 0, 0.0)
+    run_ours(FixedBatches(fixed.x, fixed.y, fixed.idx, 1), 0, 0.0)
     runs = {
         "ref": lambda rep, running: ref.train_steps(m_ref, running, opt_ref, steps, rt.device),
         "ours": lambda rep, _: run_ours(ours, rep, aug.mixup_alpha),

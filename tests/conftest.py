@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -94,3 +96,14 @@ def describe(result: subprocess.CompletedProcess[str]) -> str:
 def error_lines(result: subprocess.CompletedProcess[str]) -> list[str]:
     """The non-blank lines a command wrote to stderr."""
     return [line for line in result.stderr.splitlines() if line.strip()]
+
+
+def load_bench(name: str) -> ModuleType:
+    """benchmarks/NAME.py imported as a module (the folder is not a package)."""
+    spec = importlib.util.spec_from_file_location(
+        f"bench_{name}", REPO / "benchmarks" / f"{name}.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

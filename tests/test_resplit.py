@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 from collections import Counter
@@ -11,16 +10,14 @@ from types import ModuleType
 
 import numpy as np
 
+from conftest import load_bench
+
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "resplit.py"
 SPLITS = ("train", "val", "test")
 
 
 def _resplit() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_resplit", BENCH)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("resplit")
 
 
 def _pairs(d: dict[str, np.ndarray], splits: tuple[str, ...] = SPLITS) -> Counter:

@@ -128,7 +128,8 @@ class TrainConfig:
     # EMA of weights and BN buffers per step (0 = off); validation, best.pt and test use the EMA
     ema_decay: float = 0.0
     # Knowledge distillation: a run folder (checkpoints/best.pt) or an ensemble folder whose
-    # members' mean probabilities at `distill_temperature` are the soft labels;
+    # members' mean probabilities at `distill_temperature` are the soft labels, or a soft-label
+    # file (.npz, one row per training image: training/soft_labels.py, benchmarks/crossfit.py);
     # loss = alpha * KL * T^2 + (1 - alpha) * CE(true labels)
     teacher: str | None = None
     distill_alpha: float = 0.5

@@ -59,7 +59,8 @@ class TrainBatches:
 
     def epoch(
         self, epoch: int, gen: torch.Generator
-    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """(normalised augmented images, labels, their row indices in the training split)."""
         sampler = DistributedSampler(
             range(len(self.labels)),
             num_replicas=self.world_size,
@@ -72,4 +73,4 @@ class TrainBatches:
         for start in range(0, len(order), self.batch_size):
             idx = order[start : start + self.batch_size]
             x = augment(self.images.index_select(0, idx), self.augment_cfg, gen)
-            yield self.normalize(x), self.labels.index_select(0, idx)
+            yield self.normalize(x), self.labels.index_select(0, idx), idx

@@ -79,7 +79,8 @@ def train_one_epoch(
     """Train for one epoch. Loss/accuracy accumulate on the device; one host sync at the end.
 
     `after_step` runs after every optimiser step (per-step LR schedule, weight EMA). With
-    `distill` the loss is the distillation loss, its teacher forwarded on this very batch.
+    `distill` the loss is the distillation loss, its teacher forwarded on this very batch (or
+    its soft-label file read at the batch's rows).
     `on_step` gets each step's batch size (host-side: the progress bar, no device sync). With
     `sam` each step takes the gradient at SAM's perturbed weights (the reported loss and
     accuracy are the unperturbed first pass's).
@@ -88,10 +89,13 @@ def train_one_epoch(
     # [loss sum, correct] on the device: no .item() per step; the sample count is host-side.
     totals = torch.zeros(2, dtype=torch.float64, device=rt.device)
     samples = 0
-    for x, y in batches.epoch(epoch, gen):
-        x, y_b, lam = mix_batch(x, y, mixup_alpha, cutmix_alpha, rng, gen)
+    for x, y, idx in batches.epoch(epoch, gen):
+        # mixing the row indices gives the partners' rows (a soft-label file's lookup) and,
+        # through them, the partners' labels: the same random draws as mixing y
+        x, idx_b, lam = mix_batch(x, idx, mixup_alpha, cutmix_alpha, rng, gen)
+        y_b = y if lam >= 1.0 else batches.labels.index_select(0, idx_b)
         # the teacher answers once per batch, also when SAM takes a second pass
-        soft = distill.soft(x) if distill is not None else None
+        soft = distill.soft(x, (idx, idx_b, lam)) if distill is not None else None
         args = (model, x, (y, y_b, lam), rt, label_smoothing, distill, soft)
         loss, logits = batch_loss(*args)
         optimizer.zero_grad(set_to_none=True)

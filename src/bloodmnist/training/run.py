@@ -161,7 +161,7 @@ def _load_run_data(cfg: Config, rt: Runtime, progress: bool) -> tuple[Config, Da
         len(data.test),
     )
     if cfg.train.teacher:  # a teacher trained on another file could leak this run's test images
-        check_teacher_data(cfg.train.teacher, data_info.md5)
+        check_teacher_data(cfg.train.teacher, data_info.md5, data, cfg.data.subset)
     return cfg, data, data_info
 
 

@@ -2,8 +2,9 @@
 
 The teacher's soft labels are computed inside every training step on the very batch the student
 sees (augmented, mixed), so the student learns the teacher's answer to that exact image rather
-than to a clean one it never sees. Members are loaded with the same code inference uses
-(load_checkpoint, from_dict, model_from_config, load_model_weights).
+than to a clean one it never sees. A soft-label file (training/soft_labels.py) is the exception:
+its answers were computed beforehand, one per training image. Members are loaded with the same
+code inference uses (load_checkpoint, from_dict, model_from_config, load_model_weights).
 """
 
 from __future__ import annotations
@@ -19,13 +20,17 @@ from torch import nn
 
 from bloodmnist.atomic import read_json
 from bloodmnist.config import Config
+from bloodmnist.data.npz import Dataset
 from bloodmnist.errors import BloodMNISTError
 from bloodmnist.model import model_from_config
 from bloodmnist.runtime import Runtime
 from bloodmnist.training.checkpoint import checkpoint_config, load_checkpoint, load_model_weights
+from bloodmnist.training.soft_labels import SoftLabels, check_soft_labels, is_soft_label_file
 
 #: An ensemble folder's list of members (written by `bloodmnist ensemble`).
 ENSEMBLE_FILE = "ensemble.json"
+#: A file teacher's rows for one batch: (training-row indices, MixUp/CutMix partners, lam).
+Rows = tuple[torch.Tensor, torch.Tensor, float]
 
 
 def member_runs(path: str | Path) -> list[Path]:
@@ -121,9 +126,16 @@ def _renormalizer(
     return ss / st, (t(student.data.mean) - t(teacher.data.mean)) / st
 
 
-def check_teacher_data(path: str | Path, data_md5: str) -> None:
+def check_teacher_data(
+    path: str | Path, data_md5: str, data: Dataset | None = None, subset: int | None = None
+) -> None:
     """Refuse a teacher trained on another data file: its training split could hold the
-    student's validation or test images, which would leak them into the student."""
+    student's validation or test images, which would leak them into the student. A soft-label
+    file is checked row for row against the student's `data` instead (labels of every split)."""
+    if is_soft_label_file(path):
+        if data is not None:
+            check_soft_labels(path, data, subset)
+        return
     for run in member_runs(path):
         summary = run / "summary.json"
         if not summary.is_file():
@@ -154,15 +166,26 @@ def kd_loss(
 
 @dataclass
 class Distillation:
-    """What the training step needs: the teacher and the loss weights."""
+    """What the training step needs: the teacher (models, or a soft-label file) and the loss
+    weights."""
 
-    teacher: Teacher
+    teacher: Teacher | SoftLabels
     alpha: float
     temperature: float
 
-    def soft(self, x: torch.Tensor) -> torch.Tensor:
-        """The teacher's softened probabilities for the batch `x`."""
-        return self.teacher.probs(x, self.temperature)
+    def soft(self, x: torch.Tensor, rows: Rows | None = None) -> torch.Tensor:
+        """The teacher's softened probabilities for the batch `x`. A file teacher looks them up
+        by `rows` (the batch's training rows, their MixUp/CutMix partners and lam) and mixes
+        them as the images were mixed."""
+        if not isinstance(self.teacher, SoftLabels):
+            return self.teacher.probs(x, self.temperature)
+        if rows is None:
+            raise ValueError("a soft-label file teacher needs the batch's training rows")
+        idx, partner, lam = rows
+        p = self.teacher.probs(idx, self.temperature)
+        if lam >= 1.0:
+            return p
+        return lam * p + (1 - lam) * self.teacher.probs(partner, self.temperature)
 
     def loss(
         self,
@@ -177,9 +200,15 @@ class Distillation:
         return kd_loss(logits, soft, hard_loss, self.alpha, self.temperature)
 
 
-def make_distillation(cfg: Config, rt: Runtime) -> Distillation | None:
-    """Distillation from cfg.train.teacher; None when no teacher is set."""
+def make_distillation(cfg: Config, rt: Runtime, data: Dataset) -> Distillation | None:
+    """Distillation from cfg.train.teacher (run or ensemble folder, or soft-label file); None
+    when no teacher is set."""
     if not cfg.train.teacher:
         return None
-    teacher = Teacher(cfg.train.teacher, cfg, rt)
+    if is_soft_label_file(cfg.train.teacher):
+        teacher: Teacher | SoftLabels = SoftLabels(
+            cfg.train.teacher, data, rt.device, cfg.data.subset
+        )
+    else:
+        teacher = Teacher(cfg.train.teacher, cfg, rt)
     return Distillation(teacher, cfg.train.distill_alpha, cfg.train.distill_temperature)

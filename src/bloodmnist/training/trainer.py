@@ -116,7 +116,7 @@ class Trainer:
         )
         self.ema = make_ema(unwrap(model), cfg.train.ema_decay)  # None for the reference recipe
         # train.teacher: frozen teacher model(s) (distill.teacher.models, for FLOP counting)
-        self.distill = make_distillation(cfg, rt)
+        self.distill = make_distillation(cfg, rt, data)
         self.sam = make_sam(self.step_model, cfg.optim.sam_rho)  # None unless optim.sam_rho > 0
         self.val_images = to_tensor(data.val.images, rt.device)
         self.val_labels = data.val.labels
