@@ -5,6 +5,7 @@ rows, the row-for-row check against the student's data, and the whole chain on r
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -112,6 +113,31 @@ def test_the_file_must_match_the_students_rows(small: Path, tmp_path: Path) -> N
     for message, path in cases.items():
         with pytest.raises(BloodMNISTError, match=message):
             SoftLabels(path, data, CPU, None)
+
+
+def test_a_run_reads_the_file_once_and_sees_a_rewrite(
+    small: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The early check and the Trainer's load share one read; a file rewritten in between
+    (another size or mtime) is read again, so its new rows are the ones used."""
+    data = load_npz(small)
+    loads: list[str] = []
+    real_load = np.load
+    monkeypatch.setattr(np, "load", lambda f, **kw: loads.append(str(f)) or real_load(f, **kw))
+    path = _write(tmp_path / "t.npz", np.zeros((len(data.train), 8), np.float32), data)
+    check_soft_labels(path, data, None)
+    first = SoftLabels(path, data, CPU, None)
+    assert loads == [str(path.resolve())]
+    logp = np.log(np.full((len(data.train), 8), 1 / 8, np.float32))
+    logp[:, 3] = 0.0  # other values, the same size: only the mtime tells them apart
+    _write(path, logp, data)
+    st = path.stat()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+    second = SoftLabels(path, data, CPU, None)
+    assert len(loads) == 2
+    rows = torch.tensor([0, 5])
+    torch.testing.assert_close(first.probs(rows, 1.0), torch.full((2, 8), 1 / 8))
+    assert second.probs(rows, 1.0)[:, 3].min() > 0.5
 
 
 def test_one_hot_rows_step_as_the_mixed_true_labels() -> None:

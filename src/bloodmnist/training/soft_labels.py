@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import zipfile
 import zlib
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -30,8 +31,16 @@ def is_soft_label_file(path: str | Path) -> bool:
 
 
 def _read(path: Path) -> dict[str, np.ndarray]:
+    """The file's arrays, read once per version of the file: a run checks the file before it
+    builds anything and then loads it in the Trainer; the (size, mtime) stamp sees a rewrite."""
     if not path.is_file():
         raise BloodMNISTError(f"teacher soft-label file {path} does not exist")
+    st = path.stat()
+    return _read_stamped(path.resolve(), st.st_size, st.st_mtime_ns)
+
+
+@lru_cache(maxsize=1)
+def _read_stamped(path: Path, size: int, mtime_ns: int) -> dict[str, np.ndarray]:
     try:
         obj = np.load(path, allow_pickle=False)
         if not isinstance(obj, np.lib.npyio.NpzFile):  # a bare .npy array under an .npz name
@@ -48,6 +57,8 @@ def _read(path: Path) -> dict[str, np.ndarray]:
         raise BloodMNISTError(
             f"teacher {path} lacks {', '.join(missing)}; a soft-label file holds {', '.join(KEYS)}"
         )
+    for a in arrays.values():  # shared by every caller of the cache
+        a.setflags(write=False)
     return arrays
 
 
