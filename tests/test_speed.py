@@ -94,10 +94,9 @@ def test_fast_recipe_values_and_precedence() -> None:
     assert (best.model.arch, best.model.width, best.train.epochs) == ("resnet9", 0.5, 80)
     assert (best.optim.kind, best.optim.muon_lr, best.optim.batch_size) == ("muon", 0.01, 64)
     assert best.eval.tta_mode == "dihedral24"
-    # fast ships its last, annealed epoch (v7); best keeps its best validation epoch until its
-    # three seeds are rerun with `last` (docs/levers.md)
-    assert (fast.train.select, best.train.select) == ("last", "best")
-    assert best.train == dataclasses.replace(fast.train, epochs=80, select="best")
+    # both ship their last, annealed epoch (fast since v7, best since v6; docs/levers.md)
+    assert (fast.train.select, best.train.select) == ("last", "last")
+    assert best.train == dataclasses.replace(fast.train, epochs=80)
     assert dataclasses.replace(
         fast, model=best.model, runtime=best.runtime, train=best.train
     ) == dataclasses.replace(best, eval=dataclasses.replace(best.eval, tta_mode="dihedral16"))
