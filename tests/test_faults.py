@@ -232,6 +232,33 @@ def test_resuming_a_finished_run_is_refused_and_changes_nothing(reference, tmp_p
     assert {p.name: sha256(p) for p in reference.dir.rglob("*") if p.is_file()} == before
 
 
+def test_resume_may_change_how_a_run_is_carried_out_not_what_it_computes(
+    reference, tmp_path
+) -> None:
+    """A run moved to a machine with more cores continues with more threads (and may build the
+    reports it skipped); a `--set` that would change the computation is refused untouched."""
+    run_dir = tmp_path / "R"
+    shutil.copytree(reference.dir, run_dir)
+    before = {p.name: sha256(p) for p in run_dir.rglob("*") if p.is_file()}
+    refused = cli(
+        "train", "--resume", str(run_dir), "--epochs", "4", "--set", "runtime.threads=2",
+        "--set", "optim.lr=0.5", timeout=120,
+    )  # fmt: skip
+    assert refused.returncode == 2
+    one_error_line(refused.stderr, "drop --set optim.lr", "change only runtime.threads")
+    assert {p.name: sha256(p) for p in run_dir.rglob("*") if p.is_file()} == before
+    resumed = cli(
+        "train", "--resume", str(run_dir), "--epochs", "4", "--set", "runtime.threads=2",
+        "--set", "runtime.reports=true", timeout=RUN_TIMEOUT,
+    )  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr
+    assert [row["epoch"] for row in read_history(run_dir)] == ["1", "2", "3", "4"]
+    saved = load_checkpoint(run_dir / "checkpoints" / "last.pt")["config"]
+    assert saved["runtime"]["threads"] == 2 and saved["optim"]["lr"] == 0.008
+    assert "threads: 2" in (run_dir / "config.yaml").read_text()
+    assert (run_dir / "report.html").is_file()  # the reports the first stretch skipped
+
+
 # -- disk full while saving -----------------------------------------------------------------------
 
 

@@ -23,10 +23,12 @@ import pytest
 from openpyxl import load_workbook
 from sklearn.metrics import accuracy_score, roc_auc_score
 
+from bloodmnist.config import HOW_TO_RUN, Config, apply_overrides
 from bloodmnist.errors import BloodMNISTError
 from bloodmnist.evaluation.calibration import calibrate, ece
 from bloodmnist.evaluation.medmnist_csv import read_evaluator_csv
 from bloodmnist.evaluation.stats import mcnemar_exact
+from bloodmnist.studies.adopt import config_differences
 from bloodmnist.studies.study import check_train_args, parse_seeds, split_cores
 from bloodmnist.training.checkpoint import load_checkpoint
 from conftest import describe, run_cli
@@ -273,6 +275,17 @@ def test_study_bad_input_is_one_line_and_creates_nothing(
     assert len(lines) == 1 and message in lines[0], lines
     assert lines[0].startswith("bloodmnist study: error:")
     assert not (tmp_path / "st").exists()
+
+
+def test_adoption_compares_what_a_run_computes_not_how_it_ran() -> None:
+    """Threads, compile, reports and TensorBoard (the keys `train --resume` may change) and
+    where a run wrote do not stop an adoption; any training setting does."""
+    how = ["runtime.threads=7", "runtime.compile=true", "runtime.reports=false"]
+    how += ["runtime.tensorboard=false", "runtime.out=elsewhere", "runtime.name=x"]
+    ran = apply_overrides(Config(), [*how, "data.path=/somewhere/else.npz"])
+    assert len(HOW_TO_RUN) == 4 and config_differences(ran, Config()) == []
+    what = apply_overrides(Config(), ["optim.lr=0.01", "eval.tta=false"])
+    assert config_differences(what, Config()) == ["eval.tta", "optim.lr"]
 
 
 def test_seed_and_core_planning() -> None:

@@ -8,7 +8,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bloodmnist.atomic import write_text_atomic
-from bloodmnist.config import DEFAULT_RECIPE, Config, build_config
+from bloodmnist.config import (
+    DEFAULT_RECIPE,
+    HOW_TO_RUN,
+    Config,
+    apply_overrides,
+    build_config,
+    parse_override,
+)
 from bloodmnist.errors import BloodMNISTError
 
 if TYPE_CHECKING:
@@ -45,7 +52,9 @@ def _shared_run_dir(rt, out: str | None, cfg) -> Path:
 
 
 def _resume_state(args: argparse.Namespace) -> tuple[Path, ResumeFrom, Config]:
-    """Load RUN_DIR/checkpoints/last.pt; the run's own config wins, only --epochs may change."""
+    """Load RUN_DIR/checkpoints/last.pt; the run's own config wins. Only --epochs, --device,
+    --precision and the HOW_TO_RUN keys (threads, compile, reports, TensorBoard) may change:
+    a run may move to a machine with more cores without computing anything else."""
     from bloodmnist.training.checkpoint import checkpoint_config, file_stamp, load_checkpoint
     from bloodmnist.training.run import ResumeFrom
     from bloodmnist.training.runlock import RunLock
@@ -53,13 +62,17 @@ def _resume_state(args: argparse.Namespace) -> tuple[Path, ResumeFrom, Config]:
     run_dir = Path(args.resume)
     if not run_dir.is_dir():
         raise BloodMNISTError(f"--resume: run folder {run_dir} does not exist")
+    fixed = [k for k, _ in map(parse_override, args.set) if k not in HOW_TO_RUN]
     clash = [
         f"--{k}"
         for k in ("config", "recipe", "data", "out", "seed", "pretrained", "subset")
         if getattr(args, k)
-    ] + (["--set"] if args.set else [])
+    ] + [f"--set {k}" for k in fixed]
     if clash:
-        raise BloodMNISTError(f"--resume continues the run's saved config; drop {' '.join(clash)}")
+        raise BloodMNISTError(
+            f"--resume continues the run's saved config; drop {', '.join(clash)} (--set may "
+            f"change only {', '.join(HOW_TO_RUN)})"
+        )
     last = run_dir / "checkpoints" / "last.pt"
     if not last.is_file():
         raise BloodMNISTError(
@@ -70,7 +83,7 @@ def _resume_state(args: argparse.Namespace) -> tuple[Path, ResumeFrom, Config]:
     stamp = file_stamp(last)  # train_run checks it again once it holds the lock
     state = load_checkpoint(last)
     _refuse_finished(run_dir, state, args.epochs)
-    cfg = checkpoint_config(state)
+    cfg = apply_overrides(checkpoint_config(state), args.set)
     if args.epochs is not None:
         cfg.train.epochs = args.epochs
     if args.device or args.precision:

@@ -20,8 +20,8 @@ def train_parser(sub) -> None:
         choices=list(RECIPES),
         default=None,
         help="base settings under --config/flags/--set: fast (default: a ResNet-9-style net, "
-        "40 annealed epochs, 0.05 PFLOP), best (the same net at twice the width for 80 epochs, "
-        "0.4 PFLOP: the most accurate single model, see docs/frontier.md) or reference (the "
+        "34 annealed epochs, 0.05 PFLOP), best (the same net at twice the width for 80 epochs, "
+        "0.52 PFLOP: the most accurate single model, see docs/frontier.md) or reference (the "
         "reference README's ResNet-18 recipe)",
     )
     p.add_argument("--data", metavar="FILE.npz", help="local BloodMNIST npz (never modified)")

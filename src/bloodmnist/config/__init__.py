@@ -8,7 +8,9 @@ checkpoint, so a run can be repeated from its `config.yaml` alone.
 
 from bloodmnist.config.resolve import (
     DEFAULT_RECIPE,
+    HOW_TO_RUN,
     RECIPES,
+    apply_overrides,
     build_config,
     from_dict,
     load_yaml,
@@ -35,6 +37,7 @@ from bloodmnist.config.schema import (
 
 __all__ = [
     "DEFAULT_RECIPE",
+    "HOW_TO_RUN",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "RECIPES",
@@ -48,6 +51,7 @@ __all__ = [
     "RuntimeConfig",
     "ScheduleConfig",
     "TrainConfig",
+    "apply_overrides",
     "build_config",
     "from_dict",
     "load_yaml",

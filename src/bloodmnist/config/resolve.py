@@ -15,6 +15,11 @@ import yaml
 from bloodmnist.config.schema import Config
 from bloodmnist.errors import ConfigError
 
+#: Settings that say how a run is carried out, not what it computes (threads and compile change
+#: only the order of floating-point sums): `train --resume` may change them, and `study --adopt`
+#: does not compare them.
+HOW_TO_RUN = ("runtime.threads", "runtime.compile", "runtime.reports", "runtime.tensorboard")
+
 
 def _hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
@@ -176,6 +181,11 @@ def build_config(
             raise ConfigError(f"config file {yaml_path}: {exc}") from None
     if flags:
         _merge(cfg, nest({k: v for k, v in flags.items() if v is not None}))
+    return apply_overrides(cfg, overrides or [])
+
+
+def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
+    """Merge `--set key=value` texts into `cfg` (in place) and validate the result."""
     if overrides:
         _merge(cfg, nest(dict(parse_override(o) for o in overrides)))
     validate(cfg)

@@ -14,21 +14,14 @@ from pathlib import Path
 from typing import Any
 
 from bloodmnist.atomic import read_json
-from bloodmnist.config import Config, from_dict, load_yaml
+from bloodmnist.config import HOW_TO_RUN, Config, from_dict, load_yaml
 from bloodmnist.errors import BloodMNISTError, RunLockedError
 from bloodmnist.studies.study import seed_state
 from bloodmnist.training.runlock import RunLock
 
-#: Settings that do not change what a run computes: where it writes, how many threads, whether
-#: reports were built, and the data file's path (its MD5 is compared instead).
-IGNORED = (
-    "data.path",
-    "runtime.threads",
-    "runtime.compile",  # like threads: the same computation, summed in another order
-    "runtime.reports",
-    "runtime.out",
-    "runtime.name",
-)
+#: Settings that do not change what a run computes: how it ran (threads, compile, reports,
+#: TensorBoard), where it writes, and the data file's path (its MD5 is compared instead).
+IGNORED = ("data.path", *HOW_TO_RUN, "runtime.out", "runtime.name")
 
 
 def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
