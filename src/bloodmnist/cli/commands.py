@@ -83,7 +83,9 @@ def _resume_state(args: argparse.Namespace) -> tuple[Path, ResumeFrom, Config]:
     stamp = file_stamp(last)  # train_run checks it again once it holds the lock
     state = load_checkpoint(last)
     _refuse_finished(run_dir, state, args.epochs)
-    cfg = apply_overrides(checkpoint_config(state), args.set)
+    cfg = checkpoint_config(state)
+    if args.set:  # validated with the new values; an unchanged saved config is not re-checked
+        cfg = apply_overrides(cfg, args.set)
     if args.epochs is not None:
         cfg.train.epochs = args.epochs
     if args.device or args.precision:
