@@ -14,6 +14,10 @@
 #                "fast:$DATA28:runtime.compile=true"; each at most 150 s)
 #   bestwide     `best` at full width (model.width=1.0), 3 seeds side by side, to be judged
 #                against best v6 on validation                   -> $OUT/bestwide/study.json
+#   bestr18      `best`'s training on the adapted ResNet-18 (model.arch=resnet18: 0.56 GFLOP,
+#                stride-1 stem, no max-pool, so its last stage sees 4x4 maps where resnet9's
+#                sees 3x3), 3 seeds, judged the same way; 6 h per seed on a 2-core CPU
+#                                                                -> $OUT/bestr18/study.json
 #   fast28 best28 ensemble28 student28 reference64 fast64 frontier
 #                the 3-seed studies of every recipe, the ensemble of best's seeds, students
 #                distilled from it, the 64-px studies and the frontier table over all of them
@@ -32,7 +36,7 @@ BM=${BM:-bloodmnist}
 PY=${PY:-python3}  # the Python with bloodmnist's dependencies (frontier.py, gpu_speed.sh)
 STEPS=${STEPS:-fastspeed bestwide}
 HERE=$(cd "$(dirname "$0")" && pwd)
-KNOWN=" fastspeed bestwide fast28 best28 ensemble28 student28 reference64 fast64 frontier "
+KNOWN=" fastspeed bestwide bestr18 fast28 best28 ensemble28 student28 reference64 fast64 frontier "
 for s in $STEPS; do  # a typo found now, not after the lease's first minutes
   [[ $KNOWN == *" $s "* ]] || { echo "gpu_frontier.sh: unknown step '$s'; steps:$KNOWN" >&2; exit 2; }
 done
@@ -79,6 +83,7 @@ for s in $STEPS; do
       step fastspeed env RUNS="${SPEED_RUNS:-fast:$DATA28}" OUT="$OUT/fastspeed" BM="$BM" PY="$PY" \
         WORK="$OUT/fastspeed-run" RUN_SECONDS=150 bash "$HERE/gpu_speed.sh" ;;
     bestwide) study bestwide "$DATA28" best --set model.width=1.0 ;;
+    bestr18) study bestr18 "$DATA28" best --set model.arch=resnet18 --set model.width=1.0 ;;
     fast28) study fast28 "$DATA28" fast ;;
     best28) study best28 "$DATA28" best ;;
     ensemble28)
@@ -89,7 +94,7 @@ for s in $STEPS; do
     fast64) study fast64 "$DATA64" fast ;;
     frontier)
       rows=()
-      for r in fast28 best28 bestwide student28 reference64 fast64; do
+      for r in fast28 best28 bestwide bestr18 student28 reference64 fast64; do
         [ -f "$OUT/$r/study.json" ] && rows+=("$r=$OUT/$r/study.json")
       done
       [ -f "$OUT/ensemble28/summary.json" ] && rows+=("ensemble28=$OUT/ensemble28/summary.json")
