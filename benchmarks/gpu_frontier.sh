@@ -16,7 +16,8 @@
 #                against best v6 on validation                   -> $OUT/bestwide/study.json
 #   bestr18      `best`'s training on the adapted ResNet-18 (model.arch=resnet18: 0.56 GFLOP,
 #                stride-1 stem, no max-pool, so its last stage sees 4x4 maps where resnet9's
-#                sees 3x3), 3 seeds, judged the same way; 6 h per seed on a 2-core CPU
+#                sees 3x3), judged the same way; 6 h per seed on a 2-core CPU, GPU time
+#                unknown: start with SEEDS=42 alone
 #                                                                -> $OUT/bestr18/study.json
 #   fast28 best28 ensemble28 student28 reference64 fast64 frontier
 #                the 3-seed studies of every recipe, the ensemble of best's seeds, students
