@@ -11,6 +11,8 @@ from types import ModuleType
 
 import pytest
 
+from cli_fork import needs_exec, run_forked
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 SHARED_NPZ = SHARED_DATA / "bloodmnist_pbc_28.npz"
@@ -38,17 +40,18 @@ def pytest_configure(config: pytest.Config) -> None:
 # alone with a long module at the end; modules not listed follow in their usual order.
 SLOW_FIRST = (
     "test_faults.py",
+    "test_study_compare.py",
     "test_tune.py",
     "test_distributed.py",
-    "test_study_compare.py",
-    "test_cli_e2e.py",
-    "test_serve.py",
     "test_calibrated_inference.py",
-    "test_ensemble.py",
+    "test_serve.py",
+    "test_compile.py",  # ~40 s where torch.compile's kernel cache is empty (CI), else ~8 s
+    "test_export_tta.py",
+    "test_cli_e2e.py",
     "test_sizes.py",
-    "test_compile.py",
-    "test_precision.py",
-    "test_tracking.py",
+    "test_config.py",
+    "test_export.py",
+    "test_cli_fork.py",
 )
 
 
@@ -71,9 +74,13 @@ def run_cli(
 ) -> subprocess.CompletedProcess[str]:
     """Run `python -m bloodmnist ARGS` in `cwd` and return the finished process (text output).
 
-    `cwd` is required so that no default `runs/` folder lands in the repository.
+    `cwd` is required so that no default `runs/` folder lands in the repository. The process is
+    forked from a server that has torch imported already (tests/cli_fork.py), unless `env`
+    changes how an interpreter starts.
     """
     full_env = {**os.environ, **(env or {})}
+    if not needs_exec(full_env):
+        return run_forked(args, cwd, timeout, full_env)
     return subprocess.run(
         [sys.executable, "-m", "bloodmnist", *args],
         cwd=cwd,
