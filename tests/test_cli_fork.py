@@ -76,6 +76,7 @@ def test_a_command_past_its_timeout_is_killed(shared_data: Path, tmp_path: Path)
 
 
 def test_what_a_fork_cannot_reproduce_runs_in_a_fresh_interpreter(monkeypatch) -> None:
+    monkeypatch.delenv("BLOODMNIST_TEST_EXEC", raising=False)
     env = dict(os.environ)
     assert not needs_exec(env)
     assert not needs_exec({**env, "HOME": "/elsewhere"})  # read when the command runs
