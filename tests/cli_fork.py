@@ -11,8 +11,12 @@ process would have (SystemExit's code, 1 and a traceback for an uncaught excepti
 What a fork cannot reproduce runs as a real `exec` instead (`needs_exec`): an environment that
 changes how the interpreter starts (PYTHONPATH, thread counts read at import, ...). Tests of
 signals, locks between processes, torchrun, servers and "imports no torch" start their own
-`python -m bloodmnist` processes and never come here. BLOODMNIST_TEST_EXEC=1 makes every call a
-real exec (to rule the fork out when a test behaves differently).
+`python -m bloodmnist` processes and never come here; so does a test that compares two
+processes (`run_cli(..., fresh=True)`: forks of one server share the hash seed and NumPy's
+global RNG). BLOODMNIST_TEST_EXEC=1 makes every call a real exec (to rule the fork out when a
+test behaves differently). A fork still differs from an exec in ways no test here depends on:
+the preloaded modules were imported before the command's own imports, and multiprocessing's
+start method in the child is the forkserver.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from __future__ import annotations
 import atexit
 import multiprocessing as mp
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -38,26 +43,33 @@ PRELOAD = [
     "bloodmnist.training.run",
     "bloodmnist.training.finish",
 ]
-# Environment variables read when an interpreter or a library starts, not when a command runs.
-STARTUP_ENV = ("PYTHON", "OMP_", "MKL_", "OPENBLAS_", "KMP_", "CUDA_", "TORCH", "LD_")
+# Environment variables read when an interpreter or a library starts (or that a preloaded
+# module has cached, like tempfile's TMPDIR), not when a command runs.
+STARTUP_ENV = (
+    *("PYTHON", "PYTORCH_", "TORCH", "OMP_", "MKL_", "OPENBLAS_", "KMP_", "CUDA_", "LD_"),
+    *("TQDM_", "TMPDIR", "LANG", "LC_", "TZ", "BLOODMNIST_TEST_EXEC"),
+)
 MAIN = str(Path(__file__).resolve().parents[1] / "src" / "bloodmnist" / "__main__.py")
 
 _context: mp.context.ForkServerContext | None = None
+_server_env: dict[str, str] = {}  # the environment the server started (and imported) under
 
 
 def needs_exec(env: dict[str, str]) -> bool:
     """True where the command must run in a freshly started interpreter."""
-    if os.environ.get("BLOODMNIST_TEST_EXEC") == "1":
+    if "1" in (os.environ.get("BLOODMNIST_TEST_EXEC"), env.get("BLOODMNIST_TEST_EXEC")):
         return True
-    changed = {k for k in env.keys() | os.environ.keys() if env.get(k) != os.environ.get(k)}
+    base = _server_env or os.environ
+    changed = {k for k in env.keys() | base.keys() if env.get(k) != base.get(k)}
     return any(k.startswith(STARTUP_ENV) for k in changed)
 
 
 def _server() -> mp.context.ForkServerContext:
-    global _context
+    global _context, _server_env
     if _context is None:
         _context = mp.get_context("forkserver")
-        _context.set_forkserver_preload(["cli_fork", *PRELOAD])
+        _context.set_forkserver_preload(PRELOAD)
+        _server_env = dict(os.environ)
     return _context
 
 
@@ -78,11 +90,19 @@ def _child(args: list[str], cwd: str, env: dict[str, str], out: str, err: str) -
         code = main()
     except SystemExit as exc:
         code = exc.code
+    except KeyboardInterrupt:  # the interpreter's way: a traceback, then death by SIGINT
+        traceback.print_exc()
+        code = -signal.SIGINT
     except BaseException:  # what the interpreter prints and returns for an uncaught exception
         traceback.print_exc()
         code = 1
     finally:
         atexit._run_exitfuncs()  # logging.shutdown() and the like, as at interpreter exit
+    if code == -signal.SIGINT:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGINT)
     raise SystemExit(code)  # multiprocessing maps it to the exit status, streams flushed
 
 

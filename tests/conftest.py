@@ -70,16 +70,21 @@ def shared_data() -> Path:
 
 
 def run_cli(
-    args: list[str], cwd: str | Path, timeout: float = 300, env: dict[str, str] | None = None
+    args: list[str],
+    cwd: str | Path,
+    timeout: float = 300,
+    env: dict[str, str] | None = None,
+    fresh: bool = False,
 ) -> subprocess.CompletedProcess[str]:
     """Run `python -m bloodmnist ARGS` in `cwd` and return the finished process (text output).
 
     `cwd` is required so that no default `runs/` folder lands in the repository. The process is
     forked from a server that has torch imported already (tests/cli_fork.py), unless `env`
-    changes how an interpreter starts.
+    changes how an interpreter starts or `fresh` asks for a new interpreter (a test comparing
+    two processes wants one that shares nothing with the other: hash seed, NumPy's global RNG).
     """
     full_env = {**os.environ, **(env or {})}
-    if not needs_exec(full_env):
+    if not fresh and not needs_exec(full_env):
         return run_forked(args, cwd, timeout, full_env)
     return subprocess.run(
         [sys.executable, "-m", "bloodmnist", *args],

@@ -80,7 +80,8 @@ def test_what_a_fork_cannot_reproduce_runs_in_a_fresh_interpreter(monkeypatch) -
     env = dict(os.environ)
     assert not needs_exec(env)
     assert not needs_exec({**env, "HOME": "/elsewhere"})  # read when the command runs
-    for key in ("PYTHONPATH", "OMP_NUM_THREADS", "CUDA_VISIBLE_DEVICES", "TORCH_HOME"):
+    for key in ("PYTHONPATH", "OMP_NUM_THREADS", "CUDA_VISIBLE_DEVICES", "TORCH_HOME", "TMPDIR"):
         assert needs_exec({**env, key: "x"}), key  # read when an interpreter/library starts
+    assert needs_exec({**env, "BLOODMNIST_TEST_EXEC": "1"})  # asked for by one call
     monkeypatch.setenv("BLOODMNIST_TEST_EXEC", "1")
     assert needs_exec(dict(os.environ))
