@@ -9,8 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
+from PIL import Image
 
 from bloodmnist.config import (
     AugmentConfig,
@@ -299,6 +301,20 @@ def test_a_fast_recipe_run_never_imports_torchvision(shared_data: Path, tmp_path
     assert summary["arch"] == "resnet9" and "test_acc_tta" in summary
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
     assert manifest["torchvision"] == _torchvision_version_by_import()
+    # predict with that run (a temperature to apply) loads neither scikit-learn nor SciPy's
+    # optimiser, which only fitting and scoring need (~1 s of its start on a small CPU)
+    probe = _HEAVY_PROBE.split("heavy =")[0] + (
+        'heavy = {"matplotlib", "scipy.special", "scipy.optimize", "sklearn", "torchvision"}\n'
+        "print(rc, sorted(m for m in sys.modules if m in heavy))\n"
+    )
+    with np.load(shared_data) as data:
+        Image.fromarray(data["test_images"][0]).save(tmp_path / "cell.png")
+    pred = ["predict", "run", "cell.png", "--out", "p.json"]
+    out = subprocess.run(
+        [sys.executable, "-c", probe, *pred], cwd=tmp_path, capture_output=True, text=True
+    )
+    assert out.stdout.strip().splitlines()[-1] == "0 ['scipy.special']", out.stdout + out.stderr
+    assert json.loads((tmp_path / "p.json").read_text())["results"][0]["status"] == "ok"
 
 
 def _torchvision_version_by_import() -> str:

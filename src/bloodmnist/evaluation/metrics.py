@@ -16,8 +16,7 @@ from collections.abc import Sequence
 import numpy as np
 from sklearn import metrics as skm
 
-#: Probabilities are clipped here before the log so one confident mistake cannot give ``inf``.
-NLL_EPS = 1e-12
+from bloodmnist.evaluation.calibration import NLL_EPS
 
 
 def _as_labels(y: np.ndarray, name: str) -> np.ndarray:
