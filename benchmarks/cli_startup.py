@@ -1,4 +1,6 @@
-"""A short CLI command as a fresh interpreter vs forked from a pre-imported server, in ONE run.
+"""A short CLI command as a fresh interpreter vs forked from a pre-imported server, in ONE run;
+and what `predict` imports now vs with scikit-learn and SciPy's optimiser added (as before
+evaluation/calibration.py imported them lazily).
 
     python benchmarks/cli_startup.py [--data FILE.npz] [--reps 5]
 
@@ -49,6 +51,15 @@ def forked(args: list[str], cwd: Path) -> float:
     return time.perf_counter() - start
 
 
+PREDICT_IMPORTS = "import bloodmnist.cli.infer_commands, bloodmnist.inference.torch_engine"
+
+
+def import_time(extra: str) -> float:
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-c", PREDICT_IMPORTS + extra], check=True)
+    return time.perf_counter() - start
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -63,10 +74,15 @@ def main() -> None:
         for i in range(opts.reps):
             times["exec"].append(fresh(command(opts.data, work / f"e{i}"), work))
             times["fork"].append(forked(command(opts.data, work / f"f{i}"), work))
+        for _ in range(opts.reps):
+            times["predict imports"] = times.get("predict imports", []) + [import_time("")]
+            times["+ sklearn, scipy.optimize"] = times.get("+ sklearn, scipy.optimize", []) + [
+                import_time(", sklearn.metrics, scipy.optimize")
+            ]
     med = {k: statistics.median(v) for k, v in times.items()}
-    print(f"{'way':6} {'median s':>9}  runs (s)")
+    print(f"{'what':26} {'median s':>9}  runs (s)")
     for way, values in times.items():
-        print(f"{way:6} {med[way]:9.2f}  {' '.join(f'{v:.2f}' for v in values)}")
+        print(f"{way:26} {med[way]:9.2f}  {' '.join(f'{v:.2f}' for v in values)}")
     print(f"first fork (server start + preload): {first_fork:.2f} s")
     print(f"load average {os.getloadavg()[0]:.2f}, {platform.processor() or platform.machine()}")
     result = {
@@ -75,6 +91,8 @@ def main() -> None:
         "saved_per_command_s": round(med["exec"] - med["fork"], 3),
         "exec_over_fork": round(med["exec"] / med["fork"], 2),
         "first_fork_s": round(first_fork, 3),
+        "predict_imports_s": round(med["predict imports"], 3),
+        "predict_imports_before_s": round(med["+ sklearn, scipy.optimize"], 3),
         "reps": opts.reps,
     }
     print(json.dumps(result))
