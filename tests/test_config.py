@@ -301,8 +301,8 @@ def test_a_fast_recipe_run_never_imports_torchvision(shared_data: Path, tmp_path
     assert summary["arch"] == "resnet9" and "test_acc_tta" in summary
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
     assert manifest["torchvision"] == _torchvision_version_by_import()
-    # predict with that run (a temperature to apply) loads neither scikit-learn nor SciPy's
-    # optimiser, which only fitting and scoring need (~1 s of its start on a small CPU)
+    # predict and export with that run (a temperature to apply) load neither scikit-learn nor
+    # SciPy's optimiser, which only fitting and scoring need (~1 s of their start on a small CPU)
     probe = _HEAVY_PROBE.split("heavy =")[0] + (
         'heavy = {"matplotlib", "scipy.special", "scipy.optimize", "sklearn", "torchvision"}\n'
         "print(rc, sorted(m for m in sys.modules if m in heavy))\n"
@@ -315,6 +315,12 @@ def test_a_fast_recipe_run_never_imports_torchvision(shared_data: Path, tmp_path
     )
     assert out.stdout.strip().splitlines()[-1] == "0 ['scipy.special']", out.stdout + out.stderr
     assert json.loads((tmp_path / "p.json").read_text())["results"][0]["status"] == "ok"
+    export = ["export", "run", "--data", str(shared_data), "--parity-images", "16"]
+    out = subprocess.run(
+        [sys.executable, "-c", probe, *export], cwd=tmp_path, capture_output=True, text=True
+    )
+    assert out.stdout.strip().splitlines()[-1] == "0 []", out.stdout + out.stderr
+    assert (tmp_path / "run" / "model.onnx").is_file()
 
 
 def _torchvision_version_by_import() -> str:

@@ -20,7 +20,6 @@ from bloodmnist.evaluation.calibration import (
     calibration_metrics,
     logits_from_probs,
 )
-from bloodmnist.evaluation.metrics import compute_metrics
 
 REQUIRED_FILES = ("summary.json", "history.csv", "predictions.npz")
 PREDICTION_KEYS = ("test_labels", "test_probs", "test_probs_tta")
@@ -119,6 +118,9 @@ def load_test_metrics(summary: dict[str, Any], preds: dict[str, np.ndarray], tta
     stored = summary.get(key)
     if isinstance(stored, dict) and "per_class" in stored and "confusion" in stored:
         return stored
+    # imported here, not above: `export` uses this module's names and never needs scikit-learn
+    from bloodmnist.evaluation.metrics import compute_metrics
+
     probs = preds["test_probs_tta" if tta else "test_probs"]
     return compute_metrics(preds["test_labels"], probs, class_names(preds))
 
