@@ -49,7 +49,6 @@ STARTUP_ENV = (
     *("PYTHON", "PYTORCH_", "TORCH", "OMP_", "MKL_", "OPENBLAS_", "KMP_", "CUDA_", "LD_"),
     *("TQDM_", "TMPDIR", "LANG", "LC_", "TZ", "BLOODMNIST_TEST_EXEC"),
 )
-MAIN = str(Path(__file__).resolve().parents[1] / "src" / "bloodmnist" / "__main__.py")
 
 _context: mp.context.ForkServerContext | None = None
 _server_env: dict[str, str] = {}  # the environment the server started (and imported) under
@@ -82,8 +81,10 @@ def _child(args: list[str], cwd: str, env: dict[str, str], out: str, err: str) -
     os.chdir(cwd)
     os.environ.clear()
     os.environ.update(env)
-    sys.argv = [MAIN, *args]
+    import bloodmnist
     from bloodmnist.cli.main import main
+
+    sys.argv = [str(Path(bloodmnist.__file__).with_name("__main__.py")), *args]  # as `-m` sets it
 
     code: object = 0
     try:
