@@ -1,6 +1,6 @@
 """A short CLI command as a fresh interpreter vs forked from a pre-imported server, in ONE run;
-and what `predict` imports now vs with scikit-learn and SciPy's optimiser added (as before
-evaluation/calibration.py imported them lazily).
+and what `predict` imports now vs with scikit-learn and SciPy's optimiser added (what it
+loaded before evaluation/calibration.py imported SciPy where it is used).
 
     python benchmarks/cli_startup.py [--data FILE.npz] [--reps 5]
 
@@ -67,7 +67,8 @@ def main() -> None:
     )
     parser.add_argument("--reps", type=int, default=5)
     opts = parser.parse_args()
-    times: dict[str, list[float]] = {"exec": [], "fork": []}
+    names = ("exec", "fork", "predict imports", "+ sklearn, scipy.optimize")
+    times: dict[str, list[float]] = {name: [] for name in names}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         first_fork = forked(command(opts.data, work / "warm"), work)
@@ -75,10 +76,10 @@ def main() -> None:
             times["exec"].append(fresh(command(opts.data, work / f"e{i}"), work))
             times["fork"].append(forked(command(opts.data, work / f"f{i}"), work))
         for _ in range(opts.reps):
-            times["predict imports"] = times.get("predict imports", []) + [import_time("")]
-            times["+ sklearn, scipy.optimize"] = times.get("+ sklearn, scipy.optimize", []) + [
+            times["predict imports"].append(import_time(""))
+            times["+ sklearn, scipy.optimize"].append(
                 import_time(", sklearn.metrics, scipy.optimize")
-            ]
+            )
     med = {k: statistics.median(v) for k, v in times.items()}
     print(f"{'what':26} {'median s':>9}  runs (s)")
     for way, values in times.items():
