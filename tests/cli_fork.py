@@ -1,7 +1,8 @@
 """`python -m bloodmnist ARGS` as a forked child of a server that has already imported torch.
 
 Most of a short CLI test's time is the interpreter importing torch, torch._dynamo, torchvision,
-scikit-learn and SciPy (~4 s per process on a 2-core CPU, over 100 processes per suite). The
+scikit-learn and SciPy (~7 s per process on a 2-core CPU, benchmarks/cli_startup.py; over 100
+processes per suite). The
 standard library's forkserver (multiprocessing) imports them once per pytest worker; every
 command then runs in a new process forked from it: its own pid, working folder, environment,
 argv, stdout/stderr files and exit status, with the modules already in memory. It enters the
