@@ -9,10 +9,10 @@ from typing import TYPE_CHECKING, Any
 
 from bloodmnist.atomic import write_text_atomic
 from bloodmnist.config import (
-    DEFAULT_RECIPE,
     HOW_TO_RUN,
     Config,
     apply_overrides,
+    base_recipe,
     build_config,
     parse_override,
 )
@@ -38,7 +38,7 @@ def train_flags(args: argparse.Namespace) -> dict[str, Any]:
 
 def train_config(args: argparse.Namespace) -> Config:
     flags = train_flags(args)
-    return build_config(args.config, flags, args.set, recipe=args.recipe or DEFAULT_RECIPE)
+    return build_config(args.config, flags, args.set, recipe=base_recipe(args.recipe, args.config))
 
 
 def _shared_run_dir(rt, out: str | None, cfg) -> Path:

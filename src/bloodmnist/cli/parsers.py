@@ -19,7 +19,8 @@ def train_parser(sub) -> None:
         "--recipe",
         choices=list(RECIPES),
         default=None,
-        help="base settings under --config/flags/--set: fast (default: a ResNet-9-style net, "
+        help="base settings under --config/flags/--set (default: fast; under a complete saved "
+        "config.yaml, the Config defaults alone): fast (a ResNet-9-style net, "
         "34 annealed epochs, 0.05 PFLOP), best (the same net at twice the width for 80 epochs, "
         "0.52 PFLOP: the most accurate single model, see docs/frontier.md) or reference (the "
         "reference README's ResNet-18 recipe)",

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from bloodmnist.cli.console import say
-from bloodmnist.config import DEFAULT_RECIPE
+from bloodmnist.config import base_recipe
 from bloodmnist.errors import BloodMNISTError
 
 #: Train options a search sets per trial itself.
@@ -31,7 +31,7 @@ def _base_spec(train_args: list[str]):
 
     config = str(Path(ns.config).resolve()) if ns.config else None
     flags = {k: v for k, v in train_flags(ns).items() if v is not None}
-    return BaseSpec(config, ns.recipe or DEFAULT_RECIPE, flags, list(ns.set))
+    return BaseSpec(config, base_recipe(ns.recipe, config), flags, list(ns.set))
 
 
 def _tune_dir(args: argparse.Namespace) -> Path:

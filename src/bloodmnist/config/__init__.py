@@ -1,7 +1,8 @@
 """One Config dataclass tree. Defaults are the reference recipe; YAML files and `--set` override.
 
 Precedence (lowest to highest): dataclass defaults, the recipe (`--recipe`; the CLI's default is
-`DEFAULT_RECIPE`), `--config FILE.yaml`, dedicated CLI flags
+`DEFAULT_RECIPE`, or the defaults alone under a complete saved config: `base_recipe`),
+`--config FILE.yaml`, dedicated CLI flags
 (`--epochs`, `--seed`, ...), `--set key=value`. The resolved tree is saved in every run folder and
 checkpoint, so a run can be repeated from its `config.yaml` alone.
 """
@@ -11,6 +12,7 @@ from bloodmnist.config.resolve import (
     HOW_TO_RUN,
     RECIPES,
     apply_overrides,
+    base_recipe,
     build_config,
     from_dict,
     load_yaml,
@@ -52,6 +54,7 @@ __all__ = [
     "ScheduleConfig",
     "TrainConfig",
     "apply_overrides",
+    "base_recipe",
     "build_config",
     "from_dict",
     "load_yaml",

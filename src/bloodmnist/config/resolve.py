@@ -138,10 +138,23 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 
 RECIPES = ("reference", "fast", "best")
 #: What `train`, `study` and `tune` build on when no --recipe is given: the recipe a user should
-#: run (fast: 97.3% test accuracy with TTA from scratch on a fortieth of the reference's compute,
-#: docs/frontier.md). The
-#: reference stays the dataclass defaults and `--recipe reference`.
+#: run (fast: 97.9% test accuracy with TTA from scratch on a fortieth of the reference's compute,
+#: docs/frontier.md). The reference stays the dataclass defaults and `--recipe reference`.
 DEFAULT_RECIPE = "fast"
+
+
+def base_recipe(recipe: str | None, yaml_path: str | Path | None) -> str:
+    """The recipe under `--config FILE`: the one named, else DEFAULT_RECIPE, except under a
+    complete saved config (every section: a run's config.yaml, `tune`'s best.yaml). Keys such a
+    file lacks were added after it was written, and the Config defaults are what ran before they
+    existed; the default recipe's values (e.g. Muon) would silently change an old run."""
+    if recipe is not None:
+        return recipe
+    if yaml_path is not None and Path(yaml_path).is_file():
+        sections = {f.name for f in fields(Config)}
+        if sections <= set(load_yaml(yaml_path)):
+            return "reference"
+    return DEFAULT_RECIPE
 
 
 def recipe_dict(name: str) -> dict[str, Any]:
