@@ -12,7 +12,14 @@ import yaml
 from bloodmnist.cli.commands import train_config
 from bloodmnist.cli.main import build_parser
 from bloodmnist.cli.tune_commands import _base_spec
-from bloodmnist.config import DEFAULT_RECIPE, base_recipe, build_config, from_dict, save_yaml
+from bloodmnist.config import (
+    DEFAULT_RECIPE,
+    base_recipe,
+    build_config,
+    from_dict,
+    lacking_keys,
+    save_yaml,
+)
 from conftest import describe, run_cli
 
 #: Keys added after the first recipes, whose defaults keep the reference's behaviour.
@@ -66,14 +73,19 @@ def test_a_complete_saved_config_keeps_the_config_defaults_for_keys_it_lacks(tmp
 
 
 def test_a_partial_config_goes_over_the_default_recipe(tmp_path: Path) -> None:
-    partial = tmp_path / "mine.yaml"
-    sections = yaml.safe_load(_old_run_config(tmp_path / "full.yaml").read_text())
-    del sections["runtime"]  # seven of eight sections: still a user's partial file
-    partial.write_text(yaml.safe_dump(sections))
-    assert base_recipe(None, partial) == DEFAULT_RECIPE == "fast"
-    assert _train_cfg("--config", str(partial)).optim.kind == "muon"
-    assert base_recipe(None, None) == "fast" and base_recipe("best", partial) == "best"
+    sparse = tmp_path / "mine.yaml"  # every section named, few keys: a user's own file
+    names = yaml.safe_load(_old_run_config(tmp_path / "full.yaml").read_text())
+    sparse.write_text(yaml.safe_dump({k: {} for k in names} | {"model": {"width": 0.5}}))
+    assert base_recipe(None, sparse) == DEFAULT_RECIPE == "fast"
+    cfg = _train_cfg("--config", str(sparse))
+    assert (cfg.model.arch, cfg.model.width, cfg.optim.kind) == ("resnet9", 0.5, "muon")
+    assert base_recipe(None, None) == "fast" and base_recipe("best", sparse) == "best"
     assert base_recipe(None, tmp_path / "missing.yaml") == "fast"  # train then names the file
+    # a saved config without a whole section (one added later, say) is still a saved config
+    short = tmp_path / "short.yaml"
+    short.write_text(yaml.safe_dump({k: v for k, v in names.items() if k != "runtime"}))
+    assert base_recipe(None, short) == "reference"
+    assert set(lacking_keys(yaml.safe_load(short.read_text()))) >= {"runtime.threads"}
 
 
 @pytest.mark.slow
@@ -85,3 +97,9 @@ def test_training_again_from_an_older_runs_config_yaml(shared_data: Path, tmp_pa
     saved = yaml.safe_load((run / "config.yaml").read_text())
     assert saved["optim"]["kind"] == "sgd" and saved["train"]["select"] == "best"
     assert saved == from_dict(yaml.safe_load(old.read_text())).to_dict()
+    notes = [line for line in result.stderr.splitlines() if line.startswith("note:")]
+    lacking = ", ".join(f"{s}.{k}" for s, k in NEWER)
+    assert notes == [
+        f"note: {old} is a saved config; the keys it lacks take the Config defaults, as when it "
+        f"was written ({lacking}); add --recipe fast to take that recipe's instead"
+    ]

@@ -29,7 +29,7 @@ from bloodmnist.evaluation.calibration import calibrate, ece
 from bloodmnist.evaluation.medmnist_csv import read_evaluator_csv
 from bloodmnist.evaluation.stats import mcnemar_exact
 from bloodmnist.studies.adopt import config_differences
-from bloodmnist.studies.study import check_train_args, parse_seeds, split_cores
+from bloodmnist.studies.study import check_train_args, new_plan, parse_seeds, split_cores
 from bloodmnist.training.checkpoint import load_checkpoint
 from conftest import describe, run_cli
 
@@ -235,6 +235,30 @@ def test_study_adopts_a_finished_run_without_retraining_or_touching_it(
     adopted = json.loads((run / "summary.json").read_text())
     assert record["per_seed"][0]["test_acc"] == adopted["test_acc"]
     assert _files(run) == before  # the adopted run folder was only read
+
+
+@pytest.mark.parametrize("epochs", ["1", "2"])
+def test_study_resume_gives_unstarted_seeds_the_started_seeds_config(
+    study: Path, shared_data: Path, tmp_path: Path, epochs: str
+) -> None:
+    """A plan whose options now give another config than its started seeds ran with (a newer
+    bloodmnist may build them differently; here the plan says --epochs 2) is refused on
+    --resume before any seed starts; an unchanged one trains the seed still to run."""
+    st = tmp_path / "st"
+    st.mkdir()
+    shutil.copytree(study / f"seed-{SEEDS[0]}", st / f"seed-{SEEDS[0]}")
+    train_args = ["--data", str(shared_data), *TINY, "--set", "eval.temperature_scaling=true"]
+    new_plan([SEEDS[0], 5], [*train_args, "--epochs", epochs], 1).save(st)
+    result = run_cli(["study", "--resume", str(st), "--n-boot", "50"], cwd=tmp_path)
+    if epochs == "1":
+        assert result.returncode == 0, describe(result)
+        assert (st / "seed-5" / "summary.json").is_file()
+        return
+    assert result.returncode == 2, describe(result)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "train.epochs (ran 1, now 2)" in lines[0], lines
+    assert f"seed {SEEDS[0]} ran with" in lines[0] and "--adopt" in lines[0]
+    assert not (st / "seed-5").exists() and not (st / "logs").exists()
 
 
 @pytest.mark.parametrize(

@@ -139,6 +139,27 @@ def test_bad_space_stops_before_any_trial(tmp_path: Path, shared_data: Path) -> 
     assert not (tmp_path / "t").exists()  # nothing made, nothing run
 
 
+def test_continuing_with_other_train_options_is_refused_naming_them(
+    tmp_path: Path, shared_data: Path
+) -> None:
+    """The same command continues a search; one whose fixed options differ (e.g. --recipe, or
+    the base a newer bloodmnist puts under a complete --config) is refused, saying what differs."""
+    space = write_space(tmp_path)
+    args = ["tune", "--space", str(space), "--trials", "1", "--out", "t", *tiny(shared_data)]
+    first = run_cli(args, tmp_path)
+    assert first.returncode == 0, describe(first)
+    plan = (tmp_path / "t" / "tune_plan.json").read_text()
+    again = run_cli([*args, "--epochs", "3", "--recipe", "fast"], tmp_path)
+    assert again.returncode == 2, describe(again)
+    assert error_lines(again) == [
+        f"bloodmnist tune: error: {tmp_path / 't'} holds a search with other settings (train "
+        "option train.epochs: saved 2, now 3; train option recipe: saved 'reference', now "
+        "'fast'); run its original command to continue it, or pick a new --out"
+    ]
+    assert (tmp_path / "t" / "tune_plan.json").read_text() == plan  # untouched
+    assert len(states(tmp_path / "t")) == 1  # no trial added
+
+
 def test_shipped_spaces_are_valid() -> None:
     from bloodmnist.config import build_config
     from bloodmnist.tuning.space import load_space

@@ -8,12 +8,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bloodmnist.atomic import write_text_atomic
+from bloodmnist.cli.console import say
 from bloodmnist.config import (
+    DEFAULT_RECIPE,
     HOW_TO_RUN,
     Config,
     apply_overrides,
     base_recipe,
     build_config,
+    lacking_keys,
+    load_yaml,
     parse_override,
 )
 from bloodmnist.errors import BloodMNISTError
@@ -38,7 +42,16 @@ def train_flags(args: argparse.Namespace) -> dict[str, Any]:
 
 def train_config(args: argparse.Namespace) -> Config:
     flags = train_flags(args)
-    return build_config(args.config, flags, args.set, recipe=base_recipe(args.recipe, args.config))
+    recipe = base_recipe(args.recipe, args.config)
+    if args.recipe is None and recipe != DEFAULT_RECIPE:  # a saved config: say what that means
+        lacking = lacking_keys(load_yaml(args.config))
+        if lacking:
+            say(
+                f"note: {args.config} is a saved config; the keys it lacks take the Config "
+                f"defaults, as when it was written ({', '.join(lacking)}); add --recipe "
+                f"{DEFAULT_RECIPE} to take that recipe's instead"
+            )
+    return build_config(args.config, flags, args.set, recipe=recipe)
 
 
 def _shared_run_dir(rt, out: str | None, cfg) -> Path:

@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import io
 import json
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -14,6 +15,7 @@ from bloodmnist.cli.console import say
 from bloodmnist.errors import BloodMNISTError
 
 if TYPE_CHECKING:  # imported lazily below: `compare` needs none of the study machinery
+    from bloodmnist.config import Config
     from bloodmnist.studies.study import StudyPlan
 
 
@@ -35,12 +37,12 @@ def _parse_train(train_args: list[str]) -> argparse.Namespace:
         raise BloodMNISTError(f"{msg} (train options; see bloodmnist train --help)") from None
 
 
-def check_train_options(train_args: list[str]) -> None:
+def check_train_options(train_args: list[str]) -> Config:
     """Build the config once, so a typo fails here in one line instead of in every seed's
     subprocess."""
     from bloodmnist.cli.commands import train_config
 
-    train_config(_parse_train(train_args))
+    return train_config(_parse_train(train_args))
 
 
 def _adopt(run_dirs: list[str], seeds: list[int], train_args: list[str]) -> dict[str, str]:
@@ -61,6 +63,40 @@ def _adopt(run_dirs: list[str], seeds: list[int], train_args: list[str]) -> dict
     return adopted
 
 
+def _check_unstarted_seeds(study_dir: Path, plan: StudyPlan) -> None:
+    """On --resume, seeds yet to start must get the config the started ones got: a newer
+    bloodmnist may build the saved options differently (a recipe's values, the base under
+    --config), and one study must not mix configurations."""
+    from bloodmnist.config import from_dict, load_yaml
+    from bloodmnist.studies.adopt import config_differences, flat_config
+    from bloodmnist.studies.study import seed_dir, seed_state
+
+    states = {s: seed_state(seed_dir(study_dir, s)) for s in plan.seeds}
+    started = [s for s in plan.seeds if (seed_dir(study_dir, s) / "config.yaml").is_file()]
+    if not started or "new" not in states.values():
+        return
+    seed = started[0]
+    have = from_dict(load_yaml(seed_dir(study_dir, seed) / "config.yaml"))
+    if not Path(plan.cwd).is_dir():
+        return  # the seeds' own start will say so
+    here = os.getcwd()
+    os.chdir(plan.cwd)  # the saved options' relative paths resolve where the study started
+    try:
+        want = check_train_options([*plan.train_args, "--seed", str(seed)])
+    finally:
+        os.chdir(here)
+    diffs = config_differences(have, want)
+    if diffs:
+        ran, now = flat_config(have), flat_config(want)
+        shown = ", ".join(f"{k} (ran {ran.get(k)!r}, now {now.get(k)!r})" for k in diffs[:4])
+        more = f" and {len(diffs) - 4} more" if len(diffs) > 4 else ""
+        raise BloodMNISTError(
+            f"study --resume {study_dir}: its options now give other settings than seed {seed} "
+            f"ran with: {shown}{more}; start a new study whose options give the started seeds' "
+            "config (e.g. with --recipe or --set) and --adopt them"
+        )
+
+
 def _plan(args: argparse.Namespace, train_args: list[str]) -> tuple[Path, StudyPlan]:
     from bloodmnist.studies.study import (
         StudyPlan,
@@ -79,7 +115,9 @@ def _plan(args: argparse.Namespace, train_args: list[str]) -> tuple[Path, StudyP
                 f"--resume continues the study's saved plan; drop {' '.join(given)}"
             )
         study_dir = prepare_study_dir(args.resume, resume=True)
-        return study_dir, StudyPlan.load(study_dir)
+        plan = StudyPlan.load(study_dir)
+        _check_unstarted_seeds(study_dir, plan)
+        return study_dir, plan
     if not args.seeds:
         raise BloodMNISTError("study needs --seeds, e.g. --seeds 42,43,44 (or --resume STUDY_DIR)")
     seeds = parse_seeds(args.seeds)

@@ -39,6 +39,21 @@ def _tune_dir(args: argparse.Namespace) -> Path:
     return path.expanduser().resolve()
 
 
+def _plan_differences(old, new) -> list[str]:
+    """'what: saved X, now Y' for each setting a continued search must keep."""
+    saved = {"storage": old.storage, "study name": old.study_name}
+    now = {"storage": new.storage, "study name": new.study_name}
+    for key in sorted(set(old.base) | set(new.base)):
+        a, b = old.base.get(key), new.base.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):  # the flags: name the one that differs
+            for sub in sorted(set(a) | set(b)):
+                saved[f"train option {sub}"], now[f"train option {sub}"] = a.get(sub), b.get(sub)
+        else:
+            saved[f"train option {key}"], now[f"train option {key}"] = a, b
+    out = ["the search space"] if old.space != new.space else []
+    return out + [f"{k}: saved {v!r}, now {now[k]!r}" for k, v in saved.items() if v != now[k]]
+
+
 def _plan(args: argparse.Namespace, tune_dir: Path):
     """Check fixed options and space (one error line, before any trial) and make the plan; a
     folder holding a search with other options or another space is refused."""
@@ -64,16 +79,11 @@ def _plan(args: argparse.Namespace, tune_dir: Path):
         study_name=args.study_name or Path(args.space).stem,
     )
     if (tune_dir / PLAN_FILE).is_file():
-        old = TunePlan.load(tune_dir)
-        if (old.space, old.base, old.storage, old.study_name) != (
-            plan.space,
-            plan.base,
-            plan.storage,
-            plan.study_name,
-        ):
+        diffs = _plan_differences(TunePlan.load(tune_dir), plan)
+        if diffs:
             raise BloodMNISTError(
-                f"{tune_dir} holds a search with another space, train options, storage or study "
-                "name; run its original command to continue it, or pick a new --out"
+                f"{tune_dir} holds a search with other settings ({'; '.join(diffs)}); run its "
+                "original command to continue it, or pick a new --out"
             )
     elif tune_dir.exists() and any(tune_dir.iterdir()):
         raise BloodMNISTError(f"{tune_dir} is not empty and not a tune folder; pick a new --out")

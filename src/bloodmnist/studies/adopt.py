@@ -32,9 +32,14 @@ def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def flat_config(cfg: Config) -> dict[str, Any]:
+    """The config as {dotted key: value}."""
+    return _flat(cfg.to_dict())
+
+
 def config_differences(have: Config, want: Config) -> list[str]:
     """Dotted keys whose values differ, ignoring settings that do not change results."""
-    a, b = _flat(have.to_dict()), _flat(want.to_dict())
+    a, b = flat_config(have), flat_config(want)
     keys = sorted(set(a) | set(b))
     return [k for k in keys if k not in IGNORED and a.get(k) != b.get(k)]
 
@@ -73,7 +78,7 @@ def check_adoptable(run_dir: Path, seeds: list[int], expected: Callable[[int], C
     want = expected(seed)
     diffs = config_differences(have, want)
     if diffs:
-        ran, asked = _flat(have.to_dict()), _flat(want.to_dict())
+        ran, asked = flat_config(have), flat_config(want)
         pairs = [f"{k} (run {ran.get(k)!r}, study {asked.get(k)!r})" for k in diffs[:4]]
         shown = ", ".join(pairs)
         more = f" and {len(diffs) - 4} more" if len(diffs) > 4 else ""
