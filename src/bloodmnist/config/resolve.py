@@ -160,11 +160,9 @@ def base_recipe(recipe: str | None, yaml_path: str | Path | None) -> str:
 def lacking_keys(data: dict[str, Any]) -> list[str]:
     """The Config's dotted keys that `data` (a config file's mapping) does not set."""
     out = []
-    for section in fields(Config):
-        given = data.get(section.name)
-        given = given if isinstance(given, dict) else {}
-        names = [f.name for f in fields(getattr(Config(), section.name))]
-        out += [f"{section.name}.{n}" for n in names if n not in given]
+    for section, keys in Config().to_dict().items():
+        given = data.get(section) if isinstance(data.get(section), dict) else {}
+        out += [f"{section}.{key}" for key in keys if key not in given]
     return out
 
 
@@ -172,7 +170,7 @@ def is_saved_config(data: dict[str, Any]) -> bool:
     """Whether `data` is a whole config as `train` and `tune` write them (every key the Config
     had then; later versions add keys, so most of today's rather than all), not a user's file
     of a few keys."""
-    total = sum(len(fields(getattr(Config(), f.name))) for f in fields(Config))
+    total = sum(len(keys) for keys in Config().to_dict().values())
     return 2 * (total - len(lacking_keys(data))) >= total
 
 
