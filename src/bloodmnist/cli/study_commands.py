@@ -68,12 +68,11 @@ def _check_unstarted_seeds(study_dir: Path, plan: StudyPlan) -> None:
     bloodmnist may build the saved options differently (a recipe's values, the base under
     --config), and one study must not mix configurations."""
     from bloodmnist.config import from_dict, load_yaml
-    from bloodmnist.studies.adopt import config_differences, flat_config
+    from bloodmnist.studies.adopt import describe_differences
     from bloodmnist.studies.study import seed_dir, seed_state
 
-    states = {s: seed_state(seed_dir(study_dir, s)) for s in plan.seeds}
     started = [s for s in plan.seeds if (seed_dir(study_dir, s) / "config.yaml").is_file()]
-    if not started or "new" not in states.values():
+    if not started or all(seed_state(seed_dir(study_dir, s)) != "new" for s in plan.seeds):
         return
     seed = started[0]
     have = from_dict(load_yaml(seed_dir(study_dir, seed) / "config.yaml"))
@@ -85,14 +84,11 @@ def _check_unstarted_seeds(study_dir: Path, plan: StudyPlan) -> None:
         want = check_train_options([*plan.train_args, "--seed", str(seed)])
     finally:
         os.chdir(here)
-    diffs = config_differences(have, want)
-    if diffs:
-        ran, now = flat_config(have), flat_config(want)
-        shown = ", ".join(f"{k} (ran {ran.get(k)!r}, now {now.get(k)!r})" for k in diffs[:4])
-        more = f" and {len(diffs) - 4} more" if len(diffs) > 4 else ""
+    shown = describe_differences(have, want, ("ran", "now"))
+    if shown:
         raise BloodMNISTError(
             f"study --resume {study_dir}: its options now give other settings than seed {seed} "
-            f"ran with: {shown}{more}; start a new study whose options give the started seeds' "
+            f"ran with: {shown}; start a new study whose options give the started seeds' "
             "config (e.g. with --recipe or --set) and --adopt them"
         )
 

@@ -44,6 +44,14 @@ def config_differences(have: Config, want: Config) -> list[str]:
     return [k for k in keys if k not in IGNORED and a.get(k) != b.get(k)]
 
 
+def describe_differences(have: Config, want: Config, sides: tuple[str, str]) -> str:
+    """'key (SIDE0 x, SIDE1 y), ...' for the first four differing keys, '' when none differ."""
+    diffs = config_differences(have, want)
+    a, b = flat_config(have), flat_config(want)
+    shown = ", ".join(f"{k} ({sides[0]} {a.get(k)!r}, {sides[1]} {b.get(k)!r})" for k in diffs[:4])
+    return shown + (f" and {len(diffs) - 4} more" if len(diffs) > 4 else "")
+
+
 def expected_md5(cfg: Config) -> str:
     """MD5 of the data a run with this config trains on: its --data file, or the official one."""
     from bloodmnist.data.download import file_md5, official_md5
@@ -76,15 +84,11 @@ def check_adoptable(run_dir: Path, seeds: list[int], expected: Callable[[int], C
     if seed not in seeds:
         raise BloodMNISTError(f"{where}: it was trained with seed {seed}, not one of {seeds}")
     want = expected(seed)
-    diffs = config_differences(have, want)
-    if diffs:
-        ran, asked = flat_config(have), flat_config(want)
-        pairs = [f"{k} (run {ran.get(k)!r}, study {asked.get(k)!r})" for k in diffs[:4]]
-        shown = ", ".join(pairs)
-        more = f" and {len(diffs) - 4} more" if len(diffs) > 4 else ""
+    shown = describe_differences(have, want, ("run", "study"))
+    if shown:
         raise BloodMNISTError(
             f"{where}: trained with other options than the study's for seed {seed}: "
-            f"{shown}{more}; give the study the run's options or leave --adopt out"
+            f"{shown}; give the study the run's options or leave --adopt out"
         )
     manifest = read_json(run_dir / "manifest.json")
     run_md5, study_md5 = manifest.get("data", {}).get("md5"), expected_md5(want)
