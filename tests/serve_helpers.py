@@ -18,9 +18,10 @@ from conftest import SHARED_DATA
 PBC = SHARED_DATA / "pbc_sample"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
+def free_port(host: str = "127.0.0.1") -> int:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family) as sock:
+        sock.bind((host, 0))
         return sock.getsockname()[1]
 
 
@@ -30,15 +31,17 @@ def pbc_files() -> list[Path]:
 
 
 @contextmanager
-def server(model: Path, *options: str, log: Path, timeout: float = 120) -> Iterator[str]:
+def server(
+    model: Path, *options: str, log: Path, timeout: float = 120, host: str = "127.0.0.1"
+) -> Iterator[str]:
     """`bloodmnist serve MODEL OPTIONS` on a free port; yields its base URL, stops it after."""
-    port = free_port()
+    port = free_port(host)
     cmd = [sys.executable, "-m", "bloodmnist", "serve", str(model), "--port", str(port)]
-    cmd += ["--log-level", "warning", *options]
+    cmd += ["--host", host, "--log-level", "warning", *options]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     with log.open("w") as fh:
         proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env)
-    url = f"http://127.0.0.1:{port}"
+    url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
     try:
         deadline = time.monotonic() + timeout
         while True:

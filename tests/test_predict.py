@@ -241,12 +241,52 @@ def test_tta_and_top_k(engine: TorchEngine) -> None:
         predict_paths(engine, paths, PredictOptions(top_k=9))
 
 
+def test_tta_answer_does_not_depend_on_batch_neighbours(engine: TorchEngine, shared_data) -> None:
+    """The reference 7 views include seeded noise: an image alone, first or fourth in a batch
+    (predict's chunks, serve's batches) gets the same probabilities (to float rounding of a
+    batched convolution; with noise seeded by position they differed by ~7e-4)."""
+    assert engine.cfg.eval.tta_mode == "reference7"  # the mode with the noise view
+    with np.load(shared_data) as z:
+        imgs = z["test_images"][:3]
+    alone = engine.probs(imgs[:1], tta=True)
+    batch = engine.probs(np.concatenate([imgs, imgs[:1]]), tta=True)
+    np.testing.assert_allclose(batch[0], alone[0], rtol=0, atol=1e-5)
+    np.testing.assert_allclose(batch[3], alone[0], rtol=0, atol=1e-5)
+    assert np.abs(batch[1] - batch[0]).max() > 1e-3  # other images, other answers
+
+
 def test_cli_refuses_existing_out(run_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "keep.csv"
     out.write_text("user data\n")
     result = run_cli(["predict", str(run_dir), str(PBC), "--out", str(out)], cwd=tmp_path)
     assert result.returncode == 2 and "already exists" in result.stderr, describe(result)
     assert out.read_text() == "user data\n"
+    link = tmp_path / "link.csv"  # a dangling symlink: the name is the user's too
+    link.symlink_to(tmp_path / "nowhere" / "x.csv")
+    result = run_cli(["predict", str(run_dir), str(PBC), "--out", str(link)], cwd=tmp_path)
+    assert result.returncode == 2 and "already exists" in result.stderr, describe(result)
+    assert link.is_symlink() and not link.exists()
+
+
+def test_an_out_file_created_while_predicting_is_kept(run_dir: Path, tmp_path, monkeypatch) -> None:
+    """Another process writes --out after the start-up check: predict refuses, exit 2, and the
+    file keeps its contents (the write publishes only where no file exists)."""
+    from bloodmnist.cli import infer_commands
+    from bloodmnist.cli.main import main
+
+    out = tmp_path / "late.csv"
+    real = infer_commands.predict_paths
+
+    def predict_then_race(*args, **kwargs):
+        rows = real(*args, **kwargs)
+        out.write_text("written meanwhile\n")
+        return rows
+
+    monkeypatch.setattr(infer_commands, "predict_paths", predict_then_race)
+    first = sorted(PBC.rglob("*.jpg"))[0]
+    rc = main(["predict", str(run_dir), str(first), "--out", str(out), "--quiet"])
+    assert rc == 2 and out.read_text() == "written meanwhile\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["late.csv"]  # no temp file left
 
 
 MEM_SCRIPT = """

@@ -11,9 +11,11 @@ import hashlib
 import io
 import json
 import socket
+import struct
 import subprocess
 import sys
 import time
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -108,13 +110,14 @@ def test_torch_server_matches_predict_model_info_and_batches(run_dir: Path, tmp_
             assert len(np.unique(pixels, axis=0)) > 50
         row = post_files(url, one[:1], "/v1/explain")["results"][0]
         assert row["explain"]["class"] == row["pred"]
-        bad = requests.post(
-            url + "/v1/explain",
-            files=[("files", ("a.jpg", one[0].read_bytes()))],
-            params={"class": "dragon"},
-            timeout=30,
-        )
-        assert bad.status_code == 422 and "dragon" in bad.json()["detail"]
+        for cls in ("dragon", "\u00b2"):  # a name, and a digit that int() refuses ('²')
+            bad = requests.post(
+                url + "/v1/explain",
+                files=[("files", ("a.jpg", one[0].read_bytes()))],
+                params={"class": cls},
+                timeout=30,
+            )
+            assert bad.status_code == 422 and cls in bad.json()["detail"], bad.text
         tta = post_files(url, one[:2], tta="true")["results"]
         assert all(r["status"] == "ok" for r in tta)
 
@@ -164,6 +167,17 @@ def test_onnx_server_matches_predict_and_runs_without_torch(run_dir: Path, tmp_p
     assert proc.stdout.strip().splitlines()[-1] == "200 ok []", proc.stdout + proc.stderr
 
 
+def png_header(width: int, height: int) -> bytes:
+    """A PNG of that size with no pixel data: a header claiming a decompression bomb."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
+
+
 def png_bytes(width: int, height: int) -> bytes:
     buf = io.BytesIO()
     Image.new("RGB", (width, height), (200, 120, 160)).save(buf, format="PNG")
@@ -189,6 +203,11 @@ def test_limits_and_bad_input_get_their_status_and_the_server_keeps_answering(
                 post([("files", ("wide.png", png_bytes(2000, 1001), "image/png"))]),
                 413,
                 "wide.png",
+            ),
+            "header above Pillow's own limit": (
+                post([("files", ("bomb.png", png_header(20000, 10000), "image/png"))]),
+                413,
+                "200.0 Mpx",
             ),
             "not an image type": (post([("files", ("a.txt", b"hi", "text/plain"))]), 415, "a.txt"),
             "JSON body": (post(json={"files": []}), 415, "multipart"),
@@ -247,13 +266,26 @@ def _status_soon(url: str, status: int, tries: int = 50) -> bool:
 
 
 def test_port_in_use_is_one_clear_error(run_dir: Path, tmp_path) -> None:
-    import socket
-
     with socket.create_server(("127.0.0.1", 0)) as taken:
         port = str(taken.getsockname()[1])
         result = run_cli(["serve", str(run_dir / "model.onnx"), "--port", port], cwd=tmp_path)
     assert result.returncode == 2 and f"127.0.0.1:{port}" in result.stderr, describe(result)
     assert len([line for line in result.stderr.splitlines() if line.strip()]) == 1
+    result = run_cli(["serve", str(run_dir / "model.onnx"), "--threads", "-1"], cwd=tmp_path)
+    assert result.returncode == 2, describe(result)
+    assert result.stderr.strip().splitlines()[-1].endswith("(0: all cores), got '-1'")
+
+
+def test_serves_on_an_ipv6_host(run_dir: Path, tmp_path) -> None:
+    """--host ::1 binds IPv6 as uvicorn does (the bind check used to try it as IPv4)."""
+    try:
+        socket.create_server(("::1", 0), family=socket.AF_INET6).close()
+    except OSError:
+        pytest.skip("no IPv6 loopback on this machine")
+    with server(run_dir / "model.onnx", log=tmp_path / "serve6.log", host="::1") as url:
+        assert url.startswith("http://[::1]:")
+        body = requests.get(url + "/v1/model", timeout=10).json()
+        assert len(body["classes"]) == 8, body
 
 
 def test_openapi_document_property_based_no_server_errors(run_dir: Path, tmp_path) -> None:

@@ -6,7 +6,6 @@ import argparse
 import json
 
 from bloodmnist.cli.console import say
-from bloodmnist.errors import BloodMNISTError
 
 
 def ensemble(args: argparse.Namespace) -> int:
@@ -16,8 +15,6 @@ def ensemble(args: argparse.Namespace) -> int:
     from bloodmnist.runtime import setup_runtime
     from bloodmnist.training.rundir import setup_logging
 
-    if args.threads < 0:
-        raise BloodMNISTError("--threads must be >= 0 (0: all cores)")
     setup_logging(None, verbose=not args.quiet)
     members = load_members(args.runs)
     out = check_out(args.out)

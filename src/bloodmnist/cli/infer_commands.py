@@ -30,8 +30,6 @@ def predict(args: argparse.Namespace) -> int:
     out = Path(args.out).expanduser() if args.out else None
     fmt = check_out(out)
     paths = expand_inputs(args.inputs)
-    if args.threads < 0:
-        raise InferenceError("--threads must be >= 0 (0: all cores)")
     engine = open_engine(
         args.model, args.device, args.precision, args.threads, calibrated=not args.uncalibrated
     )
@@ -59,7 +57,12 @@ def predict(args: argparse.Namespace) -> int:
     if out is None:
         sys.stdout.write(text)
     else:
-        write_text_atomic(out, text)
+        try:  # never over a file another process created since check_out
+            write_text_atomic(out, text, exclusive=True)
+        except FileExistsError:
+            raise InferenceError(
+                f"--out {out} appeared while predicting and was not replaced; choose a new name"
+            ) from None
     failed = [r for r in rows if r["status"] != "ok"]
     where = f" -> {out}" if out else ""
     t = header["temperature"]

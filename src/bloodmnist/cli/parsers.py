@@ -126,7 +126,9 @@ def predict_parser(sub) -> None:
         "images larger than twice the input size, else resize",
     )
     p.add_argument("--batch-size", type=int, default=64, metavar="N")
-    p.add_argument("--threads", type=int, default=0, metavar="N", help="CPU threads (0: all cores)")
+    p.add_argument(
+        "--threads", type=threads_int, default=0, metavar="N", help="CPU threads (0: all cores)"
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_runtime(p)
 
@@ -212,7 +214,9 @@ def serve_parser(sub) -> None:
         help="open connections per worker; more get HTTP 503 (bounds memory: each request may "
         "hold its body a few times over)",
     )
-    p.add_argument("--threads", type=int, default=0, metavar="N", help="CPU threads (0: all cores)")
+    p.add_argument(
+        "--threads", type=threads_int, default=0, metavar="N", help="CPU threads (0: all cores)"
+    )
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info"])
     p.add_argument(
         "--uncalibrated",
@@ -240,7 +244,9 @@ def ensemble_parser(sub) -> None:
     p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="finished runs on one data file")
     p.add_argument("--out", metavar="DIR", help="new folder (default runs/<time>-ensemble/)")
     p.add_argument("--data", metavar="FILE.npz", help="the members' data file if moved")
-    p.add_argument("--threads", type=int, default=0, metavar="N", help="CPU threads (0: all)")
+    p.add_argument(
+        "--threads", type=threads_int, default=0, metavar="N", help="CPU threads (0: all)"
+    )
     p.add_argument(
         "--reports", action=argparse.BooleanOptionalAction, default=True, help="figures, reports"
     )
@@ -272,6 +278,19 @@ def tune_parsers(sub) -> None:
         metavar="KEY",
         help="name|recipe|arch|seed|epochs|val_acc|test_acc|test_acc_tta|pflop|seconds|status",
     )
+
+
+def threads_int(text: str) -> int:
+    """--threads: 0 (all cores) or a positive count, refused by argparse in one line otherwise."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(
+            f"expects a whole number >= 0 (0: all cores), got {text!r}"
+        )
+    return value
 
 
 def positive_int(text: str) -> int:

@@ -29,7 +29,9 @@ def _check_serve_args(args: argparse.Namespace) -> None:
     if not 1 <= args.port <= 65535:
         raise InferenceError(f"--port {args.port}: choose a port between 1 and 65535")
     try:  # uvicorn would only log a bind failure; say it here, in one line, before loading
-        with socket.create_server((args.host, args.port)):
+        # uvicorn's own rule: a host with a colon (::, ::1) is IPv6
+        family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
+        with socket.create_server((args.host, args.port), family=family):
             pass
     except OSError as exc:
         raise InferenceError(

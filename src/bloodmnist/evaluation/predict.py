@@ -134,20 +134,28 @@ def predict_probs(
     batch_size: int = 512,
     tta: EvalConfig | None = None,
     on_batch: Callable[[int], None] | None = None,
+    per_image: bool = False,
 ) -> np.ndarray:
     """Softmax probabilities (N, C) for images in [0,1] (N,3,H,W); TTA averages the views.
+
+    The TTA noise of row i is seeded by i, so a split's result is reproducible and shardable;
+    `per_image` seeds every row alike instead, so an image's probabilities do not depend on where
+    it sits in a batch or which images share it (predict, serve).
 
     Under torchrun every rank must pass the same images: each predicts its own shard and the
     shards are gathered, so every rank returns the same full (N, C) array, each image once.
     `on_batch` gets the number of images of each finished batch (a progress bar).
     """
     if not rt.distributed:
-        return _predict(model, images, rt, normalize, batch_size, tta, on_batch=on_batch)
+        offset = None if per_image else 0
+        return _predict(model, images, rt, normalize, batch_size, tta, offset, on_batch)
     lo, hi = shard_range(len(images), rt.rank, rt.world_size)
     # The bare module: a DDP forward could start a buffer broadcast that the other ranks,
     # with a different number of batches, would not match.
     bare = getattr(model, "module", model)
-    part = _predict(bare, images[lo:hi], rt, normalize, batch_size, tta, lo, on_batch)
+    part = _predict(
+        bare, images[lo:hi], rt, normalize, batch_size, tta, None if per_image else lo, on_batch
+    )
     return np.concatenate([p for p in gather_objects(rt, part) if len(p)])
 
 
@@ -158,17 +166,21 @@ def _predict(
     normalize: Normalizer,
     batch_size: int,
     tta: EvalConfig | None,
-    offset: int = 0,
+    offset: int | None = 0,
     on_batch: Callable[[int], None] | None = None,
 ) -> np.ndarray:
     """predict_probs for one process; `offset` is the first row's index in the full split (the
-    TTA noise is seeded by that index, so sharding does not change it)."""
+    TTA noise is seeded by that index, so sharding does not change it); None seeds every row
+    with index 0."""
     model.eval()
     views = tta_views(tta) if tta is not None else [("identity", lambda x, i: x)]
     chunks = []
     for start in range(0, len(images), batch_size):
         x = images[start : start + batch_size].to(rt.device)
-        idx = torch.arange(offset + start, offset + start + len(x))
+        if offset is None:
+            idx = torch.zeros(len(x), dtype=torch.long)
+        else:
+            idx = torch.arange(offset + start, offset + start + len(x))
         acc = None
         for _, view in views:
             with rt.autocast():

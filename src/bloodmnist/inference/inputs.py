@@ -90,7 +90,7 @@ def class_index(requested: str | None, names: list[str], option: str = "class") 
         return None
     if requested in names:
         return names.index(requested)
-    if requested.isdigit() and int(requested) < len(names):
+    if requested.isascii() and requested.isdigit() and int(requested) < len(names):  # not '²'
         return int(requested)
     raise InferenceError(
         f"unknown {option} {requested!r}; use a name ({', '.join(names)}) or 0..{len(names) - 1}"

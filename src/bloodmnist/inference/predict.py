@@ -134,7 +134,7 @@ def check_out(out: Path | None) -> str:
     fmt = out.suffix.lower()
     if fmt not in OUT_FORMATS:
         raise InferenceError(f"--out {out}: use a .csv or .json file name")
-    if out.exists():
+    if out.exists() or out.is_symlink():  # a dangling link too: the name is taken
         raise InferenceError(f"--out {out} already exists; choose a new file name")
     if not out.parent.is_dir():
         raise InferenceError(f"--out {out}: folder {out.parent} does not exist")

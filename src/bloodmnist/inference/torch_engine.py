@@ -69,5 +69,6 @@ class TorchEngine:
             self.normalize,
             batch_size=max(1, len(x)),
             tta=self.cfg.eval if tta else None,
+            per_image=True,  # an image's answer must not depend on its batch neighbours
         )
         return calibrate(probs, self.info.applied_temperature(tta))

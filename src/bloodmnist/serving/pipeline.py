@@ -6,6 +6,7 @@ Everything stays in memory; nothing is kept once the response is built.
 from __future__ import annotations
 
 import io
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import PurePath
@@ -68,6 +69,9 @@ def header_pixels(data: bytes) -> int | None:
             warnings.simplefilter("ignore")
             with Image.open(io.BytesIO(data)) as img:
                 return img.width * img.height
+    except Image.DecompressionBombError as exc:  # above Pillow's own limit: its size is in the text
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        return int(found.group(1)) if found else None
     except Exception:  # noqa: BLE001 - unreadable files get their error row later
         return None
 
