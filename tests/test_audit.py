@@ -103,6 +103,13 @@ def test_audit_cli_writes_json_and_html(tmp_path: Path) -> None:
     assert "train #7: y (1)" in page and "val #1: z (2)" in page
     again = run_cli(["data", "audit", str(npz), "--out", str(out)], cwd=tmp_path)
     assert again.returncode == 2 and "already exists" in error_lines(again)[-1]
+    (tmp_path / "p_audit").write_text("user notes")  # the default --out, taken by a file
+    again = run_cli(["data", "audit", str(npz)], cwd=tmp_path)
+    assert again.returncode == 2 and error_lines(again) == [
+        f"bloodmnist data: error: {tmp_path / 'p_audit'} is a file, not a folder; choose "
+        "another --out"
+    ]
+    assert (tmp_path / "p_audit").read_text() == "user notes"
 
 
 def test_audit_of_shared_28px_file(shared_data: Path) -> None:

@@ -141,6 +141,44 @@ def test_empty_class_folder_is_a_clear_error(tmp_path: Path) -> None:
     assert not (tmp_path / "x.npz").exists()
 
 
+def test_classes_a_built_file_could_not_hold_are_refused_before_reading(tmp_path: Path) -> None:
+    """One class, a blank label, more than 256 classes: refused with one line (they used to
+    build a file that loading then refused, or end in an OverflowError)."""
+    one = tmp_path / "one"
+    (one / "a").mkdir(parents=True)
+    _noise(30, 30, 0).save(one / "a" / "x.png")
+    with pytest.raises(DataError, match=r"only class \['a'\]; a classifier needs two or more"):
+        build_dataset(one, tmp_path / "x.npz")
+    table = tmp_path / "list.csv"
+    table.write_text("one/a/x.png,a\none/a/x.png,\n")
+    with pytest.raises(DataError, match="a class has an empty name"):
+        build_dataset(table, tmp_path / "x.npz")
+    many = tmp_path / "many"
+    for k in range(257):
+        (many / f"c{k:03d}").mkdir(parents=True)
+        (many / f"c{k:03d}" / "x.png").write_bytes(b"")  # never read: refused first
+    result = run_cli(["data", "build", str(many), str(tmp_path / "m.npz")], cwd=tmp_path)
+    assert result.returncode == 2, describe(result)
+    assert error_lines(result)[0].endswith("257 classes; a built file holds at most 256")
+    assert not list(tmp_path.glob("*.npz"))
+
+
+def test_csv_errors_name_the_file_line_and_headers_are_recognised(tmp_path: Path) -> None:
+    src = _tree(tmp_path)
+    table = tmp_path / "list.csv"
+    ext = {1: "jpg", 2: "tif"}
+    rows = ["file,class", ""]  # a header other than path,label, and blank lines
+    for name in ("alpha", "beta"):
+        rows += [f"{src.name}/{name}/{k}.{ext.get(k % 4, 'png')},{name}" for k in range(10)]
+        rows.append("")
+    table.write_text("\n".join(rows) + "\n")
+    assert build_dataset(table, tmp_path / "x.npz").class_names == ["alpha", "beta"]
+    rows[14] += ",later"  # file line 15
+    table.write_text("\n".join(rows) + "\n")
+    with pytest.raises(DataError, match=r"list.csv row 15: split 'later' is not one of"):
+        build_dataset(table, tmp_path / "y.npz")
+
+
 def test_existing_out_and_bad_options_refused(tmp_path: Path) -> None:
     src = _tree(tmp_path)
     out = tmp_path / "taken.npz"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import time
 import types
 from pathlib import Path
@@ -88,6 +89,9 @@ def test_success_then_cached(server, tmp_path):
     assert fetch(server, tmp_path) == path
     assert server.counts[PATH] == 1  # second call used the cache
     assert sorted(p.name for p in tmp_path.iterdir()) == [NAME]
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # not pooch's temp-file 0600
 
 
 def test_hash_mismatch_leaves_nothing(server, tmp_path, fast_pooch_backoff):
@@ -153,6 +157,18 @@ def test_unreachable_message(tmp_path):
     assert dl.dataset_url(64, base) in msg
     assert dl.official_md5(64) in msg
     assert str(tmp_path / "bloodmnist_64.npz") in msg and "--data" in msg
+    assert_empty(tmp_path)
+
+
+@pytest.mark.parametrize("base", ["nonsense", "ftp://127.0.0.1/mirror", "http://[::1/mirror"])
+def test_a_url_that_is_not_http_is_said_so_at_once(tmp_path, base, fast_pooch_backoff):
+    """requests' URL errors are ValueErrors too: not to be taken for (and retried as) a hash
+    mismatch."""
+    with pytest.raises(DownloadError) as err:
+        dl.fetch_dataset(28, tmp_path, base_url=base, retries=3, timeout=2, progress=False)
+    msg = str(err.value)
+    assert "not a usable http(s) URL" in msg and "mismatch" not in msg and "\n" not in msg
+    assert "attempt" not in msg  # one try: another would not change the answer
     assert_empty(tmp_path)
 
 

@@ -104,7 +104,9 @@ def test_val_probs_are_the_mean_of_the_members_best_checkpoints(
     torch.testing.assert_close(teacher.probs(x, 2.0), (singles[0] + singles[1]) / 2)
 
 
-def test_members_that_do_not_fit_are_refused(members: list[Path], tmp_path: Path) -> None:
+def test_members_that_do_not_fit_are_refused(
+    members: list[Path], ensemble_dir: Path, tmp_path: Path
+) -> None:
     odd = tmp_path / "odd"
     shutil.copytree(members[1], odd)
     summary = json.loads((odd / "summary.json").read_text())
@@ -122,6 +124,22 @@ def test_members_that_do_not_fit_are_refused(members: list[Path], tmp_path: Path
     np.savez(classes / "predictions.npz", **preds)
     with pytest.raises(BloodMNISTError, match="same classes"):
         load_members([str(members[0]), str(classes)])
+    # predictions.npz of the first releases had no class_names: the run's config names them
+    early = []
+    for member in members:
+        early.append(tmp_path / f"early-{member.name}")
+        shutil.copytree(member, early[-1])
+        preds = dict(np.load(early[-1] / "predictions.npz"))
+        del preds["class_names"]
+        np.savez(early[-1] / "predictions.npz", **preds)
+    out = tmp_path / "early-ens"
+    args = ["ensemble", *map(str, early), "--out", str(out), "--threads", "1", "--no-reports"]
+    result = run_cli([*args, "--precision", "fp32"], cwd=tmp_path)
+    assert result.returncode == 0, describe(result)
+    got, full = (json.loads((d / "summary.json").read_text()) for d in (out, ensemble_dir))
+    assert got["test_acc"] == full["test_acc"] and got["test_acc_tta"] == full["test_acc_tta"]
+    names = [list(np.load(d / "predictions.npz")["class_names"]) for d in (out, ensemble_dir)]
+    assert names[0] == names[1] and len(names[0]) == 8
     with pytest.raises(BloodMNISTError, match="at least two"):
         load_members([str(members[0])])
     with pytest.raises(BloodMNISTError, match="given twice"):

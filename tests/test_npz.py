@@ -181,6 +181,26 @@ def test_corrupted_member(tmp_path: Path, compressed: bool) -> None:
     _assert_unreadable(path, "not a readable npz")
 
 
+def test_a_header_claiming_petabytes_is_one_line(tmp_path: Path) -> None:
+    """A damaged shape in an array header: numpy would allocate it before reading a byte."""
+    import io
+    import zipfile
+
+    path = tmp_path / "huge.npz"
+    np.savez(path, **_arrays())
+    head = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        head, {"descr": "|u1", "fortran_order": False, "shape": (10**12, 28, 28, 3)}
+    )
+    with zipfile.ZipFile(path) as zin:
+        members = {n: zin.read(n) for n in zin.namelist()}
+    members["train_images.npy"] = head.getvalue() + b"\0" * 64
+    with zipfile.ZipFile(path, "w") as zout:
+        for name, data in members.items():
+            zout.writestr(name, data)
+    _assert_unreadable(path, "claims more memory than this machine has")
+
+
 def test_single_npy_array_under_npz_name(tmp_path: Path) -> None:
     path = tmp_path / "array.npz"
     with path.open("wb") as fh:
@@ -197,13 +217,31 @@ def test_pickled_objects_are_refused(tmp_path: Path) -> None:
 
 
 def test_image_size_must_match_data_size(tmp_path: Path) -> None:
-    """A 64 px file trained as data.size=28 would export and predict as 28 px: refused."""
+    """A 28 px model evaluated on a 64 px file is refused (training follows the file)."""
     from bloodmnist.data.source import load_data
 
     path = _write(tmp_path, _arrays(size=64), "b64.npz")
     data, info = load_data(str(path), 64, 8, None, progress=False)
     assert data.image_size == 64 and info.user_file
     with pytest.raises(
-        DataError, match=r"holds 64x64 images but data.size is 28; pass --set data.size=64"
+        DataError,
+        match=r"holds 64x64 images but data.size is 28, the size this model takes; "
+        r"pass a 28 px file$",
     ):
         load_data(str(path), 28, 8, None, progress=False)
+    assert load_data(str(path), 28, 8, None, progress=False, follow_file=True)[0].image_size == 64
+
+
+def test_a_model_is_not_scored_against_a_file_naming_its_classes_otherwise(tmp_path: Path) -> None:
+    """The same number of classes in another order would score every prediction against the
+    wrong label: a model with names refuses a file whose names differ; equal names load."""
+    from bloodmnist.data.source import load_data
+
+    arrays = _arrays(size=28)
+    names = [f"c{i}" for i in range(8)]
+    path = _write(tmp_path, {**arrays, "class_names": np.array(names[::-1])}, "rev.npz")
+    with pytest.raises(DataError, match=r"names its classes \['c7', .*the model \['c0', "):
+        load_data(str(path), 28, 8, None, progress=False, class_names=names)
+    same = _write(tmp_path, {**arrays, "class_names": np.array(names)}, "same.npz")
+    assert load_data(str(same), 28, 8, None, progress=False, class_names=names)[0].class_names
+    assert load_data(str(path), 28, 8, None, progress=False)[0].num_classes == 8  # no names

@@ -69,3 +69,22 @@ def test_runs_lists_a_folder_of_runs(tmp_path: Path, shared_data: Path) -> None:
         "bloodmnist runs: error: --sort must be one of name, recipe, arch, seed, epochs, "
         "val_acc, test_acc, test_acc_tta, pflop, seconds, status, got 'colour'"
     ]
+
+
+def test_folders_the_tool_did_not_write_are_listed_not_fatal(tmp_path: Path) -> None:
+    """A config.yaml that is a list, a width that is not a number, a summary that is not an
+    object, a history with a bad cell: each run is still listed, from what can be read."""
+    odd = tmp_path / "runs"
+    (odd / "a" / "checkpoints").mkdir(parents=True)
+    (odd / "a" / "config.yaml").write_text("- x\n")
+    (odd / "b").mkdir()
+    (odd / "b" / "config.yaml").write_text("model: {arch: resnet9, width: null}\ntrain: 3\n")
+    (odd / "b" / "history.csv").write_text("epoch,val_acc,seconds\n1,0.5,2\n2,oops,\n")
+    (odd / "b" / "summary.json").write_text("[1, 2]")
+    r = run_cli(["runs", "runs"], tmp_path)
+    assert r.returncode == 0, describe(r)
+    header, rows = table(r.stdout)
+    cells = {row[0]: dict(zip(header, row, strict=True)) for row in rows}
+    assert set(cells) == {"a", "b"}
+    assert cells["a"]["status"] == "empty" and cells["a"]["arch"] == "-"
+    assert cells["b"]["arch"] == "resnet9" and cells["b"]["best val acc"] == "0.5000"

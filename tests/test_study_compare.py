@@ -261,6 +261,43 @@ def test_study_resume_gives_unstarted_seeds_the_started_seeds_config(
     assert not (st / "seed-5").exists() and not (st / "logs").exists()
 
 
+def test_a_study_folder_is_run_by_one_study_at_a_time(shared_data: Path, tmp_path: Path) -> None:
+    """A second study on a folder in use (a --resume while it runs) is refused in one line
+    before it starts any seed."""
+    from bloodmnist.training.runlock import RunLock
+
+    st = tmp_path / "st"
+    st.mkdir()
+    new_plan([5], ["--data", str(shared_data), *TINY], 1).save(st)
+    with RunLock(st):  # this test process plays the running study
+        result = run_cli(["study", "--resume", str(st)], cwd=tmp_path)
+    assert result.returncode == 2, describe(result)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"{st} is in use by process {os.getpid()}" in lines[0], lines
+    assert not (st / "seed-5").exists() and not (st / "logs").exists()
+
+
+def test_study_adopts_a_run_on_a_file_with_its_own_class_names(
+    shared_data: Path, tmp_path: Path
+) -> None:
+    """Training takes the class names (and size) from a file that has them (`data build`'s);
+    the study's options, built without the file, must still match such a run."""
+    named = tmp_path / "named.npz"
+    with np.load(shared_data) as z:
+        arrays = {k: z[k] for k in z.files}
+    names = ["ba", "eo", "er", "ig", "ly", "mo", "ne", "pl"]
+    np.savez(named, **arrays, class_names=np.array(names))
+    options = ["--data", str(named), *TINY]
+    result = run_cli(["train", *options, "--seed", "5", "--out", "r5", "--quiet"], cwd=tmp_path)
+    assert result.returncode == 0, describe(result)
+    args = ["study", "--seeds", "5", "--out", "st", "--adopt", "r5", *options, "--n-boot", "50"]
+    result = run_cli(args, cwd=tmp_path)
+    assert result.returncode == 0, describe(result)
+    assert "seed 5: adopted" in result.stderr
+    record = json.loads((tmp_path / "st" / "study.json").read_text())
+    assert record["seeds"] == [5] and not (tmp_path / "st" / "logs" / "seed-5.log").exists()
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
@@ -288,6 +325,7 @@ def test_study_refuses_to_adopt_a_run_with_other_options(
         (["--seeds", "1", "--bogus"], "unrecognized arguments: --bogus"),
         (["--seeds", "1", "--res", "x"], "unrecognized arguments: --res x"),  # no abbreviations
         (["--seeds", "1", "--set", "optim.nope=1"], "unknown config key 'optim.nope'"),
+        (["--seeds", "1", "--set", "eval.final_test=false"], "drop eval.final_test=false"),
     ],
 )
 def test_study_bad_input_is_one_line_and_creates_nothing(

@@ -23,11 +23,12 @@ from conftest import describe, error_lines, run_cli
 
 pytestmark = pytest.mark.slow
 
-# Random sampler, seed 10: workers 0 and 1 (seeds 10, 11) both draw lr 0.1 first and 1e-5
-# second, so a worker's second trial (lr 1e-5: val acc 0.125 after epoch 1 on these 64 images)
-# starts after its first (lr 0.1: 0.172) completed, falls below the median and is pruned.
+# Random sampler, seed 11: trials 0 and 1 draw lr 0.1, trials 2 and 3 lr 1e-5 (a trial's draw
+# is seeded by its number), so with two workers each one's second trial (lr 1e-5: val acc 0.125
+# after epoch 1 on these 64 images) starts after a first (lr 0.1: 0.172) completed, falls below
+# the median and is pruned.
 SPACE = {
-    "sampler": {"kind": "random", "seed": 10},
+    "sampler": {"kind": "random", "seed": 11},
     "pruner": {"kind": "median", "startup_trials": 1},
     "params": {"optim.lr": {"type": "categorical", "choices": [0.1, 1e-5]}},
 }
@@ -158,6 +159,30 @@ def test_continuing_with_other_train_options_is_refused_naming_them(
     ]
     assert (tmp_path / "t" / "tune_plan.json").read_text() == plan  # untouched
     assert len(states(tmp_path / "t")) == 1  # no trial added
+
+
+@pytest.mark.parametrize("kind", ["random", "tpe"])
+def test_a_continued_search_draws_new_points_reproducibly(tmp_path: Path, kind: str) -> None:
+    """A seeded search continued by a new process (a new sampler on the same storage) does not
+    draw its first trials again, and 2 + 2 trials give the same points as 4 in one go."""
+    import optuna
+
+    from bloodmnist.tuning.study import make_sampler
+
+    spec = {"kind": kind, "seed": 5, "startup_trials": 2}
+
+    def run(storage: str, n: int) -> list[float]:  # one process: its own sampler
+        study = optuna.create_study(
+            storage=storage, study_name="s", load_if_exists=True, sampler=make_sampler(spec)
+        )
+        study.optimize(lambda t: t.suggest_float("lr", 1e-4, 0.1, log=True), n_trials=n)
+        return [t.params["lr"] for t in study.get_trials()]
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    run(f"sqlite:///{tmp_path / 'a.db'}", 2)
+    continued = run(f"sqlite:///{tmp_path / 'a.db'}", 2)
+    assert len(set(continued)) == 4, continued
+    assert run(f"sqlite:///{tmp_path / 'b.db'}", 4) == continued
 
 
 def test_shipped_spaces_are_valid() -> None:
@@ -392,7 +417,7 @@ def test_progress_pruning_meets_trials_at_equal_shares(tmp_path: Path, shared_da
     """`pruner.by: progress`: a 2-epoch and a 4-epoch trial report at the same steps of a
     20-step grid (the share of each one's schedule), so the median compares like with like."""
     space = {
-        "sampler": {"kind": "random", "seed": 0},  # draws 4 epochs, then 2
+        "sampler": {"kind": "random", "seed": 5},  # draws 4 epochs, then 2
         "pruner": {"kind": "median", "by": "progress", "startup_trials": 9},
         "params": {"train.epochs": {"type": "categorical", "choices": [2, 4]}},
     }

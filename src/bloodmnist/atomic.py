@@ -70,6 +70,21 @@ def write_text_atomic(path: Path, text: str, exclusive: bool = False) -> None:
         fh.write(text)
 
 
+def write_text_new(path: Path, text: str, option: str) -> None:
+    """write_text_atomic(exclusive=True) for an output the user named with `option` and that
+    was checked to be free at the start: a file created there meanwhile (another process) is
+    kept, and the refusal is one BloodMNISTError line."""
+    from bloodmnist.errors import BloodMNISTError
+
+    try:
+        write_text_atomic(path, text, exclusive=True)
+    except FileExistsError:
+        raise BloodMNISTError(
+            f"{option} {path} appeared while this command ran and was not replaced; choose a "
+            "new name"
+        ) from None
+
+
 def read_json(path: Path) -> dict[str, Any]:
     """A JSON object from `path`, or one BloodMNISTError line naming the file."""
     from bloodmnist.errors import BloodMNISTError

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bloodmnist.atomic import write_text_atomic
+from bloodmnist.atomic import write_text_new
 from bloodmnist.cli.console import say
 from bloodmnist.config import (
     DEFAULT_RECIPE,
@@ -215,7 +215,13 @@ def evaluate(args: argparse.Namespace) -> int:
     # Without --data, evaluate exactly what the run saw (its --subset too), so the numbers match
     # summary.json; an explicit --data file is evaluated whole.
     subset = None if args.data else cfg.data.subset
-    data, info = load_data(args.data or cfg.data.path, cfg.data.size, cfg.model.num_classes, subset)
+    data, info = load_data(
+        args.data or cfg.data.path,
+        cfg.data.size,
+        cfg.model.num_classes,
+        subset,
+        class_names=cfg.model.class_names,
+    )
     model = model_from_config(cfg)
     load_model_weights(model, state, ckpt_path)
     model = model.to(rt.device)
@@ -244,7 +250,7 @@ def evaluate(args: argparse.Namespace) -> int:
     text = json.dumps(out, indent=2)
     print(text)
     if args.json:
-        write_text_atomic(Path(args.json), text + "\n")
+        write_text_new(Path(args.json), text + "\n", "--json")
     return 0
 
 

@@ -54,6 +54,8 @@ def audit(args: argparse.Namespace) -> int:
 
     src = Path(args.file).expanduser()
     out = Path(args.out).expanduser() if args.out else src.with_name(f"{src.stem}_audit")
+    if out.exists() and not out.is_dir():  # found only after the audit's minutes otherwise
+        raise DataError(f"{out} is a file, not a folder; choose another --out")
     targets = [out / "audit.json", out / "audit.html"]
     existing = [str(t) for t in targets if t.exists()]
     if existing:

@@ -11,10 +11,10 @@ import json
 import sys
 from pathlib import Path
 
-from bloodmnist.atomic import write_text_atomic
+from bloodmnist.atomic import write_text_new
 from bloodmnist.cli.console import say
 from bloodmnist.inference.engines import open_engine
-from bloodmnist.inference.inputs import InferenceError, expand_inputs
+from bloodmnist.inference.inputs import expand_inputs
 from bloodmnist.inference.predict import (
     PredictOptions,
     check_options,
@@ -57,12 +57,7 @@ def predict(args: argparse.Namespace) -> int:
     if out is None:
         sys.stdout.write(text)
     else:
-        try:  # never over a file another process created since check_out
-            write_text_atomic(out, text, exclusive=True)
-        except FileExistsError:
-            raise InferenceError(
-                f"--out {out} appeared while predicting and was not replaced; choose a new name"
-            ) from None
+        write_text_new(out, text, "--out")  # never over a file created since check_out
     failed = [r for r in rows if r["status"] != "ok"]
     where = f" -> {out}" if out else ""
     t = header["temperature"]

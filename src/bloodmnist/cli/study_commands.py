@@ -118,7 +118,11 @@ def _plan(args: argparse.Namespace, train_args: list[str]) -> tuple[Path, StudyP
         raise BloodMNISTError("study needs --seeds, e.g. --seeds 42,43,44 (or --resume STUDY_DIR)")
     seeds = parse_seeds(args.seeds)
     check_train_args(train_args)
-    check_train_options(train_args)
+    if not check_train_options(train_args).eval.final_test:  # found only after every seed ran
+        raise BloodMNISTError(
+            "a study summarises each seed's test evaluation; drop eval.final_test=false (use "
+            "tune for searches on validation)"
+        )
     plan = new_plan(seeds, train_args, 1 if args.jobs is None else args.jobs)
     plan.adopted = _adopt(adopt, seeds, train_args)
     study_dir = prepare_study_dir(args.out, resume=False)
@@ -127,13 +131,22 @@ def _plan(args: argparse.Namespace, train_args: list[str]) -> tuple[Path, StudyP
 
 
 def study(args: argparse.Namespace) -> int:
+    from bloodmnist.training.runlock import RunLock
+
+    study_dir, plan = _plan(args, list(getattr(args, "train_args", [])))
+    # One study per folder: a second (a --resume while it runs) would start the same seeds,
+    # append to their logs and write study.json over the first's.
+    with RunLock(study_dir):
+        return _run_study(args, study_dir, plan)
+
+
+def _run_study(args: argparse.Namespace, study_dir: Path, plan: StudyPlan) -> int:
     from bloodmnist.evaluation.stats import format_mean_std
     from bloodmnist.evaluation.study_stats import aggregate_runs, load_seed_run
     from bloodmnist.reporting.study_report import write_study_reports
     from bloodmnist.studies.adopt import link_adopted
     from bloodmnist.studies.study import failures, run_seeds, seed_dir, study_record
 
-    study_dir, plan = _plan(args, list(getattr(args, "train_args", [])))
     threads = f"{plan.threads} threads each" if plan.threads else "threads as set"
     _echo(f"{study_dir}: seeds {plan.seeds}, {plan.jobs} at a time, {threads}")
     link_adopted(study_dir, plan.adopted)

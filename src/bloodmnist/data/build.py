@@ -26,6 +26,7 @@ from bloodmnist.data.build_sources import (
     SPLITS,
     Source,
     assign_splits,
+    check_class_names,
     from_csv,
     from_folder,
 )
@@ -115,6 +116,7 @@ def build_dataset(
     src, out = Path(src).expanduser(), Path(out).expanduser()
     _check_paths(src, out, size, method)
     sources, names = from_folder(src, labels) if src.is_dir() else from_csv(src, labels)
+    check_class_names(src, names)
     workers = threads or min(8, os.cpu_count() or 1)
     with ThreadPoolExecutor(max_workers=workers) as pool:  # Pillow decodes without the GIL
         loaded = list(pool.map(lambda s: _load_one(s, size, method), sources))

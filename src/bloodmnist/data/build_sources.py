@@ -59,6 +59,21 @@ def _visible_files(folder: Path) -> list[Path]:
     )
 
 
+#: A first row whose label cell is one of these is a header, not an image.
+HEADERS = ("label", "labels", "class", "class_name", "category")
+
+
+def check_class_names(src: Path, names: list[str]) -> None:
+    """The classes a built file can hold (what loading it accepts): two or more, each named, at
+    most 256 (labels are uint8, as in MedMNIST's files)."""
+    if len(names) < 2:
+        raise DataError(f"{src}: only class {names}; a classifier needs two or more classes")
+    if any(not n.strip() for n in names):
+        raise DataError(f"{src}: a class has an empty name (a row without a label?); name it")
+    if len(names) > 256:
+        raise DataError(f"{src}: {len(names)} classes; a built file holds at most 256")
+
+
 def from_folder(src: Path, labels: list[str] | None) -> tuple[list[Source], list[str]]:
     """One sub-folder per class; class order is --labels, else the sorted folder names."""
     folders = sorted(p.name for p in src.iterdir() if p.is_dir() and not p.name.startswith("."))
@@ -85,15 +100,16 @@ def from_csv(src: Path, labels: list[str] | None) -> tuple[list[Source], list[st
         rows = list(csv.reader(src.read_text(encoding="utf-8-sig").splitlines()))
     except (OSError, UnicodeDecodeError) as exc:
         raise DataError(f"cannot read {src} ({exc})") from None
-    rows = [r for r in rows if r and any(c.strip() for c in r)]
-    if rows and [c.strip().lower() for c in rows[0][:2]] == ["path", "label"]:
-        rows = rows[1:]
-    if not rows:
+    # (file line, cells): errors name the line an editor shows, blank lines included
+    numbered = [(i, r) for i, r in enumerate(rows, start=1) if r and any(c.strip() for c in r)]
+    if numbered and len(numbered[0][1]) > 1 and numbered[0][1][1].strip().lower() in HEADERS:
+        numbered = numbered[1:]  # a header row: path,label / file,label / image,class ...
+    if not numbered:
         raise DataError(f"{src} lists no images; expect rows path,label[,split]")
-    names = labels or sorted({r[1].strip() for r in rows if len(r) > 1})
+    names = labels or sorted({r[1].strip() for _, r in numbered if len(r) > 1})
     index = {n: i for i, n in enumerate(names)}
     sources = []
-    for line, row in enumerate(rows, start=1):
+    for line, row in numbered:
         cells = [c.strip() for c in row]
         if len(cells) < 2 or cells[1] not in index:
             raise DataError(

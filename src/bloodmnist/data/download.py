@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pooch
 import requests
+from requests.exceptions import InvalidSchema, InvalidURL, MissingSchema
 
 from bloodmnist.errors import DataError, DownloadError
 
@@ -105,6 +106,12 @@ def _discard_if_corrupt(path: Path, expected: str, algorithm: str) -> None:
     path.unlink(missing_ok=True)
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)  # reading it means setting it; put it back at once
+    os.umask(mask)
+    return mask
+
+
 class _NotRetried(Exception):
     """An HTTP answer that another attempt will not change (a 4xx other than 408/429).
 
@@ -123,6 +130,8 @@ class _Downloader:
     def __call__(self, url: str, output_file: str, pooch_obj: object) -> None:
         try:
             self._http(url, output_file, pooch_obj)
+        except (MissingSchema, InvalidSchema, InvalidURL) as exc:  # ValueErrors: not a hash
+            raise _NotRetried(f"not a usable http(s) URL: {_reason(exc)}") from exc
         except requests.HTTPError as exc:
             code = exc.response.status_code if exc.response is not None else 0
             if 400 <= code < 500 and code not in (408, 429):
@@ -130,6 +139,9 @@ class _Downloader:
             raise
         with open(output_file, "rb+") as fh:
             os.fsync(fh.fileno())
+        # pooch writes through NamedTemporaryFile (mode 0600): give the file the permissions of
+        # any file the user creates (umask), as the rest of the tool's outputs have
+        os.chmod(output_file, 0o666 & ~_umask())
         got = _file_digest(output_file, self.algorithm)
         if not got.startswith(self.expected):  # a ValueError: pooch deletes the file, retries
             raise ValueError(f"{self.algorithm} hash mismatch: expected {self.expected}, got {got}")

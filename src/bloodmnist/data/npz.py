@@ -72,6 +72,12 @@ def _read_arrays(path: Path) -> dict[str, np.ndarray]:
             return {k: npz[k] for k in keys}
     except DataError:
         raise
+    except MemoryError:  # numpy allocates what a (damaged) array header claims before reading
+        raise _fail(
+            path,
+            "not a readable npz archive (an array's header claims more memory "
+            "than this machine has; a damaged file?)",
+        ) from None
     except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         if not zipfile.is_zipfile(path):  # numpy's own reason ("pickled data") misleads here

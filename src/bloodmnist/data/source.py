@@ -56,12 +56,21 @@ def load_data(
     subset: int | None,
     progress: bool = True,
     follow_file: bool = False,
+    class_names: list[str] | None = None,
 ) -> tuple[Dataset, DataInfo]:
     """Resolve and load the npz. With `follow_file` (training) a user file's image size and
     stored class names win over `size` and `num_classes` (see `fit_config`); otherwise (a
-    trained model's checkpoint) they must match it."""
+    trained model's checkpoint) they must match it, and names the file stores must equal the
+    model's `class_names` where it has them (the same classes in another order would score
+    every prediction against the wrong label)."""
     info = resolve_data(path, size, progress)
     data = load_npz(info.path, num_classes, subset, classes_from_file=follow_file)
+    if class_names and data.class_names and list(data.class_names) != list(class_names):
+        raise DataError(
+            f"{info.path} names its classes {list(data.class_names)}, the model "
+            f"{list(class_names)}; pass the file the model was trained on (or one whose classes "
+            "are the model's, in its order)"
+        )
     if data.image_size not in SIZES:
         raise DataError(
             f"{info.path} holds {data.image_size}x{data.image_size} images; supported sizes are "
@@ -70,7 +79,7 @@ def load_data(
     if data.image_size != size and not follow_file:  # a model takes its data.size as truth
         raise DataError(
             f"{info.path} holds {data.image_size}x{data.image_size} images but data.size is "
-            f"{size}; pass --set data.size={data.image_size} (or a {size} px file)"
+            f"{size}, the size this model takes; pass a {size} px file"
         )
     return data, info
 

@@ -146,7 +146,7 @@ def write_ensemble(
     members: list[Member], out: Path, data: Dataset, info: DataInfo, rt: Runtime
 ) -> dict[str, Any]:
     """Compute val, combine test, write every file; returns summary.json's content."""
-    names = [str(n) for n in members[0].preds["class_names"]]
+    names = members[0].class_names
     test = test_result(members, names)
     val = val_probs(members, data, rt, tta="probs_tta" in test)
     out.mkdir(parents=True, exist_ok=True)

@@ -33,6 +33,13 @@ class Member:
         return self.run_dir / "checkpoints" / "best.pt"
 
     @property
+    def class_names(self) -> list[str]:
+        """The names saved with the predictions; the run's config's where an early run saved
+        none."""
+        names = self.preds.get("class_names")
+        return [str(n) for n in names] if names is not None else list(self.cfg.model.names())
+
+    @property
     def has_tta(self) -> bool:
         return tta_was_run(self.summary)
 
@@ -88,8 +95,7 @@ def _check_pair(a: Member, b: Member) -> None:
             f"ensemble member {b.run_dir} was trained on data MD5 {md5_b}, {a.run_dir} on "
             f"{md5_a}; an ensemble needs members trained on one data file"
         )
-    names_a = [str(n) for n in a.preds.get("class_names", [])]
-    names_b = [str(n) for n in b.preds.get("class_names", [])]
+    names_a, names_b = a.class_names, b.class_names
     if names_a != names_b or a.cfg.model.num_classes != b.cfg.model.num_classes:
         raise BloodMNISTError(
             f"ensemble member {b.run_dir} has classes {names_b}, {a.run_dir} has {names_a}; "

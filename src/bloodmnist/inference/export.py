@@ -208,7 +208,12 @@ def export_checkpoint(
     load_model_weights(model, state, ckpt)
     model = model.float().eval()
     dataset, info = load_data(
-        data or cfg.data.path, cfg.data.size, cfg.model.num_classes, None, progress=False
+        data or cfg.data.path,
+        cfg.data.size,
+        cfg.model.num_classes,
+        None,
+        progress=False,
+        class_names=cfg.model.class_names,
     )
     images = dataset.test.images[:parity_images]
     meta = model_metadata(cfg, ckpt, state, tta)

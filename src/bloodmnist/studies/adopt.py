@@ -20,8 +20,12 @@ from bloodmnist.studies.study import seed_state
 from bloodmnist.training.runlock import RunLock
 
 #: Settings that do not change what a run computes: how it ran (threads, compile, reports,
-#: TensorBoard), where it writes, and the data file's path (its MD5 is compared instead).
-IGNORED = ("data.path", *HOW_TO_RUN, "runtime.out", "runtime.name")
+#: TensorBoard), where it writes, the data file's path (its MD5 is compared instead) and what
+#: training takes from that file (data.source.fit_config: image size, number and names of classes;
+#: a study's options, built without the file, would otherwise differ from every run's on a
+#: file with its own class names).
+FROM_DATA = ("data.size", "model.num_classes", "model.class_names")
+IGNORED = ("data.path", *HOW_TO_RUN, "runtime.out", "runtime.name", *FROM_DATA)
 
 
 def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -70,20 +70,35 @@ def _status(run_dir: Path, summary: dict[str, Any]) -> str:
     return "stopped" if (run_dir / "checkpoints" / "last.pt").is_file() else "empty"
 
 
+def _mapping(value: Any) -> dict[str, Any]:
+    """A file's or section's mapping; {} for anything else (a folder the tool did not write)."""
+    return value if isinstance(value, dict) else {}
+
+
+def _numbers(rows: list[dict[str, str]], key: str) -> list[float]:
+    out = []
+    for row in rows:
+        try:
+            out.append(float(row.get(key) or ""))
+        except (TypeError, ValueError):
+            continue
+    return out
+
+
 def describe_run(run_dir: Path, root: Path) -> dict[str, Any]:
     """The table's fields for one run folder; what a file does not say stays None."""
-    cfg = _read(run_dir / "config.yaml", yaml.safe_load) or {}
-    summary = _read(run_dir / "summary.json", json.load) or {}
-    manifest = _read(run_dir / "manifest.json", json.load) or {}
+    cfg = _mapping(_read(run_dir / "config.yaml", yaml.safe_load))
+    summary = _mapping(_read(run_dir / "summary.json", json.load))
+    manifest = _mapping(_read(run_dir / "manifest.json", json.load))
     history = _history(run_dir)
-    model, train = cfg.get("model", {}), cfg.get("train", {})
-    arch = model.get("arch")
-    if arch and model.get("width", 1.0) != 1.0:
-        arch = f"{arch} x{model['width']:g}"
-    vals = [float(r["val_acc"]) for r in history if r.get("val_acc")]
+    model, train = _mapping(cfg.get("model")), _mapping(cfg.get("train"))
+    arch, width = model.get("arch"), model.get("width")
+    if arch and isinstance(width, int | float) and width != 1.0:
+        arch = f"{arch} x{width:g}"
+    vals = _numbers(history, "val_acc")
     seconds = summary.get("train_seconds")
     if seconds is None and history:
-        seconds = sum(float(r["seconds"]) for r in history if r.get("seconds"))
+        seconds = sum(_numbers(history, "seconds"))
     if seconds is not None and summary.get("test_eval_seconds"):
         seconds += summary["test_eval_seconds"]
     return {

@@ -25,7 +25,13 @@ import optuna
 
 from bloodmnist.atomic import read_json, write_text_atomic
 from bloodmnist.errors import BloodMNISTError
-from bloodmnist.tuning.objective import DONE, PROGRESS_STEPS, process_identity, trial_dir
+from bloodmnist.tuning.objective import (
+    DONE,
+    PROGRESS_STEPS,
+    BaseSpec,
+    process_identity,
+    trial_dir,
+)
 from bloodmnist.tuning.space import Space
 
 PLAN_FILE = "tune_plan.json"
@@ -62,9 +68,11 @@ class TunePlan:
         if not path.is_file():
             raise BloodMNISTError(f"{tune_dir} has no {PLAN_FILE}; is it a tune folder?")
         try:
-            return cls(**read_json(path))
+            plan = cls(**read_json(path))
+            BaseSpec(**plan.base)  # the fixed options' keys too: every reader builds one
         except TypeError:
             raise BloodMNISTError(f"{path} does not match this version's tune plan") from None
+        return plan
 
 
 def default_storage(tune_dir: Path) -> str:
@@ -111,15 +119,45 @@ def safe_url(url: str) -> str:
         return url.split("://", 1)[0] + "://***"
 
 
-def make_sampler(spec: dict[str, Any], worker: int) -> optuna.samplers.BaseSampler:
-    """TPE (constant liar: parallel workers do not all try the same point) or random; a seed
-    in the space is offset per worker so workers do not repeat each other's draws."""
+def make_sampler(spec: dict[str, Any]) -> optuna.samplers.BaseSampler:
+    """TPE (constant liar: parallel workers do not all try the same point) or random; with a
+    seed in the space each trial's draws are seeded by (seed, trial number) (TrialSeeded)."""
+
+    def build(seed: int | None) -> optuna.samplers.BaseSampler:
+        if spec["kind"] == "random":
+            return optuna.samplers.RandomSampler(seed=seed)
+        startup = int(spec.get("startup_trials", 4))
+        return optuna.samplers.TPESampler(seed=seed, constant_liar=True, n_startup_trials=startup)
+
     seed = spec.get("seed")
-    seed = None if seed is None else int(seed) + worker
-    if spec["kind"] == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    startup = int(spec.get("startup_trials", 4))
-    return optuna.samplers.TPESampler(seed=seed, constant_liar=True, n_startup_trials=startup)
+    return build(None) if seed is None else TrialSeeded(build, int(seed))
+
+
+class TrialSeeded(optuna.samplers.BaseSampler):
+    """A sampler made afresh for each trial, seeded by (seed, trial number). Trial numbers are
+    unique in a study's storage, so workers, machines and a continued search never repeat each
+    other's draws (one seed per worker did: a continued search drew its first trials again), and
+    the draws of trial n do not depend on which process runs it."""
+
+    def __init__(self, build: Any, seed: int) -> None:
+        self._build, self._seed = build, seed
+        self._inner = build(seed)
+
+    def before_trial(self, study: optuna.Study, trial: Any) -> None:
+        self._inner = self._build((self._seed * 1_000_003 + trial.number) % 2**32)
+        self._inner.before_trial(study, trial)
+
+    def infer_relative_search_space(self, study: optuna.Study, trial: Any) -> dict[str, Any]:
+        return self._inner.infer_relative_search_space(study, trial)
+
+    def sample_relative(self, study: optuna.Study, trial: Any, space: dict) -> dict[str, Any]:
+        return self._inner.sample_relative(study, trial, space)
+
+    def sample_independent(self, study: optuna.Study, trial: Any, name: str, dist: Any) -> Any:
+        return self._inner.sample_independent(study, trial, name, dist)
+
+    def after_trial(self, study: optuna.Study, trial: Any, state: Any, values: Any) -> None:
+        self._inner.after_trial(study, trial, state, values)
 
 
 def make_pruner(spec: dict[str, Any]) -> optuna.pruners.BasePruner:
@@ -140,14 +178,14 @@ def make_pruner(spec: dict[str, Any]) -> optuna.pruners.BasePruner:
     return optuna.pruners.NopPruner()
 
 
-def open_study(plan: TunePlan, space: Space, worker: int = 0) -> optuna.Study:
+def open_study(plan: TunePlan, space: Space) -> optuna.Study:
     """Create or join the plan's study; a study made for another space is refused."""
     study = optuna.create_study(
         storage=open_storage(plan.storage),
         study_name=plan.study_name,
         direction="maximize",
         load_if_exists=True,
-        sampler=make_sampler(space.sampler, worker),
+        sampler=make_sampler(space.sampler),
         pruner=make_pruner(space.pruner),
     )
     if study.direction != optuna.study.StudyDirection.MAXIMIZE:

@@ -97,7 +97,7 @@ def worker_main(tune_dir: Path, index: int, deadline: float | None, study: Any =
     threads = plan.threads or cfg.runtime.threads
     rt = setup_runtime(cfg.runtime.device, cfg.runtime.precision, threads)
     setup = TrialSetup(tune_dir, base, space, plan.n_trials, plan.threads, rt)
-    study = study or open_study(plan, space, index)
+    study = study or open_study(plan, space)
     ran = worker_loop(study, objective, setup, deadline)
     print(f"worker {index}: ran {ran} trial(s)", file=sys.stderr, flush=True)
     return 0
