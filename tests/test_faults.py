@@ -259,6 +259,31 @@ def test_resume_may_change_how_a_run_is_carried_out_not_what_it_computes(
     assert (run_dir / "report.html").is_file()  # the reports the first stretch skipped
 
 
+def test_a_finished_one_cycle_run_trains_on_at_its_final_lr(tmp_path) -> None:
+    """--resume with a higher --epochs of a finished one-cycle run trains on at the saved
+    cycle's final LR (it crashed: the saved cycle kept its planned step count); an --epochs
+    below the epochs run is refused, and a refusal leaves config.yaml as it was."""
+    run_dir = tmp_path / "oc"
+    fast = ["train", "--recipe", "fast", "--data", str(DATA), "--subset", "512", "--epochs", "2"]
+    fast += ["--quiet", "--set", "runtime.threads=1", "--set", "runtime.reports=false"]
+    first = cli(*fast, "--set", "eval.tta=false", "--out", str(run_dir), timeout=RUN_TIMEOUT)
+    assert first.returncode == 0, first.stderr
+    config = (run_dir / "config.yaml").read_text()
+    finished = (run_dir / "summary.json").read_text()
+    stopped = {**json.loads(finished), "status": "interrupted"}  # as after a SIGTERM
+    (run_dir / "summary.json").write_text(json.dumps(stopped))
+    low = cli("train", "--resume", str(run_dir), "--epochs", "1", timeout=120)
+    assert low.returncode == 2
+    one_error_line(low.stderr, "--epochs 1: the run has trained 2 epoch(s) already")
+    assert (run_dir / "config.yaml").read_text() == config
+    (run_dir / "summary.json").write_text(finished)
+    more = cli("train", "--resume", str(run_dir), "--epochs", "3", timeout=RUN_TIMEOUT)
+    assert more.returncode == 0, more.stderr
+    lrs = [float(row["lr"]) for row in read_history(run_dir)]
+    assert len(lrs) == 3 and lrs[2] < lrs[0] / 100  # (LR at each epoch's start) annealed
+    assert summary(run_dir)["epochs_run"] == 3
+
+
 # -- disk full while saving -----------------------------------------------------------------------
 
 

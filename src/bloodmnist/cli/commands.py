@@ -100,11 +100,22 @@ def _resume_state(args: argparse.Namespace) -> tuple[Path, ResumeFrom, Config]:
     if args.set:  # validated with the new values; an unchanged saved config is not re-checked
         cfg = apply_overrides(cfg, args.set)
     if args.epochs is not None:
-        cfg.train.epochs = args.epochs
+        cfg.train.epochs = _resumed_epochs(state, args.epochs)
     if args.device or args.precision:
         cfg.runtime.device = args.device or cfg.runtime.device
         cfg.runtime.precision = args.precision or cfg.runtime.precision
     return run_dir, ResumeFrom(state, stamp), cfg
+
+
+def _resumed_epochs(state: dict, epochs: int) -> int:
+    """--epochs on --resume: not below the epochs the run has already trained."""
+    done = int(state.get("train_state", {}).get("epoch", 0))
+    if epochs < max(1, done):
+        raise BloodMNISTError(
+            f"--resume --epochs {epochs}: the run has trained {done} epoch(s) already; pass "
+            f"--epochs {max(1, done)} or more, or leave it out"
+        )
+    return epochs
 
 
 def _refuse_finished(run_dir: Path, state: dict, epochs: int | None) -> None:

@@ -184,12 +184,8 @@ def _build_trainer(
             replace(cfg, model=replace(cfg.model, pretrained="none")), rt
         )
         pretrained = resume.get("pretrained", pretrained)
-    if rt.is_main:
-        facts = partial(_manifest_facts, _names(cfg), rt, data, data_info, pretrained)
-        write_manifest(run_dir, facts, resumed=resume is not None)
-        save_yaml(cfg, run_dir / "config.yaml")  # on resume too: --epochs/--device may change
     trainer = Trainer(cfg, rt, run_dir, data, wrap_ddp(model, rt), pretrained, progress)
-    if resume is not None:
+    if resume is not None:  # restored first: a last.pt that does not fit changes no file
         trainer.restore(resume)
         log.info(
             "resumed after epoch %d (best val_acc %.4f at epoch %d)",
@@ -197,6 +193,10 @@ def _build_trainer(
             trainer.state.best_val_acc,
             trainer.state.best_epoch,
         )
+    if rt.is_main:
+        facts = partial(_manifest_facts, _names(cfg), rt, data, data_info, pretrained)
+        write_manifest(run_dir, facts, resumed=resume is not None)
+        save_yaml(cfg, run_dir / "config.yaml")  # on resume too: --epochs/--device may change
     return trainer, model, pretrained
 
 

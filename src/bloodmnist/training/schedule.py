@@ -92,6 +92,9 @@ class OneCycleSchedule:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.cycle.load_state_dict(state["onecycle"])
+        # the saved cycle keeps the plan it was made with; a resume with another --epochs
+        # finishes that plan, then holds its final LR (step_batch)
+        self.total_steps = self.cycle.total_steps
 
 
 def build_schedule(
