@@ -178,11 +178,49 @@ def test_yaml_file_errors_name_the_file(tmp_path: Path) -> None:
         ("eval.tta_blur_sigma=0", "eval.tta_blur_sigma must be > 0"),
         ("runtime.threads=-1", "runtime.threads"),
         ("model.arch=vgg11", "model.arch must be one of resnet18, resnet34, resnet50, resnet9"),
+        # each of these used to end in a traceback (torch, numpy) or a wrong result mid-run
+        ("schedule.plateau_factor=1.5", "schedule.plateau_factor must be in (0,1)"),
+        ("schedule.t_max=0", "schedule.t_max must be > 0"),
+        ("schedule.div_factor=0", "schedule.div_factor and schedule.final_div_factor"),
+        ("optim.momentum=-1", "optim.momentum must be >= 0"),
+        ("optim.nesterov=true", ""),  # momentum 0.9: fine
+        ("train.label_smoothing=1.5", "train.label_smoothing must be in [0,1)"),
+        ("train.seed=-1", "train.seed must be in [0, 2**32)"),
+        ("train.seed=1000000000000", "train.seed must be in [0, 2**32)"),
+        ("data.std=[0, 0, 0]", "each std > 0"),
+        ("train.early_stop_patience=0", "train.early_stop_patience must be >= 1"),
+        ("model.class_names=5", "config key 'model.class_names' must be a list, got 5"),
+        ("model.class_names=abcdefgh", "must be a list, got 'abcdefgh'"),
     ],
 )
 def test_cross_field_validation(override: str, words: str) -> None:
+    if not words:
+        build_config(overrides=[override])
+        return
     with pytest.raises(ConfigError, match=re.escape(words)):
         build_config(overrides=[override])
+
+
+def test_nesterov_without_momentum_is_refused_and_list_items_are_coerced() -> None:
+    with pytest.raises(ConfigError, match="optim.nesterov needs optim.momentum > 0"):
+        build_config(overrides=["optim.momentum=0", "optim.nesterov=true"])
+    names = build_config(overrides=["model.class_names=[1, b, c, d, e, f, g, h]"])
+    assert names.model.class_names == ["1", "b", "c", "d", "e", "f", "g", "h"]
+
+
+def test_path_keys_are_saved_absolute(tmp_path: Path, monkeypatch) -> None:
+    """A relative teacher, data.path or weights file from --set is resolved where train runs,
+    so --resume from elsewhere finds it (only --data was before)."""
+    from bloodmnist.config import absolute_paths
+
+    monkeypatch.chdir(tmp_path)
+    sets = ["train.teacher=t1", "data.path=~/d.npz", "model.pretrained=w.pth"]
+    cfg = absolute_paths(build_config(overrides=sets))
+    assert cfg.train.teacher == str(tmp_path / "t1")
+    assert cfg.data.path == str(Path.home() / "d.npz")
+    assert cfg.model.pretrained == str(tmp_path / "w.pth")
+    kept = absolute_paths(build_config())
+    assert kept.model.pretrained == "auto" and kept.train.teacher is None
 
 
 def test_a_value_then_a_key_below_it_is_one_config_error() -> None:

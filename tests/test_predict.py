@@ -255,6 +255,45 @@ def test_tta_answer_does_not_depend_on_batch_neighbours(engine: TorchEngine, sha
     assert np.abs(batch[1] - batch[0]).max() > 1e-3  # other images, other answers
 
 
+@pytest.mark.parametrize(
+    ("section", "key", "value"),
+    [("model", "arch", "resnet50x"), ("train", "grad_clip", 1.0), ("optim", "lr", -1.0)],
+)
+def test_a_checkpoint_with_a_config_this_version_cannot_use_is_one_line(
+    run_dir: Path, tmp_path: Path, section: str, key: str, value: object
+) -> None:
+    """An unknown architecture, a key from a newer version, a value out of range: one line
+    naming the file (they were a traceback, or an unknown-key line not naming the file)."""
+    from bloodmnist.training.checkpoint import load_checkpoint
+
+    state = load_checkpoint(run_dir / "checkpoints" / "best.pt")
+    state["config"][section][key] = value
+    ckpt = tmp_path / "other.pt"
+    save_checkpoint(state, ckpt)
+    for command in (["evaluate", str(ckpt), "--split", "val"], ["predict", str(ckpt), str(PBC)]):
+        result = run_cli(command, cwd=tmp_path)
+        assert result.returncode == 2, describe(result)
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and f"{ckpt} holds a config this bloodmnist cannot use" in lines[0]
+
+
+def test_a_run_trained_on_a_gpu_is_evaluated_where_it_is_read(
+    run_dir: Path, tmp_path: Path, shared_data: Path
+) -> None:
+    """runtime.device: cuda in the checkpoint is how it was trained, not where it must be read:
+    without --device, evaluate picks the device here (it refused on a CPU-only machine)."""
+    from bloodmnist.training.checkpoint import load_checkpoint
+
+    state = load_checkpoint(run_dir / "checkpoints" / "best.pt")
+    state["config"]["runtime"]["device"] = "cuda"
+    state["config"]["data"].update(path=str(shared_data), subset=64)
+    ckpt = tmp_path / "gpu.pt"
+    save_checkpoint(state, ckpt)
+    result = run_cli(["evaluate", str(ckpt), "--split", "val", "--no-tta"], cwd=tmp_path)
+    assert result.returncode == 0, describe(result)
+    assert json.loads(result.stdout)["n"] == 64
+
+
 def test_cli_refuses_existing_out(run_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "keep.csv"
     out.write_text("user data\n")

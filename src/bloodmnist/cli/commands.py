@@ -13,6 +13,7 @@ from bloodmnist.config import (
     DEFAULT_RECIPE,
     HOW_TO_RUN,
     Config,
+    absolute_paths,
     apply_overrides,
     base_recipe,
     build_config,
@@ -51,7 +52,7 @@ def train_config(args: argparse.Namespace) -> Config:
                 f"defaults, as when it was written ({', '.join(lacking)}); add --recipe "
                 f"{DEFAULT_RECIPE} to take that recipe's instead"
             )
-    return build_config(args.config, flags, args.set, recipe=recipe)
+    return absolute_paths(build_config(args.config, flags, args.set, recipe=recipe))
 
 
 def _shared_run_dir(rt, out: str | None, cfg) -> Path:
@@ -96,7 +97,7 @@ def _resume_state(args: argparse.Namespace) -> tuple[Path, ResumeFrom, Config]:
     stamp = file_stamp(last)  # train_run checks it again once it holds the lock
     state = load_checkpoint(last)
     _refuse_finished(run_dir, state, args.epochs)
-    cfg = checkpoint_config(state)
+    cfg = checkpoint_config(state, last)
     if args.set:  # validated with the new values; an unchanged saved config is not re-checked
         cfg = apply_overrides(cfg, args.set)
     if args.epochs is not None:
@@ -217,12 +218,11 @@ def evaluate(args: argparse.Namespace) -> int:
     from bloodmnist.progress import wants_bars
     from bloodmnist.runtime import setup_runtime
 
-    cfg = checkpoint_config(state)
+    cfg = checkpoint_config(state, ckpt_path)
     # Inference precision, not the run's: on a CPU `auto` is fp32, so the numbers do not depend
-    # on the CPU; evaluate --precision bf16 asks for bf16 explicitly.
-    rt = setup_runtime(
-        args.device or cfg.runtime.device, args.precision or "auto", purpose="inference"
-    )
+    # on the CPU; evaluate --precision bf16 asks for bf16 explicitly. The device too: a run
+    # trained on a GPU is evaluated where it is read (auto), unless --device says otherwise.
+    rt = setup_runtime(args.device or "auto", args.precision or "auto", purpose="inference")
     # Without --data, evaluate exactly what the run saw (its --subset too), so the numbers match
     # summary.json; an explicit --data file is evaluated whole.
     subset = None if args.data else cfg.data.subset

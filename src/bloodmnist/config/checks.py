@@ -32,6 +32,11 @@ def _model_optim_checks(cfg: Config) -> list[Check]:
         (cfg.optim.muon_lr > 0, "optim.muon_lr must be > 0"),
         (cfg.optim.muon_ns_steps >= 1, "optim.muon_ns_steps must be >= 1"),
         (cfg.optim.sam_rho >= 0, "optim.sam_rho must be >= 0 (0: plain steps)"),
+        (cfg.optim.momentum >= 0, "optim.momentum must be >= 0"),
+        (
+            not cfg.optim.nesterov or cfg.optim.momentum > 0,
+            "optim.nesterov needs optim.momentum > 0 (set optim.nesterov=false for none)",
+        ),
         (cfg.model.arch in ARCHS, f"model.arch must be one of {', '.join(sorted(ARCHS))}"),
         (cfg.model.width > 0 and cfg.model.depth >= 0, "model.width must be > 0, depth >= 0"),
         (
@@ -56,6 +61,10 @@ def _data_augment_checks(cfg: Config) -> list[Check]:
     return [
         (cfg.data.size in (28, 64, 128, 224), "data.size must be one of 28, 64, 128, 224"),
         (cfg.data.subset is None or cfg.data.subset > 0, "data.subset must be > 0"),
+        (
+            len(cfg.data.mean) == 3 and len(cfg.data.std) == 3 and min(cfg.data.std) > 0,
+            "data.mean and data.std need 3 values (R, G, B), each std > 0",
+        ),
         (0 <= cfg.augment.hflip <= 1 and 0 <= cfg.augment.vflip <= 1, "flip p must be in [0,1]"),
         (cfg.augment.mixup_alpha >= 0, "augment.mixup_alpha must be >= 0"),
         (0 < cfg.augment.crop_scale[0] <= cfg.augment.crop_scale[1] <= 1, "bad augment.crop_scale"),
@@ -85,10 +94,24 @@ def _run_checks(cfg: Config) -> list[Check]:
         (cfg.schedule.kind in ("two_phase", "onecycle"), "schedule.kind: two_phase|onecycle"),
         (0 < cfg.schedule.pct_start < 1, "schedule.pct_start must be in (0,1)"),
         (
+            cfg.schedule.div_factor > 0 and cfg.schedule.final_div_factor > 0,
+            "schedule.div_factor and schedule.final_div_factor must be > 0",
+        ),
+        (
+            cfg.schedule.t_max > 0 and cfg.schedule.cosine_epochs >= 0,
+            "schedule.t_max must be > 0, schedule.cosine_epochs >= 0",
+        ),
+        (0 < cfg.schedule.plateau_factor < 1, "schedule.plateau_factor must be in (0,1)"),
+        (cfg.schedule.plateau_patience >= 0, "schedule.plateau_patience must be >= 0"),
+        (cfg.schedule.eta_min >= 0, "schedule.eta_min must be >= 0"),
+        (
             0 <= cfg.schedule.base_momentum <= cfg.schedule.max_momentum < 1,
             "schedule.base_momentum <= schedule.max_momentum must lie in [0,1)",
         ),
         (0 <= cfg.train.ema_decay < 1, "train.ema_decay must be in [0,1)"),
+        (0 <= cfg.train.label_smoothing < 1, "train.label_smoothing must be in [0,1)"),
+        (0 <= cfg.train.seed < 2**32, "train.seed must be in [0, 2**32)"),
+        (cfg.train.early_stop_patience >= 1, "train.early_stop_patience must be >= 1 (epochs)"),
         (cfg.train.select in ("best", "last"), "train.select must be best|last"),
         (
             cfg.eval.tta_mode in ("reference7", "dihedral8", "dihedral16", "dihedral24"),

@@ -48,6 +48,10 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
                 f"config key '{key}' must be a list of {len(args)} numbers, got {value!r}"
             )
         return tuple(_coerce(v, a, key) for v, a in zip(value, args, strict=True))
+    if origin is list:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"config key '{key}' must be a list, got {value!r}")
+        return [_coerce(v, args[0], key) for v in value] if args else list(value)
     if hint is bool:
         if isinstance(value, bool):
             return value
@@ -233,3 +237,20 @@ def save_yaml(cfg: Config, path: str | Path) -> None:
     from bloodmnist.atomic import write_text_atomic
 
     write_text_atomic(Path(path), yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+def absolute_paths(cfg: Config) -> Config:
+    """The path-valued keys (data.path, train.teacher, model.pretrained=PATH), from --set or a
+    YAML file too, made absolute: the saved config, --resume and a study's seeds then find
+    them from any directory."""
+
+    def absolute(path: str) -> str:
+        return str(Path(path).expanduser().resolve())
+
+    if cfg.data.path:
+        cfg.data.path = absolute(cfg.data.path)
+    if cfg.train.teacher:
+        cfg.train.teacher = absolute(cfg.train.teacher)
+    if cfg.model.pretrained not in ("auto", "none"):
+        cfg.model.pretrained = absolute(cfg.model.pretrained)
+    return cfg

@@ -201,7 +201,7 @@ def export_checkpoint(
     if parity_images < 1:
         raise ExportError("--parity-images must be >= 1")
     state = load_checkpoint(ckpt)
-    cfg = checkpoint_config(state)
+    cfg = checkpoint_config(state, ckpt)
     if tta:
         check_exportable(cfg.eval)
     model = model_from_config(cfg)

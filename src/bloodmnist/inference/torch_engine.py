@@ -30,7 +30,7 @@ class TorchEngine:
         calibrated: bool = True,
     ):
         state = load_checkpoint(path)
-        self.cfg = checkpoint_config(state)
+        self.cfg = checkpoint_config(state, path)
         # The precision the run trained with is not reused: `auto` means fp32 for inference on
         # a CPU, so the same file predicts the same numbers on every CPU (runtime.py).
         self.rt = setup_runtime(

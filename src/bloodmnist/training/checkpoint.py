@@ -12,8 +12,8 @@ import torch
 from torch import nn
 
 from bloodmnist.atomic import write_bytes_atomic
-from bloodmnist.config import Config, from_dict
-from bloodmnist.errors import CheckpointError, OutputError
+from bloodmnist.config import Config, from_dict, validate
+from bloodmnist.errors import CheckpointError, ConfigError, OutputError
 
 REQUIRED = ("model", "config", "epoch")
 
@@ -109,15 +109,23 @@ def load_model_weights(model: nn.Module, state: dict[str, Any], source: str | Pa
         ) from None
 
 
-def checkpoint_config(state: dict[str, Any]) -> Config:
-    """The Config a checkpoint was trained with, for rebuilding its model.
+def checkpoint_config(state: dict[str, Any], source: object = "the checkpoint") -> Config:
+    """The Config a checkpoint was trained with, for rebuilding its model; one CheckpointError
+    naming `source` when this version cannot read it (unknown keys or values).
 
     Checkpoints record the stem their model was built with (`stem`). Those written before the
     ResNet-9 family took `model.stem` have no such entry and ran its 28-px layout (s1) at every
     size while saying `auto`, which now means stride 2 at 64 px: a layer of the same shape, so
     the old weights would load into the wrong network without an error. They get `s1`.
     """
-    cfg = from_dict(state["config"])
+    try:
+        cfg = from_dict(state["config"])
+        validate(cfg)
+    except (ConfigError, KeyError, TypeError) as exc:
+        raise CheckpointError(
+            f"{source} holds a config this bloodmnist cannot use ({exc}); was it written by "
+            "another version? Use that version, or retrain"
+        ) from None
     if "stem" not in state and cfg.model.arch.startswith("resnet9") and cfg.model.stem == "auto":
         cfg.model.stem = "s1"
     return cfg

@@ -56,7 +56,7 @@ def load_eval_model(
 ) -> tuple[nn.Module, Config, dict[str, Any]]:
     """A checkpoint's model in eval mode on `device`, with its Config and the raw checkpoint."""
     state = load_checkpoint(ckpt, map_location="cpu")
-    cfg = checkpoint_config(state)
+    cfg = checkpoint_config(state, ckpt)
     model = model_from_config(cfg)
     load_model_weights(model, state, ckpt)
     memory = torch.channels_last if channels_last else torch.preserve_format
