@@ -57,8 +57,10 @@ def _images(rng: np.random.Generator, labels: np.ndarray) -> np.ndarray:
     return np.clip(base, 0, 255).astype(np.uint8)
 
 
-def make_run(run_dir: Path, seed: int = 0, pretrained: str = "none") -> dict:
-    """A run folder like the trainer writes; returns the summary."""
+def make_run(
+    run_dir: Path, seed: int = 0, pretrained: str = "none", names: list[str] = CLASS_NAMES
+) -> dict:
+    """A run folder like the trainer writes (classes `names`); returns the summary."""
     rng = np.random.default_rng(seed)
     run_dir.mkdir(parents=True, exist_ok=True)
     n, k = 240, NUM_CLASSES
@@ -76,11 +78,11 @@ def make_run(run_dir: Path, seed: int = 0, pretrained: str = "none") -> dict:
         sample_labels=labels[:32].astype(np.int64),
         dataset_images=_images(rng, ds_labels),
         dataset_labels=ds_labels.astype(np.int64),
-        class_names=np.array(CLASS_NAMES),
+        class_names=np.array(names),
     )
     _write_history(run_dir / "history.csv", rng)
-    plain = compute_metrics(labels, probs, CLASS_NAMES)
-    tta = compute_metrics(labels, probs_tta, CLASS_NAMES)
+    plain = compute_metrics(labels, probs, list(names))
+    tta = compute_metrics(labels, probs_tta, list(names))
     summary = {
         "test_acc": plain["acc"],
         "test_acc_tta": tta["acc"],
@@ -207,6 +209,37 @@ def test_missing_file_is_one_clear_error(
         build_reports(run_dir)
     assert "\n" not in str(info.value)
     assert not (run_dir / "figures").exists()  # nothing written before the check
+
+
+def test_class_names_from_a_data_file_are_shown_as_written(tmp_path: Path) -> None:
+    """A name like a spreadsheet formula stays text in report.xlsx, dollar signs are not read
+    as mathtext (that failed the whole report), control characters are dropped from the
+    workbook (openpyxl refused it), markup is escaped in the page."""
+    names = ['=HYPERLINK("http://x","a")', "CD$4^$ blasts", "baso\x1bphil", "<b>mono</b>"]
+    names += ["eo", "ery", "ig", "pl"]
+    run_dir = tmp_path / "run"
+    make_run(run_dir, names=names)
+    build_reports(run_dir)
+    sheet = load_workbook(run_dir / "report.xlsx")["per_class"]
+    cells = {c.value: c.data_type for c in sheet["A"][1:]}
+    assert cells['=HYPERLINK("http://x","a")'] == "s" and "basophil" in cells
+    page = (run_dir / "report.html").read_text()
+    assert "&lt;b&gt;mono&lt;/b&gt;" in page and "<b>mono</b>" not in page
+    assert (run_dir / "figures" / "confusion_matrix.png").is_file()
+
+
+def test_predictions_that_do_not_fit_are_one_line_before_any_figure(
+    built: tuple[Path, dict, dict[str, Path]], tmp_path: Path
+) -> None:
+    run_dir = tmp_path / "run"
+    shutil.copytree(built[0], run_dir)
+    shutil.rmtree(run_dir / "figures")
+    preds = dict(np.load(run_dir / "predictions.npz"))
+    preds["test_probs"] = preds["test_probs"][:, :5]
+    np.savez(run_dir / "predictions.npz", **preds)
+    with pytest.raises(BloodMNISTError, match="does not hold one prediction per image") as info:
+        build_reports(run_dir)
+    assert "shapes" in str(info.value) and not (run_dir / "figures").exists()
 
 
 def test_html_renders_in_headless_chromium(

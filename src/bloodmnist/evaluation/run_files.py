@@ -103,7 +103,30 @@ def load_predictions(run_dir: Path) -> dict[str, np.ndarray]:
     missing = [key for key in PREDICTION_KEYS if key not in data]
     if missing:
         raise BloodMNISTError(f"{path} lacks array(s) {', '.join(missing)}")
+    problem = _inconsistency(data)
+    if problem:  # before any report file is rewritten from it
+        raise BloodMNISTError(f"{path} does not hold one prediction per image: {problem}")
     return data
+
+
+def _inconsistency(data: dict[str, np.ndarray]) -> str | None:
+    """What does not fit among the labels, probability arrays and class names, or None."""
+    labels = data["test_labels"].reshape(-1)
+    n = len(labels)
+    probs = {k: v for k, v in data.items() if k.startswith(("test_probs", "val_probs"))}
+    test = {k: v for k, v in probs.items() if k.startswith("test_")}
+    shapes = {v.shape for v in test.values()}
+    if len(shapes) != 1 or any(len(s) != 2 or s[0] != n for s in shapes):
+        return f"{n} test labels, test probabilities of shapes {sorted(map(str, shapes))}"
+    classes = next(iter(shapes))[1]
+    names = data.get("class_names")
+    if names is not None and len(names) != classes:
+        return f"{len(names)} class names for {classes} probability columns"
+    if any(v.ndim != 2 or v.shape[1] != classes for v in probs.values()):
+        return f"validation probabilities without {classes} columns"
+    if n and (labels.min() < 0 or labels.max() >= classes):
+        return f"test labels outside 0..{classes - 1}"
+    return None
 
 
 def class_names(preds: dict[str, np.ndarray]) -> list[str]:

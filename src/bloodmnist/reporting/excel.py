@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from openpyxl import Workbook
+from openpyxl.cell.cell import ILLEGAL_CHARACTERS_RE, Cell
 from openpyxl.styles import Font
 from openpyxl.utils import get_column_letter
 from openpyxl.worksheet.worksheet import Worksheet
@@ -31,21 +32,34 @@ NESTED_SUMMARY_KEYS = ("test", "test_tta")
 
 
 def _cell_value(value: Any) -> Any:
-    """Numbers, strings and booleans as-is; None blank; containers as compact JSON text."""
-    if value is None or isinstance(value, (bool, int, float, str)):
+    """Numbers and booleans as-is; strings without the control characters a workbook cannot
+    hold; None blank; containers as compact JSON text."""
+    if isinstance(value, str):
+        return ILLEGAL_CHARACTERS_RE.sub("", value)
+    if value is None or isinstance(value, (bool, int, float)):
         return value
     if hasattr(value, "item"):  # numpy scalar
         return value.item()
     return json.dumps(value, default=str)
 
 
+def _as_text(cells: Sequence[Cell]) -> None:
+    """Strings stay text: one starting with '=' (a class name from a data file, say) would
+    otherwise be stored as a live formula."""
+    for cell in cells:
+        if isinstance(cell.value, str):
+            cell.data_type = "s"
+
+
 def write_table(ws: Worksheet, header: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
     """Header in bold, frozen below it, then rows; columns sized to their longest text."""
-    ws.append(list(header))
+    ws.append([_cell_value(h) for h in header])
+    _as_text(ws[1])
     for cell in ws[1]:
         cell.font = BOLD
     for row in rows:
         ws.append([_cell_value(v) for v in row])
+        _as_text(ws[ws.max_row])
     ws.freeze_panes = "A2"
     for idx, col in enumerate(ws.iter_cols(values_only=True), start=1):
         width = max(len(str(v)) if v is not None else 0 for v in col)

@@ -9,13 +9,16 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")  # headless servers and CI have no display
+# Text is shown as written: a class name from a data file such as "CD$4^$ blasts" would be read
+# as mathtext (and fail the whole report); no figure here uses mathtext.
+matplotlib.rcParams["text.parse_math"] = False
 
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from bloodmnist.atomic import atomic_open
+from bloodmnist.atomic import atomic_open  # noqa: E402
 from bloodmnist.evaluation.calibration import (  # noqa: E402
     apply_temperature,
     ece,
