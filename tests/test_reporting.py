@@ -228,6 +228,31 @@ def test_class_names_from_a_data_file_are_shown_as_written(tmp_path: Path) -> No
     assert (run_dir / "figures" / "confusion_matrix.png").is_file()
 
 
+def test_a_run_without_tta_is_not_reported_as_tta(
+    built: tuple[Path, dict, dict[str, Path]], tmp_path: Path
+) -> None:
+    """With TTA off, predictions.npz repeats the plain probabilities as TTA; the report must
+    not present them as TTA scores."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(built[0], run_dir)
+    shutil.rmtree(run_dir / "figures")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    summary.update(test_acc_tta=None, test_macro_f1_tta=None, test_auc_tta=None, test_tta=None)
+    (run_dir / "summary.json").write_text(json.dumps(summary))
+    preds = dict(np.load(run_dir / "predictions.npz"))
+    preds["test_probs_tta"] = preds["test_probs"]
+    np.savez(run_dir / "predictions.npz", **preds)
+    build_reports(run_dir)
+    page = (run_dir / "report.html").read_text()
+    assert "F1 (TTA)" not in page and "Confusion matrix (plain, counts)" in page
+    book = load_workbook(run_dir / "report.xlsx")
+    header = [c.value for c in book["per_class"][1]]
+    assert header == ["class", "precision", "recall", "f1", "support"]
+    assert book["confusion"]["A1"].value == "true \\ predicted (plain)"
+    built_page = (built[0] / "report.html").read_text()
+    assert "F1 (TTA)" in built_page and "Confusion matrix (TTA, counts)" in built_page
+
+
 def test_predictions_that_do_not_fit_are_one_line_before_any_figure(
     built: tuple[Path, dict, dict[str, Path]], tmp_path: Path
 ) -> None:

@@ -24,6 +24,7 @@ from bloodmnist.evaluation.run_files import (
     load_predictions,
     load_summary,
     load_test_metrics,
+    tta_was_run,
 )
 
 BOLD = Font(bold=True)
@@ -66,13 +67,12 @@ def write_table(ws: Worksheet, header: Sequence[str], rows: Iterable[Sequence[An
         ws.column_dimensions[get_column_letter(idx)].width = min(max(10, width + 2), 60)
 
 
-def _per_class_rows(plain: dict, tta: dict) -> list[list[Any]]:
+def _per_class_rows(plain: dict, tta: dict | None) -> list[list[Any]]:
+    """Plain and (where the run evaluated it: `tta`) TTA scores per class, then the support."""
     rows = []
-    for p, t in zip(plain["per_class"], tta["per_class"], strict=True):
-        rows.append(
-            [p["class"], p["precision"], p["recall"], p["f1"]]
-            + [t["precision"], t["recall"], t["f1"], p["support"]]
-        )
+    for p, t in zip(plain["per_class"], (tta or plain)["per_class"], strict=True):
+        scores = [t["precision"], t["recall"], t["f1"]] if tta is not None else []
+        rows.append([p["class"], p["precision"], p["recall"], p["f1"], *scores, p["support"]])
     return rows
 
 
@@ -84,7 +84,8 @@ def write_excel(run_dir: Path) -> Path:
     history = load_history(run_dir)
     preds = load_predictions(run_dir)
     plain = load_test_metrics(summary, preds, tta=False)
-    tta = load_test_metrics(summary, preds, tta=True)
+    tta = load_test_metrics(summary, preds, tta=True)  # the plain numbers when TTA was off
+    ran_tta = tta_was_run(summary)
 
     wb = Workbook()
     ws = wb.active
@@ -96,8 +97,9 @@ def write_excel(run_dir: Path) -> Path:
     write_table(wb.create_sheet("history"), columns, ([r.get(c) for c in columns] for r in history))
 
     per_class_header = ["class", "precision", "recall", "f1"]
-    per_class_header += ["precision_tta", "recall_tta", "f1_tta", "support"]
-    write_table(wb.create_sheet("per_class"), per_class_header, _per_class_rows(plain, tta))
+    per_class_header += ["precision_tta", "recall_tta", "f1_tta"] if ran_tta else []
+    rows = _per_class_rows(plain, tta if ran_tta else None)
+    write_table(wb.create_sheet("per_class"), [*per_class_header, "support"], rows)
 
     write_table(
         wb.create_sheet("calibration"), CALIBRATION_HEADER, calibration_rows(summary, preds)
@@ -107,7 +109,7 @@ def write_excel(run_dir: Path) -> Path:
     ws = wb.create_sheet("confusion")
     write_table(
         ws,
-        ["true \\ predicted (TTA)", *names],
+        [f"true \\ predicted ({'TTA' if ran_tta else 'plain'})", *names],
         ([name, *row] for name, row in zip(names, tta["confusion"], strict=True)),
     )
     for cell in ws["A"]:

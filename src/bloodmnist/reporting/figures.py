@@ -33,6 +33,7 @@ from bloodmnist.evaluation.run_files import (  # noqa: E402
     load_history,
     load_predictions,
     load_summary,
+    tta_was_run,
 )
 
 DPI = 120
@@ -67,8 +68,11 @@ def _empty_note(ax: Axes, text: str) -> None:
     ax.set_axis_off()
 
 
-def plot_confusion(labels: np.ndarray, probs: np.ndarray, names: list[str], path: Path) -> Path:
-    """Row-normalised confusion matrix (recall on the diagonal) with values annotated."""
+def plot_confusion(
+    labels: np.ndarray, probs: np.ndarray, names: list[str], path: Path, kind: str = "TTA"
+) -> Path:
+    """Row-normalised confusion matrix (recall on the diagonal) with values annotated; `kind`
+    names the predictions (TTA, or plain for a run without TTA)."""
     k = len(names)
     cm = confusion_matrix(labels, probs.argmax(axis=1), k).astype(np.float64)
     rows = cm.sum(axis=1, keepdims=True)
@@ -84,7 +88,7 @@ def plot_confusion(labels: np.ndarray, probs: np.ndarray, names: list[str], path
     ax.set_yticks(range(k), names)
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class")
-    ax.set_title(f"Test confusion matrix (TTA, row-normalised, n={len(labels)})")
+    ax.set_title(f"Test confusion matrix ({kind}, row-normalised, n={len(labels)})")
     return save_figure(fig, path)
 
 
@@ -132,7 +136,12 @@ def plot_training_curves(history: list[dict[str, Any]], path: Path) -> Path:
 
 
 def plot_sample_predictions(
-    images: np.ndarray, labels: np.ndarray, probs: np.ndarray, names: list[str], path: Path
+    images: np.ndarray,
+    labels: np.ndarray,
+    probs: np.ndarray,
+    names: list[str],
+    path: Path,
+    kind: str = "TTA",
 ) -> Path:
     """Grid of test images titled true/predicted, green when right and red when wrong."""
     n = min(len(images), len(labels), len(probs))
@@ -152,7 +161,7 @@ def plot_sample_predictions(
         ax.set_title(title, fontsize=7, color=GOOD if ok else BAD)
     if n == 0:
         _empty_note(axes[0, 0], "no sample images")
-    fig.suptitle(f"First {n} test images (TTA predictions): {correct}/{n} correct")
+    fig.suptitle(f"First {n} test images ({kind} predictions): {correct}/{n} correct")
     fig.tight_layout()
     return save_figure(fig, path)
 
@@ -245,6 +254,8 @@ def save_figures(run_dir: Path) -> dict[str, Path]:
     run_dir = Path(run_dir)
     preds = load_predictions(run_dir)
     history = load_history(run_dir)
+    summary = load_summary(run_dir)
+    kind = "TTA" if tta_was_run(summary) else "plain"  # test_probs_tta repeats plain then
     names = class_names(preds)
     out = run_dir / FIGURES_DIR
     out.mkdir(parents=True, exist_ok=True)
@@ -256,7 +267,7 @@ def save_figures(run_dir: Path) -> dict[str, Path]:
     gradcam = try_plot_gradcam(run_dir, out / "gradcam.png")
     return {
         "confusion_matrix": plot_confusion(
-            preds["test_labels"], preds["test_probs_tta"], names, out / "confusion_matrix.png"
+            preds["test_labels"], preds["test_probs_tta"], names, out / "confusion_matrix.png", kind
         ),
         "training_curves": plot_training_curves(history, out / "training_curves.png"),
         "sample_predictions": plot_sample_predictions(
@@ -265,6 +276,7 @@ def save_figures(run_dir: Path) -> dict[str, Path]:
             preds["test_probs_tta"][:k],
             names,
             out / "sample_predictions.png",
+            kind,
         ),
         "dataset_samples": plot_dataset_samples(
             preds.get("dataset_images", empty_imgs),
@@ -274,7 +286,7 @@ def save_figures(run_dir: Path) -> dict[str, Path]:
         ),
         "reliability_diagram": plot_reliability(
             preds["test_labels"],
-            calibration_variants(load_summary(run_dir), preds),
+            calibration_variants(summary, preds),
             out / "reliability_diagram.png",
         ),
         **({"gradcam": gradcam} if gradcam else {}),

@@ -23,6 +23,7 @@ from bloodmnist.evaluation.run_files import (
     load_predictions,
     load_summary,
     load_test_metrics,
+    tta_was_run,
 )
 from bloodmnist.reporting.figures import FIGURE_NAMES, MODEL_FIGURE_NAMES, save_figures
 
@@ -178,12 +179,16 @@ def _figures(run_dir: Path) -> str:
     return "\n".join(parts)
 
 
-def _per_class(plain: dict, tta: dict) -> str:
-    header = ["class", "precision", "recall", "F1", "precision (TTA)", "recall (TTA)", "F1 (TTA)"]
+def _per_class(plain: dict, tta: dict | None) -> str:
+    """Per-class scores, plain and (where the run evaluated it: `tta`) with TTA."""
+    header = ["class", "precision", "recall", "F1"]
+    if tta is not None:
+        header += ["precision (TTA)", "recall (TTA)", "F1 (TTA)"]
     rows = [
-        (p["class"], p["precision"], p["recall"], p["f1"], t["precision"], t["recall"], t["f1"])
+        (p["class"], p["precision"], p["recall"], p["f1"])
+        + ((t["precision"], t["recall"], t["f1"]) if tta is not None else ())
         + (p["support"],)
-        for p, t in zip(plain["per_class"], tta["per_class"], strict=True)
+        for p, t in zip(plain["per_class"], (tta or plain)["per_class"], strict=True)
     ]
     return table([*header, "support"], rows)
 
@@ -202,7 +207,8 @@ def write_html(run_dir: Path) -> Path:
     history = load_history(run_dir)
     preds = load_predictions(run_dir)
     plain = load_test_metrics(summary, preds, tta=False)
-    tta = load_test_metrics(summary, preds, tta=True)
+    tta = load_test_metrics(summary, preds, tta=True)  # the plain numbers when TTA was off
+    ran_tta = tta_was_run(summary)
     title = f"BloodMNIST run report: {run_dir.resolve().name}"
     scratch = (
         '<p class="note">Trained from scratch (no ImageNet weights)</p>'
@@ -229,8 +235,8 @@ def write_html(run_dir: Path) -> Path:
         "<h2>Figures</h2>",
         _figures(run_dir),
         "<h2>Per-class scores</h2>",
-        _per_class(plain, tta),
-        "<h2>Confusion matrix (TTA, counts)</h2>",
+        _per_class(plain, tta if ran_tta else None),
+        f"<h2>Confusion matrix ({'TTA' if ran_tta else 'plain'}, counts)</h2>",
         _confusion(class_names(preds), tta["confusion"]),
         "<h2>Training history</h2>",
         table(columns, ([_history_cell(c, r.get(c)) for c in columns] for r in history)),
