@@ -226,27 +226,17 @@ def evaluate(args: argparse.Namespace) -> int:
     # Without --data, evaluate exactly what the run saw (its --subset too), so the numbers match
     # summary.json; an explicit --data file is evaluated whole.
     subset = None if args.data else cfg.data.subset
+    m = cfg.model
     data, info = load_data(
-        args.data or cfg.data.path,
-        cfg.data.size,
-        cfg.model.num_classes,
-        subset,
-        class_names=cfg.model.class_names,
+        args.data or cfg.data.path, cfg.data.size, m.num_classes, subset, class_names=m.class_names
     )
     model = model_from_config(cfg)
     load_model_weights(model, state, ckpt_path)
     model = model.to(rt.device)
     bars = wants_bars(True)  # a live bar per pass in a terminal only
+    compare = cfg.eval.compare_tta or args.all_tta
     result = evaluate_split(
-        model,
-        data,
-        args.split,
-        cfg,
-        rt,
-        args.tta,
-        cfg.eval.compare_tta or args.all_tta,
-        bars,
-        every_tta=args.all_tta,
+        model, data, args.split, cfg, rt, args.tta, compare, bars, every_tta=args.all_tta
     )
     out = {
         "checkpoint": str(ckpt_path),

@@ -207,13 +207,9 @@ def export_checkpoint(
     model = model_from_config(cfg)
     load_model_weights(model, state, ckpt)
     model = model.float().eval()
+    m = cfg.model
     dataset, info = load_data(
-        data or cfg.data.path,
-        cfg.data.size,
-        cfg.model.num_classes,
-        None,
-        progress=False,
-        class_names=cfg.model.class_names,
+        data or cfg.data.path, cfg.data.size, m.num_classes, None, False, class_names=m.class_names
     )
     images = dataset.test.images[:parity_images]
     meta = model_metadata(cfg, ckpt, state, tta)
