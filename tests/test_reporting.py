@@ -170,6 +170,22 @@ def test_excel(built: tuple[Path, dict, dict[str, Path]]) -> None:
     wb.close()
 
 
+def test_rebuilt_workbook_is_the_same_file(
+    built: tuple[Path, dict, dict[str, Path]], tmp_path: Path
+) -> None:
+    """openpyxl stamps the time into the workbook and its zip entries; the report is rebuilt
+    from the run folder alone, so it must come out byte for byte the same."""
+    import time
+
+    from bloodmnist.reporting.excel import write_excel
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(built[0], run_dir)
+    first = write_excel(run_dir).read_bytes()
+    time.sleep(2.1)  # zip times have a 2 s resolution
+    assert write_excel(run_dir).read_bytes() == first
+
+
 def test_html(built: tuple[Path, dict, dict[str, Path]]) -> None:
     run_dir, summary, paths = built
     text = paths["html"].read_text(encoding="utf-8")

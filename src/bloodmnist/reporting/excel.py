@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import io
 import json
+import re
+import zipfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -118,6 +122,30 @@ def write_excel(run_dir: Path) -> Path:
     write_table(wb.create_sheet("manifest"), ["key", "value"], load_manifest(run_dir).items())
 
     path = run_dir / "report.xlsx"
-    with atomic_open(path) as fh:  # never a half-written workbook where a reader expects one
-        wb.save(fh)
+    save_workbook(wb, path)
     return path
+
+
+#: The time stamped into a workbook's properties and zip entries: fixed, so a report rebuilt
+#: from the same run folder is the same file, byte for byte (openpyxl stamps "now").
+STAMP = dt.datetime(2000, 1, 1)
+ISO_STAMP = b"2000-01-01T00:00:00Z"
+
+
+def save_workbook(wb: Workbook, path: Path) -> None:
+    """Save `wb` atomically (never a half-written workbook where a reader expects one) and
+    reproducibly (fixed time stamps)."""
+    wb.properties.created = STAMP
+    raw = io.BytesIO()
+    wb.save(raw)
+    stable = io.BytesIO()
+    with zipfile.ZipFile(raw) as src, zipfile.ZipFile(stable, "w", zipfile.ZIP_DEFLATED) as dst:
+        for item in src.infolist():
+            data = src.read(item.filename)
+            if item.filename == "docProps/core.xml":  # save() stamps "modified" itself
+                data = re.sub(rb"(<dcterms:modified[^>]*>)[^<]*", rb"\g<1>" + ISO_STAMP, data)
+            entry = zipfile.ZipInfo(item.filename, date_time=STAMP.timetuple()[:6])
+            entry.compress_type = zipfile.ZIP_DEFLATED
+            dst.writestr(entry, data)
+    with atomic_open(path) as fh:
+        fh.write(stable.getvalue())

@@ -10,9 +10,9 @@ from typing import Any
 
 from openpyxl import Workbook
 
-from bloodmnist.atomic import atomic_open, write_text_atomic
+from bloodmnist.atomic import write_text_atomic
 from bloodmnist.evaluation.stats import format_mean_std
-from bloodmnist.reporting.excel import write_table
+from bloodmnist.reporting.excel import save_workbook, write_table
 from bloodmnist.reporting.figures import history_series, plt, save_figure
 from bloodmnist.reporting.html import CSS, table
 from bloodmnist.training.rundir import write_json
@@ -167,8 +167,7 @@ def write_xlsx(record: dict[str, Any], path: Path) -> Path:
     write_table(wb.create_sheet("per_class"), PER_CLASS_HEADER, per_class_rows(record))
     plan = record.get("plan", {})
     write_table(wb.create_sheet("plan"), ["key", "value"], plan.items())
-    with atomic_open(path) as fh:
-        wb.save(fh)
+    save_workbook(wb, path)
     return path
 
 
