@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import io
 import re
@@ -186,3 +187,28 @@ def test_auto_with_closed_port_trains_from_scratch(tmp_path: Path) -> None:
     assert "training from scratch" in info.message
     assert url in info.message and "\n" not in info.message
     assert not (tmp_path / "resnet18-f37072fd.pth").exists()
+
+
+def test_flops_of_a_model_with_synchronised_batchnorm(monkeypatch) -> None:
+    """torchrun with train.sync_bn: torch's SyncBatchNorm refuses CPU tensors, so counting a
+    copy of the trained model on the CPU failed every rank after training (no summary)."""
+    import socket
+
+    import torch.distributed as dist
+
+    from bloodmnist.model.flops import flops_per_image
+
+    plain = build_model("resnet9", 8, 28, width=0.25)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(port))
+    dist.init_process_group("gloo", rank=0, world_size=1)
+    try:
+        synced = nn.SyncBatchNorm.convert_sync_batchnorm(copy.deepcopy(plain))
+        assert any(isinstance(m, nn.SyncBatchNorm) for m in synced.modules())
+        assert flops_per_image(synced, 28) == flops_per_image(plain, 28)
+        assert any(isinstance(m, nn.SyncBatchNorm) for m in synced.modules())  # untouched
+    finally:
+        dist.destroy_process_group()

@@ -19,7 +19,7 @@ def flops_per_image(model: nn.Module, size: int = 28) -> dict[str, float]:
     """{'train': forward+backward FLOPs, 'forward': eval forward FLOPs}, per image, on CPU fp32.
 
     Counts a copy, so the caller's model (its device, mode, BN statistics) is untouched."""
-    net = copy.deepcopy(model).float().cpu()
+    net = _plain_batchnorm(copy.deepcopy(model)).float().cpu()
     for p in net.parameters():  # a frozen model (a distillation teacher) still counts a step
         p.requires_grad_(True)
     x = torch.randn(2, 3, size, size)
@@ -30,6 +30,20 @@ def flops_per_image(model: nn.Module, size: int = 28) -> dict[str, float]:
     with FlopCounterMode(display=False) as fwd, torch.no_grad():
         net(x)
     return {"train": train.get_total_flops() / 2, "forward": fwd.get_total_flops() / 2}
+
+
+def _plain_batchnorm(module: nn.Module) -> nn.Module:
+    """Synchronised BatchNorm layers (torchrun's sync_bn) as plain ones, which cost the same:
+    torch's SyncBatchNorm refuses CPU tensors, and a counting pass must not all-reduce."""
+    for name, child in module.named_children():
+        synced = isinstance(child, nn.SyncBatchNorm) or (
+            isinstance(child, nn.BatchNorm2d) and type(child) is not nn.BatchNorm2d
+        )
+        if synced:
+            setattr(module, name, nn.BatchNorm2d(child.num_features, child.eps, child.momentum))
+        else:
+            _plain_batchnorm(child)
+    return module
 
 
 def train_pflop(train_flops_per_image: float, images_seen: int) -> float:
