@@ -208,6 +208,18 @@ def test_preprocess_options_and_limits(tmp_path: Path) -> None:
     # A PBC frame (short side 360/363/366) is a raw smear at every input size (the 200-px crop
     # is enlarged at 224, as BloodMNIST_224 was made): data/imageprep.choose_method.
     assert load_image(raw, 224, "auto").method == "medmnist"
+    # MedMNIST+ cell images (64-224 px) are crops already: a 28-px model resizes them
+    from bloodmnist.data.imageprep import choose_method
+
+    assert [choose_method("auto", s, s, 28) for s in (28, 64, 128, 224, 225, 300)] == [
+        "resize",
+        "resize",
+        "resize",
+        "resize",
+        "medmnist",
+        "medmnist",
+    ]
+    assert choose_method("auto", 300, 300, 224) == "resize"  # not above 2 x 224
     with pytest.raises(ImageReadError, match="above the 0.1 Mpx limit"):
         load_image(raw, 28, "auto", max_pixels=100_000)
     cmyk = tmp_path / "cmyk.tif"

@@ -2,8 +2,9 @@
 
 The reference's per-image PIL pipeline (random resized crop scale 0.9-1.0 with ratio 3/4-4/3,
 horizontal flip, rotation +-10 deg with black fill, colour jitter 0.2 on brightness, contrast and
-saturation) with one difference in the crop (see geometry_matrices), but the geometry of a whole batch is one `affine_grid` + `grid_sample`
-(crop, flip and rotation composed into a single resampling, so pixels are interpolated once) and
+saturation) with one difference in the crop (see geometry_matrices), but the geometry of a
+whole batch is one `affine_grid` + `grid_sample` (crop, flip and rotation composed into a single
+resampling, so pixels are interpolated once) and
 the colour ops are a few tensor expressions. Every random draw comes from an explicit generator,
 so a (seed, epoch) pair fixes the augmentation exactly. `rot90` (fast recipe) adds a random
 multiple of 90 degrees to the same matrix: with both flips, the dihedral group at no extra cost.

@@ -11,7 +11,8 @@ Methods
   shared file was built without it).
 - resize: the whole image, bilinear, to size x size (aspect ratio not kept; no-op when equal).
 - none: the image must already be size x size.
-- auto: medmnist when the short side exceeds twice the input size or is a PBC frame's
+- auto: medmnist when the short side exceeds both twice the input size and 224 px (the largest
+  MedMNIST+ size: cell crops at 28-224 px are resized, never cropped again) or is a PBC frame's
   (360-369 px), otherwise resize.
 """
 
@@ -26,6 +27,8 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 METHODS = ("auto", "medmnist", "resize", "none")
+#: MedMNIST+'s largest image side; cell crops up to it are never taken for raw frames.
+MEDMNIST_LARGEST = 224
 #: BloodMNIST kept a 200-px centre square of the 360x363 PBC originals.
 CROP_FRACTION = 200 / 360
 #: The PBC dataset also holds some 366x369 frames from the same microscope (same pixel scale).
@@ -69,8 +72,11 @@ def choose_method(requested: str, width: int, height: int, size: int) -> str:
     if requested != "auto":
         return requested
     # PBC frames are raw smear images at every input size (at 224 px the 200-px crop is enlarged,
-    # as the data was made); other images count as raw when clearly larger than the input.
-    raw = min(width, height) > 2 * size or min(width, height) in PBC_SHORT_SIDES
+    # as the data was made); other images count as raw when clearly larger than the input and
+    # than MedMNIST+'s cell crops (a 64-px BloodMNIST image given to a 28-px model is resized:
+    # cropping it again kept a 36-px centre, 51/255 from the 28-px file's pixels on average).
+    short = min(width, height)
+    raw = short > max(2 * size, MEDMNIST_LARGEST) or short in PBC_SHORT_SIDES
     return "medmnist" if raw else "resize"
 
 
