@@ -178,6 +178,15 @@ def test_data_info_and_verify(shared_data: Path, tmp_path: Path) -> None:
     assert out["sizes"] == sizes and out["official"] is False and out["valid_npz"] is True
     assert out["md5"] == SHARED_NPZ_MD5 and out["md5"] != out["expected_md5"]
     assert "not the official BloodMNIST file" in verify.stderr
+    from bloodmnist.data.download import official_md5
+
+    assert out["expected_md5"] == official_md5(28)
+    big = shared_data.with_name("bloodmnist_pbc_64.npz")  # compared with the official 64-px file
+    if big.is_file():
+        verify = run_cli(["data", "verify", "--data", str(big)], cwd=tmp_path)
+        assert verify.returncode == 0, describe(verify)
+        assert json.loads(verify.stdout)["expected_md5"] == official_md5(64)
+        assert f"official {official_md5(64)})" in verify.stderr
 
 
 def test_version(tmp_path: Path) -> None:

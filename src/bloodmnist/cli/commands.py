@@ -281,7 +281,7 @@ def report(args: argparse.Namespace) -> int:
 
 def data(args: argparse.Namespace) -> int:
     from bloodmnist.data.download import verify_file
-    from bloodmnist.data.npz import describe, load_npz
+    from bloodmnist.data.npz import SIZES, describe, load_npz
     from bloodmnist.data.source import resolve_data
     from bloodmnist.progress import wants_bars
 
@@ -292,7 +292,7 @@ def data(args: argparse.Namespace) -> int:
     info = resolve_data(args.data, args.size, progress=wants_bars(True))
     ds = load_npz(info.path)
     if args.action == "verify":
-        check = verify_file(info.path, args.size)
+        check = verify_file(info.path, ds.image_size if ds.image_size in SIZES else args.size)
         print(
             json.dumps(
                 {

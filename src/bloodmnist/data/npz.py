@@ -58,6 +58,20 @@ def require_file(path: Path) -> None:
         )
 
 
+def header_image_size(path: Path) -> int | None:
+    """The image side stored in `path`'s test_images header (nothing decoded), or None when
+    the file cannot tell (loading it then says why)."""
+    try:
+        with zipfile.ZipFile(path) as zf, zf.open("test_images.npy") as fh:
+            fmt = np.lib.format
+            version = fmt.read_magic(fh)
+            read = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+            shape = read(fh)[0]
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+        return None
+    return int(shape[1]) if len(shape) >= 3 else None
+
+
 def _read_arrays(path: Path) -> dict[str, np.ndarray]:
     require_file(path)
     try:
