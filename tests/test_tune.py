@@ -118,6 +118,14 @@ def test_bad_pruner_is_one_error(pruner: dict, message: str) -> None:
         parse_space({**SPACE, "pruner": {"kind": "median", **pruner}}, Config())
 
 
+def test_a_sampler_written_as_a_word_is_told_its_form() -> None:
+    from bloodmnist.config import Config
+    from bloodmnist.tuning.space import SpaceError, parse_space
+
+    with pytest.raises(SpaceError, match=r"'sampler' must be a mapping, e.g. sampler: \{kind"):
+        parse_space({**SPACE, "sampler": "random"}, Config())
+
+
 def test_progress_pruner_warmup_is_in_twentieths() -> None:
     from bloodmnist.tuning.study import make_pruner
 

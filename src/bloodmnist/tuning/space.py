@@ -213,7 +213,9 @@ PRUNE_BY = ("epoch", "progress")
 
 def _section(data: dict[str, Any], name: str, kinds: tuple[str, ...], default: str) -> dict:
     spec = data.get(name) or {"kind": default}
-    if not isinstance(spec, dict) or spec.get("kind", default) not in kinds:
+    if not isinstance(spec, dict):
+        raise SpaceError(f"'{name}' must be a mapping, e.g. {name}: {{kind: {kinds[0]}}}")
+    if spec.get("kind", default) not in kinds:
         raise SpaceError(f"{name}.kind must be one of {', '.join(kinds)}")
     extra = sorted(set(spec) - SECTION_FIELDS[name])
     if extra:
