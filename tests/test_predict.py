@@ -301,7 +301,8 @@ def test_a_run_trained_on_a_gpu_is_evaluated_where_it_is_read(
     state["config"]["data"].update(path=str(shared_data), subset=64)
     ckpt = tmp_path / "gpu.pt"
     save_checkpoint(state, ckpt)
-    result = run_cli(["evaluate", str(ckpt), "--split", "val", "--no-tta"], cwd=tmp_path)
+    cmd = ["evaluate", str(ckpt), "--split", "val", "--no-tta", "--threads", "1"]
+    result = run_cli(cmd, cwd=tmp_path)
     assert result.returncode == 0, describe(result)
     assert json.loads(result.stdout)["n"] == 64
 

@@ -59,6 +59,9 @@ def evaluate_parser(sub) -> None:
         help="score every TTA mode beside the model's own (choose a mode with --split val)",
     )
     p.add_argument("--json", metavar="FILE", help="also write the metrics to FILE (new file)")
+    p.add_argument(
+        "--threads", type=threads_int, default=0, metavar="N", help="CPU threads (0: all)"
+    )
     add_runtime(p)
 
 

@@ -45,7 +45,9 @@ def require_multipart(request: Request) -> None:
     ctype = request.headers.get("content-type", "")
     if not ctype.lower().startswith("multipart/form-data"):
         raise HTTPException(
-            415, f"send multipart/form-data with image files, not {ctype or 'no type'}"
+            415,
+            "send multipart/form-data with image files in the field 'files' (got "
+            f"{ctype or 'no Content-Type'})",
         )
 
 
