@@ -127,3 +127,66 @@ def test_audit_of_shared_28px_file(shared_data: Path) -> None:
         3,
     ]
     assert sum(result["balance"]["train"].values()) == 11959
+
+
+def _brute_force(path: Path) -> dict:
+    """The counts by enumerating every pair of images (what the audit did before it grouped
+    copies): exact and near member pairs, pairs with different labels, leaked images."""
+    ds = load_npz(path)
+    rows = [(s, i, int(lab), ds.split(s).images[i].astype(float)) for s in ("train", "val", "test")
+            for i, lab in enumerate(ds.split(s).labels)]  # fmt: skip
+    exact = near = conflicts = 0
+    leaked: dict[str, set] = {"val_in_train": set(), "test_in_train": set(), "test_in_val": set()}
+    crossing = {(key, kind): 0 for key in leaked for kind in ("exact", "near")}
+    for k, (sa, ia, la, xa) in enumerate(rows):
+        for sb, ib, lb, xb in rows[k + 1 :]:
+            rms = float(np.sqrt(np.mean((xa - xb) ** 2)))
+            if rms > NEAR_RMS:
+                continue
+            exact, near = exact + (rms == 0), near + (rms > 0)
+            conflicts += la != lb
+            for early, late in (("train", "val"), ("train", "test"), ("val", "test")):
+                if {sa, sb} == {early, late}:
+                    leaked[f"{late}_in_{early}"].add(ia if sa == late else ib)
+                    crossing[(f"{late}_in_{early}", "near" if rms else "exact")] += 1
+    return {
+        "exact": exact, "near": near, "conflicts": conflicts, "leaked": leaked,
+        "crossing": crossing,
+    }  # fmt: skip
+
+
+def test_many_copies_are_counted_exactly_and_listed_once(tmp_path: Path) -> None:
+    """Hundreds of copies of two nearly identical images (blank tiles, say): the audit groups
+    the copies (it listed every member pair: 10 M for 4,500 copies) and its counts equal a
+    brute-force count over all pairs."""
+    rng = np.random.default_rng(1)
+    blank = np.full((28, 28, 3), 200, np.uint8)
+    other = blank.copy()
+    other[:4] += 3  # RMS ~1.1 from blank: a near pair
+    parts = {  # split -> [(image, label, copies)]
+        "train": [(blank, 0, 40), (other, 1, 25)],
+        "val": [(blank, 1, 6)],
+        "test": [(other, 1, 4), (blank, 0, 3)],
+    }
+    arrays = {}
+    for split, items in parts.items():
+        imgs = [img for img, _, n in items for _ in range(n)]
+        labs = [lab for _, lab, n in items for _ in range(n)]
+        imgs += list(rng.integers(0, 256, (5, 28, 28, 3), dtype=np.uint8))  # distinct others
+        labs += [2] * 5
+        arrays[f"{split}_images"] = np.stack(imgs)
+        arrays[f"{split}_labels"] = np.array(labs, np.uint8)[:, None]
+    path = tmp_path / "copies.npz"
+    np.savez(path, **arrays, class_names=np.array(["a", "b", "c"]))
+    result = audit(load_npz(path))
+    want = _brute_force(path)
+    assert result["exact_duplicates"]["n_groups"] == 2
+    assert result["exact_duplicates"]["n_pairs"] == want["exact"]
+    near = result["near_duplicates"]["pairs"]
+    assert len(near) == 1 and sorted(near[0]["copies"]) == [29, 49]
+    assert result["cross_label"]["n_pairs"] == want["conflicts"]
+    assert len(result["cross_label"]["pairs"]) <= 3  # one per relation and pair of labels
+    for key, images in want["leaked"].items():
+        assert result["leakage"][key]["images"] == len(images), key
+        for kind in ("exact", "near"):
+            assert result["leakage"][key][f"{kind}_pairs"] == want["crossing"][(key, kind)]

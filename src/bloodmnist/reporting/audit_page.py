@@ -68,6 +68,12 @@ def _leakage(result: dict[str, Any]) -> str:
     return f"<table>{head}{body}</table>"
 
 
+def _copies(pair: dict[str, Any]) -> str:
+    """', 40 x 25 copies' where a side of a near pair stands for identical copies."""
+    a, b = pair.get("copies", [1, 1])
+    return f", {a} x {b} copies" if a * b > 1 else ""
+
+
 def write_audit_html(
     result: dict[str, Any], ds: Dataset, path: Path, exclusive: bool = False
 ) -> Path:
@@ -80,7 +86,11 @@ def write_audit_html(
             flags = [k for k in ("cross_split", "cross_label") if g[k]]
             exact.append((first, m, "identical pixels" + "".join(f", {f}" for f in flags)))
     near = [
-        (p["a"], p["b"], f"RMS {p['rms']:.2f}" + (", cross_label" if p["cross_label"] else ""))
+        (
+            p["a"],
+            p["b"],
+            f"RMS {p['rms']:.2f}" + _copies(p) + (", cross_label" if p["cross_label"] else ""),
+        )
         for p in result["near_duplicates"]["pairs"]
     ]
     conflicts = [(p["a"], p["b"], p["kind"]) for p in result["cross_label"]["pairs"]]
@@ -94,7 +104,7 @@ def write_audit_html(
         _balance(result),
         "<h2>Train/val/test leakage</h2>",
         _leakage(result),
-        f"<h2>Duplicates with different labels ({len(conflicts)})</h2>",
+        f"<h2>Duplicates with different labels ({result['cross_label']['n_pairs']} pairs)</h2>",
         _pair_rows(conflicts, ds),
         f"<h2>Exact duplicates ({result['exact_duplicates']['n_groups']} groups)</h2>",
         _pair_rows(exact, ds),
