@@ -184,6 +184,7 @@ def test_many_copies_are_counted_exactly_and_listed_once(tmp_path: Path) -> None
     assert result["exact_duplicates"]["n_pairs"] == want["exact"]
     near = result["near_duplicates"]["pairs"]
     assert len(near) == 1 and sorted(near[0]["copies"]) == [29, 49]
+    assert result["near_duplicates"]["n_pairs"] == want["near"] == 29 * 49
     assert result["cross_label"]["n_pairs"] == want["conflicts"]
     assert len(result["cross_label"]["pairs"]) <= 3  # one per relation and pair of labels
     for key, images in want["leaked"].items():

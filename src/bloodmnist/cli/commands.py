@@ -220,9 +220,10 @@ def evaluate(args: argparse.Namespace) -> int:
 
     cfg = checkpoint_config(state, ckpt_path)
     # Inference precision, not the run's: on a CPU `auto` is fp32, so the numbers do not depend
-    # on the CPU; evaluate --precision bf16 asks for bf16 explicitly. The device too: a run
-    # trained on a GPU is evaluated where it is read (auto), unless --device says otherwise.
-    rt = setup_runtime(args.device or "auto", args.precision or "auto", args.threads, "inference")
+    # on the CPU; evaluate --precision bf16 asks for bf16 explicitly. A run trained on a GPU
+    # is evaluated where it is read (auto); one trained with device cpu stays on the CPU.
+    device = args.device or ("cpu" if cfg.runtime.device == "cpu" else "auto")
+    rt = setup_runtime(device, args.precision or "auto", args.threads, "inference")
     # Without --data, evaluate exactly what the run saw (its --subset too), so the numbers match
     # summary.json; an explicit --data file is evaluated whole.
     subset = None if args.data else cfg.data.subset

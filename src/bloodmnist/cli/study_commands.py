@@ -67,7 +67,7 @@ def _check_unstarted_seeds(study_dir: Path, plan: StudyPlan) -> None:
     """On --resume, seeds yet to start must get the config the started ones got: a newer
     bloodmnist may build the saved options differently (a recipe's values, the base under
     --config), and one study must not mix configurations."""
-    from bloodmnist.config import from_dict, load_yaml
+    from bloodmnist.config import absolute_paths, from_dict, load_yaml
     from bloodmnist.studies.adopt import describe_differences
     from bloodmnist.studies.study import seed_dir, seed_state
 
@@ -81,6 +81,7 @@ def _check_unstarted_seeds(study_dir: Path, plan: StudyPlan) -> None:
     here = os.getcwd()
     os.chdir(plan.cwd)  # the saved options' relative paths resolve where the study started
     try:
+        have = absolute_paths(have)  # a seed started by an older version saved them as typed
         want = check_train_options([*plan.train_args, "--seed", str(seed)])
     finally:
         os.chdir(here)

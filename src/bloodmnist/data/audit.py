@@ -158,7 +158,7 @@ def audit(ds: Dataset, near_rms: float = NEAR_RMS) -> dict:
     groups = exact_groups(images)
     members = {g[0]: [refs[i] for i in g] for g in groups}  # content (its first row) -> copies
     copies = {i for g in groups for i in g[1:]}
-    distinct = np.array([i for i in range(len(refs)) if i not in copies])
+    distinct = np.array([i for i in range(len(refs)) if i not in copies], dtype=np.intp)
     relations: list[Relation] = [(m, m, "exact") for m in members.values()]
     exact = [
         {
@@ -169,7 +169,7 @@ def audit(ds: Dataset, near_rms: float = NEAR_RMS) -> dict:
         for ms in members.values()
     ]
     near = []
-    for u, v, rms in near_pairs(images[distinct], near_rms):
+    for u, v, rms in near_pairs(images[distinct] if copies else images, near_rms):
         i, j = int(distinct[u]), int(distinct[v])
         ma, mb = members.get(i, [refs[i]]), members.get(j, [refs[j]])
         relations.append((ma, mb, "near"))
@@ -203,7 +203,10 @@ def audit(ds: Dataset, near_rms: float = NEAR_RMS) -> dict:
             "within_split_groups": sum(1 for e in exact if not e["cross_split"]),
             "cross_split_groups": sum(1 for e in exact if e["cross_split"]),
         },
-        "near_duplicates": {"pairs": near, "n_pairs": len(near)},
+        "near_duplicates": {
+            "pairs": near,  # one per pair of distinct images
+            "n_pairs": sum(a * b for a, b in (p["copies"] for p in near)),  # image pairs
+        },
         "cross_label": {"pairs": conflicts, "n_pairs": n_conflicts},
         "leakage": _leakage(relations, ds),
     }

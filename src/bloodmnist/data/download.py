@@ -107,9 +107,15 @@ def _discard_if_corrupt(path: Path, expected: str, algorithm: str) -> None:
 
 
 def _umask() -> int:
-    mask = os.umask(0o022)  # reading it means setting it; put it back at once
-    os.umask(mask)
-    return mask
+    """The process's umask: from /proc on Linux (os.umask can only read it by setting it, which
+    another thread creating a file at that moment would feel)."""
+    try:
+        status = Path("/proc/self/status").read_text()
+        return int(re.search(r"^Umask:\s*([0-7]+)", status, re.M).group(1), 8)  # type: ignore[union-attr]
+    except (OSError, AttributeError):
+        mask = os.umask(0o022)
+        os.umask(mask)
+        return mask
 
 
 class _NotRetried(Exception):

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from bloodmnist.atomic import read_json
-from bloodmnist.config import HOW_TO_RUN, Config, from_dict, load_yaml
+from bloodmnist.config import HOW_TO_RUN, Config, absolute_paths, from_dict, load_yaml
 from bloodmnist.errors import BloodMNISTError, RunLockedError
 from bloodmnist.studies.study import seed_state
 from bloodmnist.training.runlock import RunLock
@@ -83,7 +83,8 @@ def check_adoptable(run_dir: Path, seeds: list[int], expected: Callable[[int], C
         raise BloodMNISTError(msg) from None
     if seed_state(run_dir) not in ("completed", "resumable"):
         raise BloodMNISTError(f"{where}: neither finished nor resumable (no checkpoints/last.pt)")
-    have = from_dict(load_yaml(run_dir / "config.yaml"))
+    # paths as the study's options give them: absolute (an older run saved them as typed)
+    have = absolute_paths(from_dict(load_yaml(run_dir / "config.yaml")))
     seed = have.train.seed
     if seed not in seeds:
         raise BloodMNISTError(f"{where}: it was trained with seed {seed}, not one of {seeds}")

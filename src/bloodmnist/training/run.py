@@ -184,6 +184,10 @@ def _build_trainer(
             replace(cfg, model=replace(cfg.model, pretrained="none")), rt
         )
         pretrained = resume.get("pretrained", pretrained)
+    facts = partial(_manifest_facts, _names(cfg), rt, data, data_info, pretrained)
+    if rt.is_main and resume is None:  # a new run records itself before anything can fail
+        write_manifest(run_dir, facts, resumed=False)
+        save_yaml(cfg, run_dir / "config.yaml")
     trainer = Trainer(cfg, rt, run_dir, data, wrap_ddp(model, rt), pretrained, progress)
     if resume is not None:  # restored first: a last.pt that does not fit changes no file
         trainer.restore(resume)
@@ -193,10 +197,9 @@ def _build_trainer(
             trainer.state.best_val_acc,
             trainer.state.best_epoch,
         )
-    if rt.is_main:
-        facts = partial(_manifest_facts, _names(cfg), rt, data, data_info, pretrained)
-        write_manifest(run_dir, facts, resumed=resume is not None)
-        save_yaml(cfg, run_dir / "config.yaml")  # on resume too: --epochs/--device may change
+        if rt.is_main:
+            write_manifest(run_dir, facts, resumed=True)
+            save_yaml(cfg, run_dir / "config.yaml")  # --epochs/--device may have changed
     return trainer, model, pretrained
 
 

@@ -10,6 +10,7 @@ A trial left RUNNING by a dead worker is marked FAIL: at once when the worker ra
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import math
 import os
@@ -17,6 +18,7 @@ import random
 import socket
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -119,45 +121,51 @@ def safe_url(url: str) -> str:
         return url.split("://", 1)[0] + "://***"
 
 
+def _build_sampler(spec: dict[str, Any], seed: int | None) -> optuna.samplers.BaseSampler:
+    if spec["kind"] == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    startup = int(spec.get("startup_trials", 4))
+    return optuna.samplers.TPESampler(seed=seed, constant_liar=True, n_startup_trials=startup)
+
+
 def make_sampler(spec: dict[str, Any]) -> optuna.samplers.BaseSampler:
     """TPE (constant liar: parallel workers do not all try the same point) or random; with a
     seed in the space each trial's draws are seeded by (seed, trial number) (TrialSeeded)."""
-
-    def build(seed: int | None) -> optuna.samplers.BaseSampler:
-        if spec["kind"] == "random":
-            return optuna.samplers.RandomSampler(seed=seed)
-        startup = int(spec.get("startup_trials", 4))
-        return optuna.samplers.TPESampler(seed=seed, constant_liar=True, n_startup_trials=startup)
-
     seed = spec.get("seed")
+    build = functools.partial(_build_sampler, dict(spec))  # module-level: the sampler pickles
     return build(None) if seed is None else TrialSeeded(build, int(seed))
 
 
 class TrialSeeded(optuna.samplers.BaseSampler):
     """A sampler made afresh for each trial, seeded by (seed, trial number). Trial numbers are
     unique in a study's storage, so workers, machines and a continued search never repeat each
-    other's draws (one seed per worker did: a continued search drew its first trials again), and
-    the draws of trial n do not depend on which process runs it."""
+    other's draws (one seed per worker did: a continued search drew its first trials again).
+    One inner sampler per running trial, so threads sharing the study do not mix them."""
 
-    def __init__(self, build: Any, seed: int) -> None:
+    def __init__(self, build: Callable[[int | None], optuna.samplers.BaseSampler], seed: int):
         self._build, self._seed = build, seed
-        self._inner = build(seed)
+        self._inner: dict[int, optuna.samplers.BaseSampler] = {}
+        self._fallback = build(seed)  # for calls outside a trial (Optuna's own checks)
+
+    def _for(self, trial: Any) -> optuna.samplers.BaseSampler:
+        return self._inner.get(trial.number, self._fallback)
 
     def before_trial(self, study: optuna.Study, trial: Any) -> None:
-        self._inner = self._build((self._seed * 1_000_003 + trial.number) % 2**32)
-        self._inner.before_trial(study, trial)
+        inner = self._build((self._seed * 1_000_003 + trial.number) % 2**32)
+        self._inner[trial.number] = inner
+        inner.before_trial(study, trial)
 
     def infer_relative_search_space(self, study: optuna.Study, trial: Any) -> dict[str, Any]:
-        return self._inner.infer_relative_search_space(study, trial)
+        return self._for(trial).infer_relative_search_space(study, trial)
 
     def sample_relative(self, study: optuna.Study, trial: Any, space: dict) -> dict[str, Any]:
-        return self._inner.sample_relative(study, trial, space)
+        return self._for(trial).sample_relative(study, trial, space)
 
     def sample_independent(self, study: optuna.Study, trial: Any, name: str, dist: Any) -> Any:
-        return self._inner.sample_independent(study, trial, name, dist)
+        return self._for(trial).sample_independent(study, trial, name, dist)
 
     def after_trial(self, study: optuna.Study, trial: Any, state: Any, values: Any) -> None:
-        self._inner.after_trial(study, trial, state, values)
+        self._inner.pop(trial.number, self._fallback).after_trial(study, trial, state, values)
 
 
 def make_pruner(spec: dict[str, Any]) -> optuna.pruners.BasePruner:
