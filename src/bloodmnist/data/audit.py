@@ -16,7 +16,8 @@
 from __future__ import annotations
 
 import hashlib
-from collections import defaultdict
+from collections import Counter, defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -96,10 +97,9 @@ def _ref_dict(r: Ref, names: tuple[str, ...]) -> dict:
 Relation = tuple[list[Ref], list[Ref], str]
 
 
-def _member_pairs(a: list[Ref], b: list[Ref], same: bool, keep) -> int:
-    """How many member pairs (x in a, y in b; unordered, x != y when a is b) satisfy keep."""
-    from collections import Counter
-
+def _member_pairs(a: list[Ref], b: list[Ref], same: bool, keep: Callable[[Ref], int | None]) -> int:
+    """How many member pairs (x in a, y in b; unordered, x != y when a is b) have keys that
+    differ, neither None (keep: a label, or a split's side)."""
     counts_a = Counter(keep(x) for x in a)
     counts_b = counts_a if same else Counter(keep(y) for y in b)
     total = 0
