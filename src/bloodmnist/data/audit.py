@@ -115,11 +115,11 @@ def _leakage(relations: list[Relation], ds: Dataset) -> dict:
     for early, late in (("train", "val"), ("train", "test"), ("val", "test")):
         hit: set[int] = set()
         pairs = {"exact": 0, "near": 0}
+        side = {early: 0, late: 1}
         for a, b, kind in relations:
             for x, y in ((a, b), (b, a)) if a is not b else ((a, a),):
                 if any(r.split == early for r in x):
                     hit |= {r.index for r in y if r.split == late}
-            side = {early: 0, late: 1}
             pairs[kind] += _member_pairs(a, b, a is b, lambda r, side=side: side.get(r.split))
         n = len(ds.split(late))
         out[f"{late}_in_{early}"] = {

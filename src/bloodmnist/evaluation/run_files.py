@@ -148,6 +148,15 @@ def load_test_metrics(summary: dict[str, Any], preds: dict[str, np.ndarray], tta
     return compute_metrics(preds["test_labels"], probs, class_names(preds))
 
 
+def report_metrics(
+    summary: dict[str, Any], preds: dict[str, np.ndarray]
+) -> tuple[dict, dict | None]:
+    """(plain, TTA) test metrics for a report; TTA is None for a run without it (its
+    predictions.npz repeats the plain probabilities under the TTA key)."""
+    plain = load_test_metrics(summary, preds, tta=False)
+    return plain, load_test_metrics(summary, preds, tta=True) if tta_was_run(summary) else None
+
+
 def is_from_scratch(summary: dict[str, Any]) -> bool:
     """True when the summary says no pretrained weights were used."""
     value = summary.get("pretrained")

@@ -27,8 +27,7 @@ from bloodmnist.evaluation.run_files import (
     load_manifest,
     load_predictions,
     load_summary,
-    load_test_metrics,
-    tta_was_run,
+    report_metrics,
 )
 
 BOLD = Font(bold=True)
@@ -87,9 +86,7 @@ def write_excel(run_dir: Path) -> Path:
     summary = load_summary(run_dir)
     history = load_history(run_dir)
     preds = load_predictions(run_dir)
-    plain = load_test_metrics(summary, preds, tta=False)
-    tta = load_test_metrics(summary, preds, tta=True)  # the plain numbers when TTA was off
-    ran_tta = tta_was_run(summary)
+    plain, tta = report_metrics(summary, preds)
 
     wb = Workbook()
     ws = wb.active
@@ -101,8 +98,8 @@ def write_excel(run_dir: Path) -> Path:
     write_table(wb.create_sheet("history"), columns, ([r.get(c) for c in columns] for r in history))
 
     per_class_header = ["class", "precision", "recall", "f1"]
-    per_class_header += ["precision_tta", "recall_tta", "f1_tta"] if ran_tta else []
-    rows = _per_class_rows(plain, tta if ran_tta else None)
+    per_class_header += ["precision_tta", "recall_tta", "f1_tta"] if tta else []
+    rows = _per_class_rows(plain, tta)
     write_table(wb.create_sheet("per_class"), [*per_class_header, "support"], rows)
 
     write_table(
@@ -113,8 +110,8 @@ def write_excel(run_dir: Path) -> Path:
     ws = wb.create_sheet("confusion")
     write_table(
         ws,
-        [f"true \\ predicted ({'TTA' if ran_tta else 'plain'})", *names],
-        ([name, *row] for name, row in zip(names, tta["confusion"], strict=True)),
+        [f"true \\ predicted ({'TTA' if tta else 'plain'})", *names],
+        ([name, *row] for name, row in zip(names, (tta or plain)["confusion"], strict=True)),
     )
     for cell in ws["A"]:
         cell.font = BOLD

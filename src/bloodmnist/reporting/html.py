@@ -22,8 +22,7 @@ from bloodmnist.evaluation.run_files import (
     load_manifest,
     load_predictions,
     load_summary,
-    load_test_metrics,
-    tta_was_run,
+    report_metrics,
 )
 from bloodmnist.reporting.figures import FIGURE_NAMES, MODEL_FIGURE_NAMES, save_figures
 
@@ -104,23 +103,14 @@ def table(
     )
 
 
-def _headline(summary: dict[str, Any], plain: dict, tta: dict) -> str:
+def _headline(summary: dict[str, Any], plain: dict, tta: dict | None) -> str:
     rows = [
         (
-            "Accuracy",
-            summary.get("test_acc", plain["acc"]),
-            summary.get("test_acc_tta", tta["acc"]),
-        ),
-        (
-            "Macro-F1",
-            summary.get("test_macro_f1", plain["macro_f1"]),
-            summary.get("test_macro_f1_tta", tta["macro_f1"]),
-        ),
-        (
-            "AUC (MedMNIST)",
-            summary.get("test_auc", plain["auc"]),
-            summary.get("test_auc_tta", tta["auc"]),
-        ),
+            label,
+            summary.get(f"test_{key}", plain[key]),
+            summary.get(f"test_{key}_tta", tta[key] if tta else None),
+        )
+        for label, key in (("Accuracy", "acc"), ("Macro-F1", "macro_f1"), ("AUC (MedMNIST)", "auc"))
     ]
     return table(["Test metric", "plain", "TTA"], rows, cls="headline")
 
@@ -206,9 +196,7 @@ def write_html(run_dir: Path) -> Path:
     summary = load_summary(run_dir)
     history = load_history(run_dir)
     preds = load_predictions(run_dir)
-    plain = load_test_metrics(summary, preds, tta=False)
-    tta = load_test_metrics(summary, preds, tta=True)  # the plain numbers when TTA was off
-    ran_tta = tta_was_run(summary)
+    plain, tta = report_metrics(summary, preds)
     title = f"BloodMNIST run report: {run_dir.resolve().name}"
     scratch = (
         '<p class="note">Trained from scratch (no ImageNet weights)</p>'
@@ -235,9 +223,9 @@ def write_html(run_dir: Path) -> Path:
         "<h2>Figures</h2>",
         _figures(run_dir),
         "<h2>Per-class scores</h2>",
-        _per_class(plain, tta if ran_tta else None),
-        f"<h2>Confusion matrix ({'TTA' if ran_tta else 'plain'}, counts)</h2>",
-        _confusion(class_names(preds), tta["confusion"]),
+        _per_class(plain, tta),
+        f"<h2>Confusion matrix ({'TTA' if tta else 'plain'}, counts)</h2>",
+        _confusion(class_names(preds), (tta or plain)["confusion"]),
         "<h2>Training history</h2>",
         table(columns, ([_history_cell(c, r.get(c)) for c in columns] for r in history)),
         "<h2>Manifest</h2>",
