@@ -31,7 +31,7 @@ def _write_lock(folder: Path, pid: int) -> Path:
 
 
 def test_lock_held_by_live_process_refuses(shared_data: Path, tmp_path: Path) -> None:
-    sleeper = subprocess.Popen(["sleep", "60"])
+    sleeper = subprocess.Popen(["sleep", "600"])  # outlives a slow CI start
     try:
         lock = _write_lock(tmp_path / "locked", sleeper.pid)
         before = lock.read_text()
@@ -117,6 +117,68 @@ def test_flock_is_held_until_its_process_dies_however_it_dies(tmp_path: Path) ->
     lock.release()
 
 
+def test_a_crashed_runs_lock_is_not_kept_by_a_reused_pid(tmp_path: Path) -> None:
+    """A SIGKILLed owner leaves its run.lock behind; when the kernel later gives its pid to an
+    unrelated live process, the free flock still decides: the file says it was flock-held."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLDER, str(tmp_path)], stdout=subprocess.PIPE, text=True
+    )
+    assert holder.stdout.readline().strip() == "held"
+    holder.kill()
+    holder.wait()
+    left = json.loads((tmp_path / "run.lock").read_text())
+    assert left == {"pid": holder.pid, "host": socket.gethostname(), "flock": True}
+    sleeper = subprocess.Popen(["sleep", "600"])  # stands in for the process given that pid
+    try:
+        (tmp_path / "run.lock").write_text(json.dumps({**left, "pid": sleeper.pid}))
+        RunLock(tmp_path).check_free()  # no error: nobody holds the folder
+        lock = RunLock(tmp_path)
+        lock.acquire()
+        assert lock.took_over and f"process {sleeper.pid} is gone" in lock.took_over
+        lock.release()
+        assert sleeper.poll() is None  # nothing was killed
+    finally:
+        sleeper.terminate()
+        sleeper.wait(timeout=10)
+
+
+_PROBER = """
+import sys
+from pathlib import Path
+from bloodmnist.training.runlock import RunLock
+print("probing", flush=True)
+while True:
+    try:
+        RunLock(Path(sys.argv[1])).check_free()
+    except Exception:
+        pass
+"""
+
+
+def test_a_runs_listing_probing_the_lock_does_not_refuse_a_resume(tmp_path: Path) -> None:
+    """check_free (used by `runs`, `study --adopt`, resume) takes the flock for microseconds;
+    a resume taking over a crashed run's lock at that instant waits it out, not refused."""
+    prober = subprocess.Popen(
+        [sys.executable, "-c", _PROBER, str(tmp_path)], stdout=subprocess.PIPE, text=True
+    )
+    refused = 0
+    try:
+        assert prober.stdout.readline().strip() == "probing"
+        for _ in range(1500):
+            (tmp_path / "run.lock").write_text(json.dumps({"pid": 2**22 + 7, "flock": True}))
+            lock = RunLock(tmp_path)
+            try:
+                lock.acquire()
+            except RunLockedError:
+                refused += 1
+                continue
+            lock.release()
+    finally:
+        prober.kill()
+        prober.wait()
+    assert refused == 0
+
+
 def test_resume_refuses_a_last_pt_saved_again_while_it_loaded(tmp_path: Path) -> None:
     """last.pt is loaded before the lock is taken: if another resume saved a new one meanwhile,
     continuing from the old state would overwrite newer training, so the run stops at once."""
@@ -181,6 +243,9 @@ def test_data_info_and_verify(shared_data: Path, tmp_path: Path) -> None:
     from bloodmnist.data.download import official_md5
 
     assert out["expected_md5"] == official_md5(28)
+    strict = run_cli(["data", "verify", "--official", "--data", str(shared_data)], cwd=tmp_path)
+    assert strict.returncode == 2 and json.loads(strict.stdout)["official"] is False
+    assert strict.stderr.count("error:") == 1 and "drop --official" in strict.stderr
     big = shared_data.with_name("bloodmnist_pbc_64.npz")  # compared with the official 64-px file
     if big.is_file():
         verify = run_cli(["data", "verify", "--data", str(big)], cwd=tmp_path)

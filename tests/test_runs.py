@@ -88,3 +88,68 @@ def test_folders_the_tool_did_not_write_are_listed_not_fatal(tmp_path: Path) -> 
     assert set(cells) == {"a", "b"}
     assert cells["a"]["status"] == "empty" and cells["a"]["arch"] == "-"
     assert cells["b"]["arch"] == "resnet9" and cells["b"]["best val acc"] == "0.5000"
+
+
+def _hand_run(folder: Path, seed: object, summary: dict, history_vals: list[float]) -> None:
+    folder.mkdir(parents=True)
+    (folder / "config.yaml").write_text(json.dumps({"train": {"seed": seed, "epochs": 80}}))
+    (folder / "summary.json").write_text(json.dumps(summary))
+    rows = [f"{i},{v},10" for i, v in enumerate(history_vals, 1)]
+    (folder / "history.csv").write_text("\n".join(["epoch,val_acc,seconds", *rows]) + "\n")
+
+
+_HOLD = """
+import sys, time
+from pathlib import Path
+from bloodmnist.training.runlock import RunLock
+RunLock(Path(sys.argv[1])).acquire()
+print("held", flush=True)
+time.sleep(600)
+"""
+
+
+def test_values_of_odd_types_links_and_a_resumed_run(tmp_path: Path) -> None:
+    """Hand-edited values of the wrong type are shown as '-' and sort last, not a crash; a
+    study's symlinked seeds are listed once (a link cycle ends the walk); a resumed run still
+    training is 'running' with its history's numbers, not the old summary's."""
+    import subprocess
+    import sys
+
+    root = tmp_path / "runs"
+    _hand_run(root / "c", "s2", {"status": "completed", "test_acc": "0.8"}, [0.5])
+    _hand_run(root / "d", 1, {"status": "completed", "test_acc": 0.9, "epochs_run": 1}, [0.6])
+    old = {"status": "interrupted", "epochs_run": 2, "best_val_acc": 0.7, "train_seconds": 20}
+    _hand_run(root / "live", 2, old, [0.6, 0.7, 0.99])
+    (root / "study").mkdir()
+    (root / "study" / "seed-1").symlink_to(root / "d", target_is_directory=True)
+    (root / "study" / "loop").symlink_to(root / "study", target_is_directory=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD, str(root / "live")], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        for key in ("seed", "test_acc", "name"):
+            r = run_cli(["runs", "runs", "--sort", key], tmp_path)
+            assert r.returncode == 0, describe(r)
+            header, rows = table(r.stdout)
+            cells = {row[0]: dict(zip(header, row, strict=True)) for row in rows}
+            assert set(cells) == {"c", "d", "live"}  # d once, though linked from study/
+        assert [row[0] for row in rows] == ["c", "d", "live"]
+        r = run_cli(["runs", "runs", "--sort", "seed"], tmp_path)
+        assert [row[0] for row in table(r.stdout)[1]] == ["d", "live", "c"]  # 'c': no number
+        assert cells["c"]["seed"] == "-" and cells["c"]["test acc"] == "-"
+        assert cells["live"]["status"] == "running"
+        assert cells["live"]["epochs"] == "3/80" and cells["live"]["best val acc"] == "0.9900"
+        assert cells["live"]["wall time"] == "0:00:30"
+        r = run_cli(["runs", "runs/study"], tmp_path)
+        assert r.returncode == 0, describe(r)
+        assert [row[0] for row in table(r.stdout)[1]] == ["seed-1"]
+    finally:
+        holder.kill()
+        holder.wait()
+    r = run_cli(["runs", "runs", "--sort", "name"], tmp_path)
+    header, rows = table(r.stdout)
+    cells = {row[0]: dict(zip(header, row, strict=True)) for row in rows}
+    assert cells["live"]["status"] == "interrupted" and cells["live"]["epochs"] == "2/80"
+    r = run_cli(["runs", "."], root / "d")  # the folder itself: named, not ''
+    assert table(r.stdout)[1][0][0] == "d", describe(r)

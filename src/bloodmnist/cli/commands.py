@@ -278,25 +278,3 @@ def report(args: argparse.Namespace) -> int:
     for name, path in paths.items():
         print(f"{name}: {path}")
     return 0
-
-
-def data(args: argparse.Namespace) -> int:
-    from bloodmnist.data.npz import describe, load_npz
-    from bloodmnist.data.source import resolve_data
-    from bloodmnist.progress import wants_bars
-
-    if args.action == "download":
-        info = resolve_data(None, args.size, progress=wants_bars(True))  # bar: terminals only
-        print(json.dumps(info.as_dict(), indent=2))
-        return 0
-    info = resolve_data(args.data, args.size, progress=wants_bars(True))
-    ds = load_npz(info.path)
-    if args.action == "verify":
-        # resolve_data compared the file with the official one of its own image size
-        check = {"path": info.path, "md5": info.md5, "expected_md5": info.official_md5}
-        check |= {"official": info.official, "valid_npz": True}
-        check["sizes"] = {s: len(ds.split(s)) for s in ("train", "val", "test")}
-        print(json.dumps(check, indent=2))
-        return 0
-    print(json.dumps({**describe(ds), "md5": info.md5, "official": info.official}, indent=2))
-    return 0

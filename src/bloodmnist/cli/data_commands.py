@@ -1,5 +1,4 @@
-"""`bloodmnist data build` and `bloodmnist data audit`; the other data actions live in
-`cli.commands.data`."""
+"""`bloodmnist data ACTION`: download, verify, info, build and audit."""
 
 from __future__ import annotations
 
@@ -19,9 +18,35 @@ def data(args: argparse.Namespace) -> int:
         return build(args)
     if args.action == "audit":
         return audit(args)
-    from bloodmnist.cli import commands
+    return check(args)
 
-    return commands.data(args)
+
+def check(args: argparse.Namespace) -> int:
+    """download, verify and info: the file resolve_data settles on, described as JSON."""
+    from bloodmnist.data.npz import describe, load_npz
+    from bloodmnist.data.source import resolve_data
+    from bloodmnist.progress import wants_bars
+
+    if args.action == "download":
+        info = resolve_data(None, args.size, progress=wants_bars(True))  # bar: terminals only
+        print(json.dumps(info.as_dict(), indent=2))
+        return 0
+    info = resolve_data(args.data, args.size, progress=wants_bars(True))
+    ds = load_npz(info.path)
+    if args.action == "info":
+        print(json.dumps({**describe(ds), "md5": info.md5, "official": info.official}, indent=2))
+        return 0
+    # resolve_data compared the file with the official one of its own image size
+    result = {"path": info.path, "md5": info.md5, "expected_md5": info.official_md5}
+    result |= {"official": info.official, "valid_npz": True}
+    result["sizes"] = {s: len(ds.split(s)) for s in ("train", "val", "test")}
+    print(json.dumps(result, indent=2))
+    if args.official and not info.official:  # a valid file, but not the one that was asked for
+        raise DataError(
+            f"{info.path} is a valid dataset file but not the official BloodMNIST one "
+            f"(MD5 {info.md5}, official {info.official_md5}); drop --official to accept it"
+        )
+    return 0
 
 
 def build(args: argparse.Namespace) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from bloodmnist.cli.argtypes import positive_int, threads_int
 from bloodmnist.config.resolve import RECIPES
 
 
@@ -81,6 +82,12 @@ def data_parser(sub) -> None:
         a = acts.add_parser(name, help=text)
         a.add_argument("--size", type=int, choices=[28, 64, 128, 224], default=28)
         a.add_argument("--data", metavar="FILE.npz", help="check this file instead of the cache")
+        if name == "verify":
+            a.add_argument(
+                "--official",
+                action="store_true",
+                help="fail (exit 2) unless it is the official file",
+            )
     b = acts.add_parser("build", help="build a MedMNIST-layout npz from class folders or a CSV")
     b.add_argument("src", metavar="SRC", help="folder of class folders, or CSV path,label[,split]")
     b.add_argument("out", metavar="OUT.npz", help="new file (OUT_provenance.csv is written too)")
@@ -281,26 +288,3 @@ def tune_parsers(sub) -> None:
         metavar="KEY",
         help="name|recipe|arch|seed|epochs|val_acc|test_acc|test_acc_tta|pflop|seconds|status",
     )
-
-
-def threads_int(text: str) -> int:
-    """--threads: 0 (all cores) or a positive count, refused by argparse in one line otherwise."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(
-            f"expects a whole number >= 0 (0: all cores), got {text!r}"
-        )
-    return value
-
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expects a whole number >= 1, got {text!r}")
-    return value

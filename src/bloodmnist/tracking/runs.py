@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,11 @@ COLUMNS = (
 )
 SORT_KEYS = tuple(k for k, _ in COLUMNS)
 #: Sorted best first; the other keys sort ascending.
+#: summary.json fields that a running (resumed) training has not rewritten yet.
+_LIVE_KEYS = (
+    *("status", "epochs_run", "best_val_acc", "train_seconds", "test_eval_seconds"),
+    *("test_acc", "test_acc_tta", "train_pflop"),
+)
 DESCENDING = {"val_acc", "test_acc", "test_acc_tta", "pflop", "seconds", "epochs"}
 
 
@@ -57,22 +63,35 @@ def _recipe(command: list[str] | None) -> str:
     return DEFAULT_RECIPE
 
 
-def _status(run_dir: Path, summary: dict[str, Any]) -> str:
-    if summary.get("status"):
-        return str(summary["status"])
+def _running(run_dir: Path) -> bool:
+    """Held by a live training (a resumed run still has its old summary.json)."""
     from bloodmnist.errors import RunLockedError
     from bloodmnist.training.runlock import RunLock
 
     try:
         RunLock(run_dir).check_free()
     except RunLockedError:
+        return True
+    return False
+
+
+def _status(run_dir: Path, summary: dict[str, Any], running: bool) -> str:
+    if running:
         return "running"
+    if isinstance(summary.get("status"), str) and summary["status"]:
+        return summary["status"]
     return "stopped" if (run_dir / "checkpoints" / "last.pt").is_file() else "empty"
 
 
 def _mapping(value: Any) -> dict[str, Any]:
     """A file's or section's mapping; {} for anything else (a folder the tool did not write)."""
     return value if isinstance(value, dict) else {}
+
+
+def _num(value: Any) -> float | int | None:
+    """A real number, else None: a hand-edited file must not break sorting or formatting."""
+    ok = isinstance(value, int | float) and not isinstance(value, bool)
+    return value if ok and value == value else None  # NaN sorts nowhere
 
 
 def _numbers(rows: list[dict[str, str]], key: str) -> list[float]:
@@ -93,28 +112,53 @@ def describe_run(run_dir: Path, root: Path) -> dict[str, Any]:
     history = _history(run_dir)
     model, train = _mapping(cfg.get("model")), _mapping(cfg.get("train"))
     arch, width = model.get("arch"), model.get("width")
+    arch = None if arch is None else str(arch)
     if arch and isinstance(width, int | float) and width != 1.0:
         arch = f"{arch} x{width:g}"
     vals = _numbers(history, "val_acc")
-    seconds = summary.get("train_seconds")
+    running = _running(run_dir)
+    if running:  # a resumed run's summary.json is from before: history.csv is current
+        summary = {k: v for k, v in summary.items() if k not in _LIVE_KEYS}
+    seconds = _num(summary.get("train_seconds"))
     if seconds is None and history:
         seconds = sum(_numbers(history, "seconds"))
-    if seconds is not None and summary.get("test_eval_seconds"):
+    if seconds is not None and _num(summary.get("test_eval_seconds")):
         seconds += summary["test_eval_seconds"]
+    epochs = _num(summary.get("epochs_run"))
+    best = _num(summary.get("best_val_acc"))
     return {
-        "name": str(run_dir.relative_to(root)) if run_dir != root else run_dir.name,
+        "name": str(run_dir.relative_to(root)) if run_dir != root else root.resolve().name,
         "recipe": _recipe(manifest.get("command")),
         "arch": arch,
-        "seed": train.get("seed"),
-        "epochs": summary.get("epochs_run", len(history) if history else None),
-        "epochs_max": train.get("epochs"),
-        "val_acc": summary.get("best_val_acc", max(vals) if vals else None),
-        "test_acc": summary.get("test_acc"),
-        "test_acc_tta": summary.get("test_acc_tta"),
-        "pflop": summary.get("train_pflop"),
+        "seed": _num(train.get("seed")),
+        "epochs": epochs if epochs is not None else (len(history) if history else None),
+        "epochs_max": _num(train.get("epochs")),
+        "val_acc": best if best is not None else (max(vals) if vals else None),
+        "test_acc": _num(summary.get("test_acc")),
+        "test_acc_tta": _num(summary.get("test_acc_tta")),
+        "pflop": _num(summary.get("train_pflop")),
         "seconds": seconds,
-        "status": _status(run_dir, summary),
+        "status": _status(run_dir, summary, running),
     }
+
+
+def _run_dirs(root: Path) -> list[Path]:
+    """Folders with a config.yaml beside history.csv, summary.json or checkpoints/. Symlinked
+    folders (a study's adopted seeds) are followed after the real ones, so a run reachable both
+    ways is listed once, under its real path; a link cycle ends the walk."""
+    found: dict[Path, Path] = {}
+    marks = ("history.csv", "summary.json", "checkpoints")
+    for follow in (False, True):
+        walked: set[Path] = set()
+        for here, subdirs, files in os.walk(root, followlinks=follow):
+            d, real = Path(here), Path(here).resolve()
+            if real in walked:
+                subdirs.clear()
+                continue
+            walked.add(real)
+            if "config.yaml" in files and any((d / f).exists() for f in marks):
+                found.setdefault(real, d)
+    return sorted(found.values())
 
 
 def find_runs(root: Path, sort: str = "name") -> list[dict[str, Any]]:
@@ -123,14 +167,7 @@ def find_runs(root: Path, sort: str = "name") -> list[dict[str, Any]]:
         from bloodmnist.errors import BloodMNISTError
 
         raise BloodMNISTError(f"--sort must be one of {', '.join(SORT_KEYS)}, got {sort!r}")
-    dirs = sorted(
-        {
-            p.parent
-            for p in root.rglob("config.yaml")
-            if any((p.parent / f).exists() for f in ("history.csv", "summary.json", "checkpoints"))
-        }
-    )
-    rows = [describe_run(d, root) for d in dirs]
+    rows = [describe_run(d, root) for d in _run_dirs(root)]
     present = [r for r in rows if r[sort] is not None]
     present.sort(key=lambda r: r[sort], reverse=sort in DESCENDING)
     return present + [r for r in rows if r[sort] is None]

@@ -13,6 +13,7 @@ import fcntl
 import json
 import os
 import socket
+import time
 from pathlib import Path
 
 from bloodmnist.errors import RunLockedError
@@ -30,12 +31,18 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _try_flock(fd: int) -> bool:
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return False
-    return True
+def _try_flock(fd: int, tries: int = 1) -> bool:
+    """Non-blocking flock; with tries > 1 it waits out another process's check_free probe,
+    which holds the lock for microseconds."""
+    for attempt in range(tries):
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if attempt + 1 < tries:
+                time.sleep(0.02)
+            continue
+        return True
+    return False
 
 
 class RunLock:
@@ -50,21 +57,23 @@ class RunLock:
     def acquire(self) -> None:
         for _ in range(5):  # retried only when the file was replaced under us
             fd, created = self._open()
-            if not _try_flock(fd):
+            if not _try_flock(fd, tries=10):
                 os.close(fd)
                 self._refuse()
             if not self._still_at_path(fd):  # its owner released (unlinked) it meanwhile
                 os.close(fd)
                 continue
             pid, host = self._owner()
-            if not created and self._legacy_owner(pid, host):
+            if not created and self._legacy_owner(pid, host, self._flock_aware()):
                 os.close(fd)
                 self._refuse()
             if not created and pid is not None:
                 self.took_over = f"taking over stale lock {self.path} (process {pid} is gone)"
             elif not created:
                 self.took_over = f"taking over stale lock {self.path} (unreadable, left by a crash)"
-            me = json.dumps({"pid": os.getpid(), "host": socket.gethostname()})
+            # "flock": a later reader knows this owner's liveness is the flock, not its pid
+            # (a reused pid must not keep a crashed run's folder locked)
+            me = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "flock": True})
             os.ftruncate(fd, 0)
             os.pwrite(fd, me.encode(), 0)
             self._fd, self.held = fd, True
@@ -81,7 +90,7 @@ class RunLock:
             free = _try_flock(fd)  # released again when fd closes
         finally:
             os.close(fd)
-        if not free or self._legacy_owner(*self._owner()):
+        if not free or self._legacy_owner(*self._owner(), self._flock_aware()):
             self._refuse()
 
     def release(self) -> None:
@@ -123,11 +132,20 @@ class RunLock:
         pid, host = owner.get("pid"), owner.get("host")
         return (pid if isinstance(pid, int) else None), (host if isinstance(host, str) else None)
 
+    def _flock_aware(self) -> bool:
+        """The file was written by a version that holds the flock for as long as it runs."""
+        try:
+            owner = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return False
+        return isinstance(owner, dict) and owner.get("flock") is True
+
     @staticmethod
-    def _legacy_owner(pid: int | None, host: str | None) -> bool:
+    def _legacy_owner(pid: int | None, host: str | None, flock_aware: bool) -> bool:
         """A live process on this host named in a lock it does not flock (an older version)."""
-        mine = pid == os.getpid()
-        return pid is not None and not mine and host == socket.gethostname() and _pid_alive(pid)
+        if flock_aware or pid is None or pid == os.getpid():
+            return False
+        return host == socket.gethostname() and _pid_alive(pid)
 
     def _refuse(self) -> None:
         pid, host = self._owner()
