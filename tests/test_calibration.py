@@ -7,6 +7,7 @@ import pytest
 from sklearn.metrics import brier_score_loss, log_loss
 
 from bloodmnist.evaluation.calibration import (
+    TEMPERATURE_BOUNDS,
     apply_temperature,
     brier,
     calibrate,
@@ -94,6 +95,28 @@ def test_temperature_scaling_recovers_known_t(true_t: float) -> None:
     assert nll(after, labels) <= nll(before, labels) + 1e-9
     if true_t != 1.0:
         assert ece(after, labels) < ece(before, labels)
+
+
+def test_a_fit_stopped_at_its_bound_is_reported(caplog) -> None:
+    """Validation all right (a small --subset): the NLL falls as T -> 0, so the fit ends on its
+    lower bound; it says so, where a fit with a minimum inside says nothing."""
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 8, size=200)
+    logits = rng.normal(0.0, 1.0, size=(200, 8))
+    logits[np.arange(200), labels] += 10.0  # every argmax right
+    with caplog.at_level("WARNING", logger="bloodmnist.evaluation.calibration"):
+        t = fit_temperature(logits, labels)
+    assert TEMPERATURE_BOUNDS[0] <= t < 0.5  # the NLL is flat near the bound: any T there
+    assert "the temperature fit ran into its bound" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="bloodmnist.evaluation.calibration"):
+        t = fit_temperature(logits, rng.integers(0, 8, size=200))  # labels unrelated: T -> inf
+    assert t > 10 and "no better than chance" in caplog.text
+    caplog.clear()
+    logits = rng.normal(0.0, 3.0, size=(2000, 8))
+    with caplog.at_level("WARNING", logger="bloodmnist.evaluation.calibration"):
+        fit_temperature(logits, _sample_labels(apply_temperature(logits, 2.0), rng))
+    assert caplog.text == ""  # a minimum inside: nothing to say
 
 
 def test_temperature_from_probabilities() -> None:

@@ -172,6 +172,8 @@ def test_yaml_file_errors_name_the_file(tmp_path: Path) -> None:
         ("runtime.device=tpu", "runtime.device"),
         ("augment.crop_scale=[0.9, 0.5]", "crop_scale"),
         ("augment.hflip=1.5", "flip"),
+        ("augment.crop_ratio=[0, 1]", "augment.crop_ratio must be [low, high] with 0 < low"),
+        ("augment.crop_ratio=[1.2, 0.8]", "augment.crop_ratio"),
         ("augment.stain=1.0", "augment.stain must be in [0,1)"),
         ("augment.stain=-0.1", "augment.stain"),
         ("eval.batch_size=0", "eval.batch_size"),

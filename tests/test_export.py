@@ -128,3 +128,8 @@ def test_export_refuses_existing_out(ckpt: Path, tmp_path: Path) -> None:
     with pytest.raises(export_mod.ExportError, match="already exists"):
         export_mod.export_checkpoint(ckpt, out)
     assert out.read_bytes() == b"keep me"
+    dangling = tmp_path / "link.onnx"
+    dangling.symlink_to(tmp_path / "nowhere.onnx")  # refused before any work, left as it is
+    with pytest.raises(export_mod.ExportError, match="link.onnx already exists"):
+        export_mod.export_checkpoint(ckpt, dangling)
+    assert dangling.is_symlink() and not (tmp_path / "nowhere.onnx").exists()

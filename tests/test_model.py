@@ -114,6 +114,30 @@ def test_layout_mismatch_is_a_checkpoint_error(
     assert key.split(".")[0] in str(info.value) and "\n" not in str(info.value)
 
 
+def test_weights_saved_before_batchnorm_counted_batches_load(
+    imagenet_like: dict[str, torch.Tensor],
+) -> None:
+    """torchvision's original ImageNet files predate BatchNorm's num_batches_tracked: they load
+    (as torch's own load_state_dict takes them), every real tensor transferred."""
+    old = {k: v for k, v in imagenet_like.items() if not k.endswith("num_batches_tracked")}
+    assert len(old) < len(imagenet_like)
+    model = build_model("resnet18", 8, state_dict=old)
+    own = model.state_dict()
+    assert torch.equal(own["layer3.0.bn1.running_var"], old["layer3.0.bn1.running_var"])
+    assert torch.equal(own["layer4.1.conv2.weight"], old["layer4.1.conv2.weight"])
+    assert int(own["bn1.num_batches_tracked"]) == 0
+
+
+def test_resnet9_shape_knobs_on_a_torchvision_network_are_reported(caplog) -> None:
+    """width/depth do not shape resnet18 (a tune space may search them with model.arch): the
+    network is torchvision's, and a warning says the knobs were not applied."""
+    with caplog.at_level("WARNING", logger="bloodmnist.model.registry"):
+        narrow = build_model("resnet18", 8, width=0.25)
+    full = build_model("resnet18", 8)
+    assert sum(p.numel() for p in narrow.parameters()) == sum(p.numel() for p in full.parameters())
+    assert "model.width=0.25 and model.depth=1 shape the resnet9 family only" in caplog.text
+
+
 def test_resolve_none_and_local_path(
     tmp_path: Path, imagenet_like: dict[str, torch.Tensor], weights_bytes: bytes
 ) -> None:

@@ -73,6 +73,22 @@ def engine(run_dir: Path) -> TorchEngine:
     return TorchEngine(run_dir / "checkpoints" / "best.pt", device="cpu", precision="fp32")
 
 
+def test_a_gpu_trained_checkpoint_predicts_where_there_is_no_gpu(run_dir, tmp_path) -> None:
+    """A run trained with runtime.device=cuda is read on the best device here: on a machine
+    without a GPU that is the CPU, not an error about a --device the user never passed."""
+    from bloodmnist.training.checkpoint import load_checkpoint
+
+    state = load_checkpoint(run_dir / "checkpoints" / "best.pt")
+    state["config"]["runtime"]["device"] = "cuda"
+    gpu_run = tmp_path / "gpu.pt"
+    save_checkpoint(state, gpu_run)
+    engine = TorchEngine(gpu_run)
+    assert engine.rt.device.type == ("cuda" if torch.cuda.is_available() else "cpu")
+    state["config"]["runtime"]["device"] = "cpu"  # a CPU run stays on the CPU
+    save_checkpoint(state, tmp_path / "cpu.pt")
+    assert TorchEngine(tmp_path / "cpu.pt").rt.device.type == "cpu"
+
+
 def _labels() -> list[dict]:
     with (PBC / "labels.csv").open() as fh:
         return list(csv.DictReader(fh))

@@ -162,6 +162,7 @@ def test_compare_two_runs(study: Path, tmp_path: Path) -> None:
     expected = mcnemar_exact(pa["test_probs"].argmax(1) == y, pb["test_probs"].argmax(1) == y)
     assert out["mcnemar"]["p_value"] == pytest.approx(expected["p_value"])
     assert 0 < out["mcnemar"]["p_value"] <= 1
+    assert out["same_training"] == [] and "warning" not in result.stderr
     again = _compare(a, b, tmp_path, "--json", "cmp.json")  # never overwrites
     assert again.returncode == 2 and "already exists" in again.stderr
 
@@ -173,6 +174,27 @@ def test_compare_study_with_run(study: Path, tmp_path: Path) -> None:
     mean_acc = np.mean([s["test_acc"] for s in _summaries(study)])
     assert out["a"]["kind"] == "study" and out["a"]["seeds"] == list(SEEDS)
     assert out["a"]["acc"] == pytest.approx(mean_acc)
+    # the run is one of the study's seeds: named, and warned about in one line
+    seed_dir = study / f"seed-{SEEDS[0]}"
+    assert out["same_training"] == [
+        {"a": str(seed_dir), "b": str(seed_dir), "why": "the same run folder"}
+    ]
+    warnings = [line for line in result.stderr.splitlines() if "warning" in line]
+    assert warnings == [
+        f"bloodmnist compare: warning: {seed_dir} and {seed_dir} are one training (the same run "
+        "folder): the sides share it, so they differ less than they would otherwise"
+    ]
+
+
+def test_compare_names_a_copied_run(study: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "copy"
+    shutil.copytree(study / f"seed-{SEEDS[1]}", copy)
+    result = _compare(copy, study / f"seed-{SEEDS[1]}", tmp_path)
+    assert result.returncode == 0, describe(result)
+    out = json.loads(result.stdout)
+    assert out["acc_diff"] == 0 and out["mcnemar"]["p_value"] == 1
+    assert [p["why"] for p in out["same_training"]] == ["identical test predictions"]
+    assert "are one training (identical test predictions)" in result.stderr
 
 
 def test_compare_refuses_different_test_labels(study: Path, tmp_path: Path) -> None:

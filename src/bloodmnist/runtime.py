@@ -143,6 +143,12 @@ def _dist_env() -> tuple[int, int, int]:
     )
 
 
+def inference_device(requested: str | None, trained_on: str) -> str:
+    """Where a saved model runs: --device if given; a run trained on the CPU stays there; any
+    other (a GPU run) goes to the best device here, so its file still predicts without a GPU."""
+    return requested or ("cpu" if trained_on == "cpu" else "auto")
+
+
 def setup_runtime(
     device: str = "auto", precision: str = "auto", threads: int = 0, purpose: str = "train"
 ) -> Runtime:

@@ -216,13 +216,12 @@ def evaluate(args: argparse.Namespace) -> int:
     from bloodmnist.evaluation.final import evaluate_split
     from bloodmnist.model import model_from_config
     from bloodmnist.progress import wants_bars
-    from bloodmnist.runtime import setup_runtime
+    from bloodmnist.runtime import inference_device, setup_runtime
 
     cfg = checkpoint_config(state, ckpt_path)
     # Inference precision, not the run's: on a CPU `auto` is fp32, so the numbers do not depend
-    # on the CPU; evaluate --precision bf16 asks for bf16 explicitly. A run trained on a GPU
-    # is evaluated where it is read (auto); one trained with device cpu stays on the CPU.
-    device = args.device or ("cpu" if cfg.runtime.device == "cpu" else "auto")
+    # on the CPU; evaluate --precision bf16 asks for bf16 explicitly.
+    device = inference_device(args.device, cfg.runtime.device)
     rt = setup_runtime(device, args.precision or "auto", args.threads, "inference")
     # Without --data, evaluate exactly what the run saw (its --subset too), so the numbers match
     # summary.json; an explicit --data file is evaluated whole.

@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from bloodmnist.atomic import write_text_atomic
+from bloodmnist.atomic import write_text_new
 from bloodmnist.cli.console import say
 from bloodmnist.errors import BloodMNISTError
 
@@ -187,6 +187,11 @@ def compare(args: argparse.Namespace) -> int:
     )
     text = json.dumps(result, indent=2, allow_nan=False)
     print(text)
+    for pair in result["same_training"]:
+        say(
+            f"bloodmnist compare: warning: {pair['a']} and {pair['b']} are one training "
+            f"({pair['why']}): the sides share it, so they differ less than they would otherwise"
+        )
     if args.json:
-        write_text_atomic(Path(args.json), text + "\n")
+        write_text_new(Path(args.json), text + "\n", "--json")
     return 0

@@ -68,6 +68,10 @@ def _data_augment_checks(cfg: Config) -> list[Check]:
         (0 <= cfg.augment.hflip <= 1 and 0 <= cfg.augment.vflip <= 1, "flip p must be in [0,1]"),
         (cfg.augment.mixup_alpha >= 0, "augment.mixup_alpha must be >= 0"),
         (0 < cfg.augment.crop_scale[0] <= cfg.augment.crop_scale[1] <= 1, "bad augment.crop_scale"),
+        (
+            0 < cfg.augment.crop_ratio[0] <= cfg.augment.crop_ratio[1],
+            "augment.crop_ratio must be [low, high] with 0 < low <= high (aspect ratios)",
+        ),
         (cfg.augment.cutout >= 0, "augment.cutout must be >= 0 (pixels, or a fraction < 1)"),
         (0 <= cfg.augment.cutout_p <= 1, "augment.cutout_p must be in [0,1]"),
         (cfg.augment.cutout_fill in ("zero", "mean"), "augment.cutout_fill must be zero|mean"),

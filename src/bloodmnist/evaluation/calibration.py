@@ -12,6 +12,7 @@ Definitions (Guo et al. 2017, "On Calibration of Modern Neural Networks"):
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any
 
@@ -133,4 +134,23 @@ def fit_temperature(
         method="bounded",
         options={"xatol": 1e-6},
     )
-    return float(math.exp(res.x))
+    t_fit = float(math.exp(res.x))
+    # No minimum inside: the NLL keeps falling towards a bound (or is flat there, where
+    # float64 cannot tell 1 + e^-40 from 1): T is then arbitrary, not fitted.
+    low, high = (_nll_logits(z, t, b) <= float(res.fun) + 1e-12 for b in bounds)
+    if low or high:
+        why = (
+            "the validation predictions carry no information (the NLL does not change with T)"
+            if low and high
+            else "the validation predictions are (almost) all right, so they cannot tell how "
+            "confident the model should be"
+            if low
+            else "the validation predictions are no better than chance"
+        )
+        logging.getLogger(__name__).warning(
+            "the temperature fit ran into its bound (T=%.3g): %s; the calibrated "
+            "probabilities are not to be trusted (validate on more images)",
+            t_fit,
+            why,
+        )
+    return t_fit

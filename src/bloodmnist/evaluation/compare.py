@@ -12,7 +12,7 @@ A and B are run folders (summary.json + predictions.npz + manifest.json) or stud
 TTA predictions are compared under one TTA mode: the runs' own where both sides ran the same,
 else a mode both sides report (every run records both); `--variant tta_reference7` or
 `tta_dihedral8` names one. Refuses (one line) when the two used different data files (MD5) or
-different test labels.
+different test labels; names in `same_training` (and warns) any seed run that is on both sides.
 """
 
 from __future__ import annotations
@@ -56,6 +56,7 @@ class Side:
     data_md5: str | None
     has_tta: bool
     tta_modes: frozenset[str] = frozenset()  # the seeds' own TTA modes
+    run_dirs: tuple[Path, ...] = ()  # one per seed
 
 
 def _run_md5(run_dir: Path, summary: dict[str, Any]) -> str | None:
@@ -88,7 +89,9 @@ def _load_runs(path: Path, run_dirs: list[Path], kind: str) -> Side:
     if len(md5s) > 1:
         raise BloodMNISTError(f"the seed runs in {path} used different data files: {sorted(md5s)}")
     stacked = {v: np.stack(p, axis=1) for v, p in probs.items() if all(x is not None for x in p)}
-    return Side(path, kind, seeds, labels, stacked, md5s.pop(), tta, frozenset(modes))
+    return Side(
+        path, kind, seeds, labels, stacked, md5s.pop(), tta, frozenset(modes), tuple(run_dirs)
+    )
 
 
 def load_side(path: Path) -> Side:
@@ -151,6 +154,23 @@ def pick_variant(a: Side, b: Side, variant: str) -> str:
     return variant
 
 
+def same_trainings(a: Side, b: Side) -> list[dict[str, Any]]:
+    """Seed runs that are on both sides: the same folder (a study's adopted run), or test
+    probabilities equal bit for bit (a copy, or the same config and seed trained again). Such
+    pairs agree on every image by construction, which pulls the difference towards 0."""
+    found = []
+    for i, run_a in enumerate(a.run_dirs):
+        for j, run_b in enumerate(b.run_dirs):
+            if run_a.resolve() == run_b.resolve():
+                why = "the same run folder"
+            elif np.array_equal(a.probs["plain"][:, i], b.probs["plain"][:, j]):
+                why = "identical test predictions"
+            else:
+                continue
+            found.append({"a": str(run_a), "b": str(run_b), "why": why})
+    return found
+
+
 def _describe(side: Side, probs: np.ndarray) -> dict[str, Any]:
     y = side.labels
     ens = probs.mean(axis=1)
@@ -201,4 +221,5 @@ def compare_sides(
             **mcnemar_exact(correct_a, correct_b),
             "on": "per-image predictions; a study: its seed ensemble",
         },
+        "same_training": same_trainings(a, b),
     }

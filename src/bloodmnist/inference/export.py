@@ -156,7 +156,7 @@ def default_out(target: Path, ckpt: Path, tta: bool = False) -> Path:
 def _check_out(out: Path) -> None:
     if out.suffix.lower() != ".onnx":
         raise ExportError(f"--out {out}: the file name must end in .onnx")
-    if out.exists():
+    if out.exists() or out.is_symlink():  # a dangling link too: it names a place the user chose
         raise ExportError(f"--out {out} already exists; choose a new file name")
     if not out.parent.is_dir():
         raise ExportError(f"--out {out}: folder {out.parent} does not exist")

@@ -12,12 +12,12 @@ from bloodmnist.evaluation.calibration import calibrate
 from bloodmnist.evaluation.predict import predict_probs
 from bloodmnist.inference.engines import ModelInfo
 from bloodmnist.model import model_from_config
-from bloodmnist.runtime import setup_runtime
+from bloodmnist.runtime import inference_device, setup_runtime
 from bloodmnist.training.checkpoint import checkpoint_config, load_checkpoint, load_model_weights
 
 
 class TorchEngine:
-    """A bloodmnist checkpoint on its config's device (or the caller's) at inference precision."""
+    """A bloodmnist checkpoint at inference precision, on `runtime.inference_device`."""
 
     supports_tta = True
 
@@ -34,7 +34,10 @@ class TorchEngine:
         # The precision the run trained with is not reused: `auto` means fp32 for inference on
         # a CPU, so the same file predicts the same numbers on every CPU (runtime.py).
         self.rt = setup_runtime(
-            device or self.cfg.runtime.device, precision or "auto", threads, purpose="inference"
+            inference_device(device, self.cfg.runtime.device),
+            precision or "auto",
+            threads,
+            purpose="inference",
         )
         model = model_from_config(self.cfg)
         load_model_weights(model, state, path)

@@ -8,6 +8,7 @@ takes torchvision's ImageNet ResNet weights (`transfer_weights`).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 import torch
@@ -38,6 +39,8 @@ ARCHS: dict[str, Builder] = {
     # The same with a fixed patch-whitening first layer fitted to the training images.
     "resnet9w": lambda n, size, width, depth, stem: ResNet9(n, width, depth, True, stem),
 }
+#: torchvision's networks: built as they are, model.width/model.depth do not apply.
+FIXED_SHAPE_ARCHS = frozenset({"resnet18", "resnet34", "resnet50"})
 #: Architectures whose weights can start from torchvision's ImageNet ResNet-18 file.
 PRETRAINED_ARCHS = frozenset({"resnet18"})
 
@@ -56,6 +59,15 @@ def build_model(
         raise ValueError(f"unknown model.arch {arch!r} (known: {', '.join(sorted(ARCHS))})")
     kind = resolve_stem(stem, size)
     _check_stage1(arch, kind, size)
+    if arch in FIXED_SHAPE_ARCHS and (width, depth) != (1, 1):  # not refused: a tune space may
+        # search model.arch and model.width together (configs/search/best.yaml)
+        logging.getLogger(__name__).warning(
+            "model.width=%g and model.depth=%d shape the resnet9 family only; %s is built as "
+            "torchvision defines it",
+            width,
+            depth,
+            arch,
+        )
     model = ARCHS[arch](num_classes, size, width, depth, kind)
     if state_dict is not None:
         transfer_weights(model, state_dict)

@@ -62,6 +62,8 @@ def transfer_weights(model: nn.Module, src: dict[str, torch.Tensor]) -> None:
             new[key] = w.to(value.dtype)
         elif key in src and src[key].shape == value.shape:
             new[key] = src[key].to(value.dtype)
+        elif key.endswith("num_batches_tracked"):  # torchvision's older files predate it
+            new[key] = value
         else:
             raise CheckpointError(
                 f"pretrained weights lack or mismatch '{key}' (expected shape {tuple(value.shape)})"

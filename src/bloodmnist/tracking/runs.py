@@ -26,12 +26,12 @@ COLUMNS = (
     ("status", "status"),
 )
 SORT_KEYS = tuple(k for k, _ in COLUMNS)
-#: Sorted best first; the other keys sort ascending.
 #: summary.json fields that a running (resumed) training has not rewritten yet.
 _LIVE_KEYS = (
     *("status", "epochs_run", "best_val_acc", "train_seconds", "test_eval_seconds"),
     *("test_acc", "test_acc_tta", "train_pflop"),
 )
+#: Sorted best first; the other keys sort ascending.
 DESCENDING = {"val_acc", "test_acc", "test_acc_tta", "pflop", "seconds", "epochs"}
 
 
@@ -127,7 +127,7 @@ def describe_run(run_dir: Path, root: Path) -> dict[str, Any]:
     epochs = _num(summary.get("epochs_run"))
     best = _num(summary.get("best_val_acc"))
     return {
-        "name": str(run_dir.relative_to(root)) if run_dir != root else root.resolve().name,
+        "name": str(run_dir.relative_to(root)) if run_dir != root else root.absolute().name,
         "recipe": _recipe(manifest.get("command")),
         "arch": arch,
         "seed": _num(train.get("seed")),

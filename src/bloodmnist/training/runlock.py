@@ -57,7 +57,7 @@ class RunLock:
     def acquire(self) -> None:
         for _ in range(5):  # retried only when the file was replaced under us
             fd, created = self._open()
-            if not _try_flock(fd, tries=10):
+            if not _try_flock(fd, tries=50):  # up to 1 s: a probe descheduled on a busy machine
                 os.close(fd)
                 self._refuse()
             if not self._still_at_path(fd):  # its owner released (unlinked) it meanwhile
