@@ -63,8 +63,8 @@ class RunLock:
             if not self._still_at_path(fd):  # its owner released (unlinked) it meanwhile
                 os.close(fd)
                 continue
-            pid, host = self._owner()
-            if not created and self._legacy_owner(pid, host, self._flock_aware()):
+            pid, host, flock_aware = self._owner()
+            if not created and self._legacy_owner(pid, host, flock_aware):
                 os.close(fd)
                 self._refuse()
             if not created and pid is not None:
@@ -90,7 +90,7 @@ class RunLock:
             free = _try_flock(fd)  # released again when fd closes
         finally:
             os.close(fd)
-        if not free or self._legacy_owner(*self._owner(), self._flock_aware()):
+        if not free or self._legacy_owner(*self._owner()):
             self._refuse()
 
     def release(self) -> None:
@@ -122,23 +122,18 @@ class RunLock:
         except FileNotFoundError:
             return False
 
-    def _owner(self) -> tuple[int | None, str | None]:
+    def _owner(self) -> tuple[int | None, str | None, bool]:
+        """(pid, host, flock_aware) from one read of the file; flock_aware: written by a
+        version that holds the flock for as long as it runs."""
         try:
             owner = json.loads(self.path.read_text())
         except (OSError, ValueError):
-            return None, None
+            return None, None, False
         if not isinstance(owner, dict):
-            return None, None
+            return None, None, False
         pid, host = owner.get("pid"), owner.get("host")
-        return (pid if isinstance(pid, int) else None), (host if isinstance(host, str) else None)
-
-    def _flock_aware(self) -> bool:
-        """The file was written by a version that holds the flock for as long as it runs."""
-        try:
-            owner = json.loads(self.path.read_text())
-        except (OSError, ValueError):
-            return False
-        return isinstance(owner, dict) and owner.get("flock") is True
+        pid = pid if isinstance(pid, int) else None
+        return pid, (host if isinstance(host, str) else None), owner.get("flock") is True
 
     @staticmethod
     def _legacy_owner(pid: int | None, host: str | None, flock_aware: bool) -> bool:
@@ -148,7 +143,7 @@ class RunLock:
         return host == socket.gethostname() and _pid_alive(pid)
 
     def _refuse(self) -> None:
-        pid, host = self._owner()
+        pid, host, _ = self._owner()
         raise RunLockedError(
             f"run folder {self.path.parent} is in use by process {pid} on {host}; wait for it to "
             f"finish or use another --out (delete {self.path} only if that process is gone)"
