@@ -2,15 +2,19 @@
 
 Each path gets a body and a script: one behaviour per request, the last one repeating. E.g.
 ``server.serve("/f.npz", data, [STATUS_503, OK])`` answers 503 once, then the bytes.
-Requests are counted per path (query strings ignored).
+Requests are counted per path (query strings ignored). Range requests (``bytes=N-``) are
+answered with 206 and the bytes from N, as Zenodo does (416 when N is past the end), unless
+``honour_ranges`` is off; each request's start is recorded in ``range_starts`` (0 without
+Range). The behaviours then apply to the bytes being sent.
 """
 
 from __future__ import annotations
 
+import re
 import socket
 import struct
 import threading
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
@@ -21,7 +25,9 @@ TRUNCATE = "truncate"  # full Content-Length, half the body, then a clean close
 WRONG = "wrong"  # other bytes of the same length
 RESET = "reset"  # half the body, then a TCP reset (RST)
 STALL = "stall"  # headers and half the body, then silence for `stall_seconds`
-BEHAVIOURS = (OK, STATUS_503, TRUNCATE, WRONG, RESET, STALL)
+BAD_RANGE = "badrange"  # a Range request answered 206 with the whole file (Content-Range 0-)
+BEHAVIOURS = (OK, STATUS_503, TRUNCATE, WRONG, RESET, STALL, BAD_RANGE)
+_RANGE = re.compile(r"bytes=(\d+)-$")
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -36,13 +42,30 @@ class _Handler(BaseHTTPRequestHandler):
         if behaviour == STATUS_503:
             self.send_error(503)
             return
+        match = _RANGE.match(self.headers.get("Range", ""))
+        start = int(match.group(1)) if match and self.server.honour_ranges else 0
+        self.server.range_starts[path].append(start)
+        if start >= len(body) > 0:
+            self.send_response(416)
+            self.send_header("Content-Range", f"bytes */{len(body)}")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         if behaviour == WRONG:
             body = bytes(b ^ 0xFF for b in body)
-        self.send_response(200)
+        if start and behaviour == BAD_RANGE:
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes 0-{len(body) - 1}/{len(body)}")
+        elif start:
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
+            body = body[start:]
+        else:
+            self.send_response(200)
         self.send_header("Content-Type", "application/octet-stream")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
-        if behaviour in (OK, WRONG):
+        if behaviour in (OK, WRONG, BAD_RANGE):
             self.wfile.write(body)
             return
         self.wfile.write(body[: len(body) // 2])
@@ -71,6 +94,8 @@ class TestHTTPServer(ThreadingHTTPServer):
         self.stall_seconds = stall_seconds
         self.stopping = threading.Event()
         self.counts: Counter[str] = Counter()
+        self.honour_ranges = True
+        self.range_starts: defaultdict[str, list[int]] = defaultdict(list)
         self._routes: dict[str, tuple[bytes, list[str]]] = {}
         self._lock = threading.Lock()
         # A short poll interval keeps shutdown (and so each test's teardown) fast.

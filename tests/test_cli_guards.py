@@ -61,7 +61,7 @@ def test_stale_lock_of_dead_process_is_taken_over(tmp_path: Path) -> None:
     result = run_cli(["train", "--data", str(bad), "--out", str(lock.parent)], cwd=tmp_path)
     assert result.returncode == 2, describe(result)
     assert f"taking over stale lock {lock}" in result.stderr
-    assert f"process {dead.pid} is gone" in result.stderr
+    assert f"process {dead.pid} no longer holds it" in result.stderr
     assert "in use by" not in result.stderr
     assert error_lines(result)[-1].startswith(f"bloodmnist train: error: {bad}")
     assert (lock.parent / "train.log").is_file()  # got past the lock
@@ -112,7 +112,7 @@ def test_flock_is_held_until_its_process_dies_however_it_dies(tmp_path: Path) ->
     lock = RunLock(tmp_path)
     lock.acquire()
     assert lock.took_over == f"taking over stale lock {tmp_path / 'run.lock'} " + (
-        f"(process {holder.pid} is gone)"
+        f"(process {holder.pid} no longer holds it)"
     )
     lock.release()
 
@@ -134,7 +134,7 @@ def test_a_crashed_runs_lock_is_not_kept_by_a_reused_pid(tmp_path: Path) -> None
         RunLock(tmp_path).check_free()  # no error: nobody holds the folder
         lock = RunLock(tmp_path)
         lock.acquire()
-        assert lock.took_over and f"process {sleeper.pid} is gone" in lock.took_over
+        assert lock.took_over and f"process {sleeper.pid} no longer holds it" in lock.took_over
         lock.release()
         assert sleeper.poll() is None  # nothing was killed
     finally:

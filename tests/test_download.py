@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import logging
 import os
+import subprocess
+import sys
 import time
 import types
 from pathlib import Path
@@ -13,8 +16,10 @@ import pooch.core
 import pytest
 
 from bloodmnist.data import download as dl
+from bloodmnist.data.resumable import CHUNK
 from bloodmnist.errors import DataError, DownloadError
 from httpserver import (
+    BAD_RANGE,
     OK,
     RESET,
     STALL,
@@ -25,7 +30,9 @@ from httpserver import (
     closed_port_url,
 )
 
-PAYLOAD = b"PK\x03\x04fake-npz" + bytes(range(256)) * 64  # 16 KiB, npz-like header
+# 1 MiB, npz-like header: several of the downloader's 64-KiB chunks, so a broken attempt keeps
+# what it got up to its last whole chunk (urllib3 drops a chunk cut short)
+PAYLOAD = b"PK\x03\x04fake-npz" + bytes(range(256)) * 4096
 PAYLOAD_MD5 = hashlib.md5(PAYLOAD).hexdigest()
 NAME = dl.OFFICIAL_FILES[28][0]
 PATH = f"/{NAME}"
@@ -56,6 +63,19 @@ def fetch(server: TestHTTPServer, cache: Path, **kw) -> Path:
 def assert_empty(cache: Path) -> None:
     """No file at the final path and no temp leftovers."""
     assert not cache.exists() or list(cache.iterdir()) == []
+
+
+def near(resumed_at: int, sent: int) -> bool:
+    """Resumed where the broken attempt's bytes ended, up to the chunk it was cut in."""
+    return sent - CHUNK < resumed_at <= sent
+
+
+def kept_part(cache: Path, name: str = NAME, payload: bytes = PAYLOAD) -> int:
+    """The cache holds nothing but the part file, a true prefix of the payload; its length."""
+    assert [p.name for p in cache.iterdir()] == [f"{name}.part"]
+    kept = (cache / f"{name}.part").read_bytes()
+    assert 0 < len(kept) < len(payload) and payload.startswith(kept)
+    return len(kept)
 
 
 def test_urls_and_official_md5(tmp_path):
@@ -112,21 +132,124 @@ def test_503_then_success(server, tmp_path):
     assert server.counts[PATH] == 3
 
 
-@pytest.mark.parametrize("failure", [TRUNCATE, RESET])
-def test_broken_body_once_then_success(server, tmp_path, failure):
-    server.serve(PATH, PAYLOAD, [failure, OK])
+def test_broken_body_once_then_resumed(server, tmp_path):
+    """The retry asks only for the bytes the first attempt did not get (HTTP Range)."""
+    server.serve(PATH, PAYLOAD, [TRUNCATE, OK])
     assert fetch(server, tmp_path).read_bytes() == PAYLOAD
-    assert server.counts[PATH] == 2
+    first, second = server.range_starts[PATH]
+    assert first == 0 and near(second, len(PAYLOAD) // 2)
     assert sorted(p.name for p in tmp_path.iterdir()) == [NAME]
 
 
-@pytest.mark.parametrize("failure", [TRUNCATE, RESET, STATUS_503])
-def test_broken_always_fails_clean(server, tmp_path, failure):
-    server.serve(PATH, PAYLOAD, [failure])
-    with pytest.raises(DownloadError):
+def test_reset_once_then_resumed(server, tmp_path):
+    server.serve(PATH, PAYLOAD, [RESET, OK])
+    assert fetch(server, tmp_path).read_bytes() == PAYLOAD
+    first, second = server.range_starts[PATH]  # an RST may drop bytes in flight: <= half
+    assert first == 0 and 0 <= second <= len(PAYLOAD) // 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == [NAME]
+
+
+def test_broken_always_keeps_the_bytes_for_the_next_download(server, tmp_path):
+    """Each truncated attempt adds about half of what is left; the error says what is kept,
+    and the next call (another run) finishes from there."""
+    server.serve(PATH, PAYLOAD, [TRUNCATE])
+    with pytest.raises(DownloadError) as err:
         fetch(server, tmp_path)
-    assert server.counts[PATH] == 3
-    assert_empty(tmp_path)
+    starts = server.range_starts[PATH]
+    assert len(starts) == 3 and starts[0] == 0
+    for before, after in zip(starts, starts[1:], strict=False):
+        assert near(after, before + (len(PAYLOAD) - before) // 2)
+    kept = kept_part(tmp_path)
+    assert near(kept, starts[2] + (len(PAYLOAD) - starts[2]) // 2)
+    msg = str(err.value)
+    assert "\n" not in msg and f"MB kept in {tmp_path / NAME}.part" in msg and "resumes" in msg
+    server.serve(PATH, PAYLOAD, [OK])
+    assert fetch(server, tmp_path).read_bytes() == PAYLOAD
+    assert server.range_starts[PATH][3:] == [kept]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [NAME]
+
+
+def test_always_503_leaves_nothing(server, tmp_path):
+    server.serve(PATH, PAYLOAD, [STATUS_503])
+    with pytest.raises(DownloadError) as err:
+        fetch(server, tmp_path)
+    assert server.counts[PATH] == 3 and "kept in" not in str(err.value)
+    assert_empty(tmp_path)  # no empty part file either
+
+
+def test_server_without_ranges_restarts_the_part(server, tmp_path):
+    """A server that ignores Range sends the whole file (200): the part restarts from zero."""
+    (tmp_path / f"{NAME}.part").write_bytes(PAYLOAD[:1000])
+    server.serve(PATH, PAYLOAD)
+    server.honour_ranges = False
+    assert fetch(server, tmp_path).read_bytes() == PAYLOAD
+    assert server.counts[PATH] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == [NAME]
+
+
+def test_range_answered_with_other_bytes_restarts(server, tmp_path, fast_pooch_backoff):
+    (tmp_path / f"{NAME}.part").write_bytes(PAYLOAD[:1000])
+    server.serve(PATH, PAYLOAD, [BAD_RANGE, OK])  # 206 with "bytes 0-" for "bytes=1000-"
+    assert fetch(server, tmp_path).read_bytes() == PAYLOAD
+    assert server.range_starts[PATH] == [1000, 0] and fast_pooch_backoff == [1]
+
+
+@pytest.mark.parametrize("kept", ["whole", "longer"])
+def test_a_part_at_or_past_the_end_is_checked(server, tmp_path, kept):
+    """A whole part (killed between its fsync and the rename) is used as it is (416: nothing
+    left to send); a longer one fails the hash, is deleted and downloaded again."""
+    part = tmp_path / f"{NAME}.part"
+    part.write_bytes(PAYLOAD if kept == "whole" else PAYLOAD + b"tail")
+    server.serve(PATH, PAYLOAD)
+    assert fetch(server, tmp_path).read_bytes() == PAYLOAD
+    n = len(PAYLOAD)
+    assert server.range_starts[PATH] == ([n] if kept == "whole" else [n + 4, 0])
+    assert not part.exists()
+
+
+def test_a_stale_part_fails_the_hash_and_is_replaced(server, tmp_path):
+    """A part of an older version of the remote file: resumed, wrong, deleted, fetched again."""
+    (tmp_path / f"{NAME}.part").write_bytes(b"older version" * 10)
+    server.serve(PATH, PAYLOAD)
+    assert fetch(server, tmp_path).read_bytes() == PAYLOAD
+    assert server.range_starts[PATH] == [130, 0]
+
+
+def test_a_part_in_use_by_another_download_is_refused(server, tmp_path):
+    part = tmp_path / f"{NAME}.part"
+    part.write_bytes(PAYLOAD[:100])
+    server.serve(PATH, PAYLOAD)
+    with open(part, "ab") as fh:  # as another process's download would hold it
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        with pytest.raises(DownloadError, match="another process is downloading into"):
+            fetch(server, tmp_path)
+    assert server.counts[PATH] == 0 and part.read_bytes() == PAYLOAD[:100]
+
+
+def test_a_killed_download_resumes_in_the_next_process(server, tmp_path):
+    """SIGKILL mid-download (a real process, stalled after half the file): the next process
+    asks for the rest only."""
+    server.serve(PATH, PAYLOAD, [STALL, OK])
+    code = (
+        "from bloodmnist.data.download import fetch_dataset; "
+        f"fetch_dataset(28, {str(tmp_path)!r}, base_url={server.base_url!r}, retries=0, "
+        f"timeout=30, progress=False, expected_md5={PAYLOAD_MD5!r})"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code])
+    part = tmp_path / f"{NAME}.part"
+    deadline = time.monotonic() + 60
+    while not (part.exists() and near(part.stat().st_size, len(PAYLOAD) // 2)):
+        assert proc.poll() is None and time.monotonic() < deadline, "no bytes arrived"
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    # pooch's own temporary file of the killed process stays, empty (the bytes are in the part)
+    (leftover,) = (p for p in tmp_path.iterdir() if p.name.startswith("tmp"))
+    assert leftover.stat().st_size == 0
+    leftover.unlink()
+    kept = kept_part(tmp_path)
+    assert fetch(server, tmp_path).read_bytes() == PAYLOAD
+    assert server.range_starts[PATH] == [0, kept]
 
 
 def test_corrupt_cache_is_replaced(server, tmp_path, caplog):
@@ -178,13 +301,14 @@ def test_stalled_server_times_out(server, tmp_path):
     with pytest.raises(DownloadError):
         fetch(server, tmp_path, retries=1, timeout=0.5)
     assert time.monotonic() - start < 5
-    assert server.counts[PATH] == 2
-    assert_empty(tmp_path)
+    first, second = server.range_starts[PATH]
+    assert first == 0 and near(second, len(PAYLOAD) // 2)  # the retry resumed
+    assert near(kept_part(tmp_path), second + (len(PAYLOAD) - second) // 2)
 
 
 # --- pretrained weights ---------------------------------------------------------------------
 
-WEIGHTS = b"fake torch weights" * 500
+WEIGHTS = b"fake torch weights" * 60_000  # 1 MB: several chunks
 SHA = hashlib.sha256(WEIGHTS).hexdigest()
 
 
@@ -222,10 +346,13 @@ def test_pretrained_broken_body(server, tmp_path, failure):
     url = server.serve(path, WEIGHTS, [failure, OK])
     assert pretrained(url, tmp_path).read_bytes() == WEIGHTS
     assert server.counts[path] == 2
+    half, resumed_at = len(WEIGHTS) // 2, server.range_starts[path][1]
+    assert near(resumed_at, half) if failure == TRUNCATE else resumed_at <= half  # RST: maybe less
     server.serve(path, WEIGHTS, [failure])
     with pytest.raises(DownloadError):
         pretrained(url, tmp_path / "other")
-    assert_empty(tmp_path / "other")
+    if failure == TRUNCATE:
+        kept_part(tmp_path / "other", f"net-{SHA[:10]}.pth", WEIGHTS)
 
 
 def test_pretrained_corrupt_cache_and_404(server, tmp_path, caplog):
@@ -246,7 +373,8 @@ def test_pretrained_stall_and_unreachable(server, tmp_path):
     with pytest.raises(DownloadError):
         pretrained(url, tmp_path, retries=1, timeout=0.5)
     assert time.monotonic() - start < 5
-    assert_empty(tmp_path)
+    kept_part(tmp_path, f"s-{SHA[:8]}.pth", WEIGHTS)
+    (tmp_path / f"s-{SHA[:8]}.pth.part").unlink()
     gone = closed_port_url(f"/r-{SHA[:8]}.pth")
     with pytest.raises(DownloadError, match="save it as"):
         pretrained(gone, tmp_path)

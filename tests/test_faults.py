@@ -143,7 +143,7 @@ def test_sigterm_sigkill_and_resume_match_uninterrupted_run(reference, tmp_path)
     orphan.write_bytes(b"half a checkpoint")
     resumed = cli("train", "--resume", str(run_dir), "--quiet", timeout=RUN_TIMEOUT)
     assert resumed.returncode == 0, resumed.stderr
-    msg = f"taking over stale lock {lock} (process {proc.pid} is gone)"
+    msg = f"taking over stale lock {lock} (process {proc.pid} no longer holds it)"
     assert msg in resumed.stderr and msg in (run_dir / "train.log").read_text()
     assert f"removed {orphan}, left by a save that was killed midway" in resumed.stderr
     assert temp_files(run_dir / "checkpoints") == []

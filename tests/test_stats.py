@@ -116,6 +116,21 @@ def test_bootstrap_on_probabilities_uses_the_metric() -> None:
     assert auc["point"] == pytest.approx(1.0)
 
 
+def test_bootstrap_takes_medmnist_shaped_labels() -> None:
+    """(N, 1) labels, as MedMNIST files store them, give the same numbers as (N,): they once
+    broadcast to an (N, N) comparison and a wrong accuracy."""
+    y = np.array([0, 1, 2, 0, 1, 2] * 20)
+    probs = np.eye(3)[y] * 0.7 + 0.1
+    probs[:30] = np.eye(3)[(y[:30] + 1) % 3] * 0.7 + 0.1  # 30 of 120 wrong
+    flat = bootstrap_ci(PROB_METRICS["acc"], y, probs, n_boot=50, seed=0)
+    column = bootstrap_ci(PROB_METRICS["acc"], y[:, None], probs, n_boot=50, seed=0)
+    assert flat == column and column["point"] == 0.75
+    diff = paired_bootstrap_diff(PROB_METRICS["acc"], y[:, None], probs, np.eye(3)[y], n_boot=50)
+    assert diff["diff"] == pytest.approx(-0.25)
+    with pytest.raises(ValueError, match=r"shape \(N,\) or \(N, 1\)"):
+        bootstrap_ci(PROB_METRICS["acc"], np.zeros((120, 2)), probs, n_boot=5)
+
+
 def test_paired_diff_is_zero_for_identical_and_narrower_than_unpaired() -> None:
     n = 1000
     base = _bernoulli(n, 0.85, seed=11)

@@ -1,18 +1,16 @@
 """Verified downloads, all through pooch: the BloodMNIST npz files and pretrained weights.
 
-One path for both (`_fetch`): pooch streams each attempt to a temporary file in the target
-folder, retries network errors and bad hashes with a 1 s, 2 s, ... back-off, and renames the file
-into place only after its checksum matched, so the final path never holds a partial or wrong
-file. This module reads no environment variables: ``bloodmnist.runtime`` resolves the cache
-folder and mirror URL and passes them in.
+One path for both (`_fetch`): pooch retries network errors and bad hashes with a 1 s, 2 s, ...
+back-off; each attempt appends to ``<target>.part`` from where the last one stopped (HTTP Range,
+`resumable.py`), and the file is renamed into place only after its checksum matched, so the
+final path never holds a partial or wrong file. This module reads no environment variables:
+``bloodmnist.runtime`` resolves the cache folder and mirror URL and passes them in.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
-import os
 import re
 import urllib.parse
 from collections.abc import Iterator
@@ -20,8 +18,8 @@ from pathlib import Path
 
 import pooch
 import requests
-from requests.exceptions import InvalidSchema, InvalidURL, MissingSchema
 
+from bloodmnist.data.resumable import NotRetried, ResumableDownloader, file_digest, kept_note
 from bloodmnist.errors import DataError, DownloadError
 
 log = logging.getLogger(__name__)
@@ -35,27 +33,18 @@ OFFICIAL_FILES: dict[int, tuple[str, str]] = {
     224: ("bloodmnist_224.npz", "b718ff6835fcbdb22ba9eacccd7b2601"),
 }
 DEFAULT_CACHE_DIR = Path("~/.cache/bloodmnist")
-_CHUNK = 1 << 16
 # torchvision weight names end in "-<first hex digits of the sha256>.<ext>" (torch.hub rule).
 _HASH_PREFIX = re.compile(r"-([0-9a-f]{6,64})\.[A-Za-z0-9]+$")
 
 
-def _file_digest(path: str | Path, algorithm: str, chunk: int = 1 << 20) -> str:
-    digest = hashlib.new(algorithm)
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def file_md5(path: str | Path, chunk: int = 1 << 20) -> str:
     """MD5 hex digest of a file, read in chunks so large npz files need little memory."""
-    return _file_digest(path, "md5", chunk)
+    return file_digest(path, "md5", chunk)
 
 
 def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
     """SHA-256 hex digest of a file (model checksums: export metadata, `serve`'s /v1/model)."""
-    return _file_digest(path, "sha256", chunk)
+    return file_digest(path, "sha256", chunk)
 
 
 def _official_entry(size: int) -> tuple[str, str]:
@@ -99,58 +88,11 @@ def _discard_if_corrupt(path: Path, expected: str, algorithm: str) -> None:
     """Delete a cached file whose hash is wrong, so a failed re-download cannot leave it in use."""
     if not path.is_file():
         return
-    got = _file_digest(path, algorithm)
+    got = file_digest(path, algorithm)
     if got.startswith(expected):
         return
     log.warning("cached %s fails its %s check; downloading it again", path, algorithm.upper())
     path.unlink(missing_ok=True)
-
-
-def _umask() -> int:
-    """The process's umask: from /proc on Linux (os.umask can only read it by setting it, which
-    another thread creating a file at that moment would feel)."""
-    try:
-        status = Path("/proc/self/status").read_text()
-        return int(re.search(r"^Umask:\s*([0-7]+)", status, re.M).group(1), 8)  # type: ignore[union-attr]
-    except (OSError, AttributeError):
-        mask = os.umask(0o022)
-        os.umask(mask)
-        return mask
-
-
-class _NotRetried(Exception):
-    """An HTTP answer that another attempt will not change (a 4xx other than 408/429).
-
-    Neither a ValueError nor a requests error, so pooch's retry loop lets it through at once.
-    """
-
-
-class _Downloader:
-    """pooch's HTTP downloader plus: no retry of a 4xx that will not change, an fsync (the
-    renamed file survives a crash intact) and the hash check of the temporary file."""
-
-    def __init__(self, progress: bool, timeout: float, algorithm: str, expected: str) -> None:
-        self._http = pooch.HTTPDownloader(progressbar=progress, timeout=timeout, chunk_size=_CHUNK)
-        self.algorithm, self.expected = algorithm, expected
-
-    def __call__(self, url: str, output_file: str, pooch_obj: object) -> None:
-        try:
-            self._http(url, output_file, pooch_obj)
-        except (MissingSchema, InvalidSchema, InvalidURL) as exc:  # ValueErrors: not a hash
-            raise _NotRetried(f"not a usable http(s) URL: {_reason(exc)}") from exc
-        except requests.HTTPError as exc:
-            code = exc.response.status_code if exc.response is not None else 0
-            if 400 <= code < 500 and code not in (408, 429):
-                raise _NotRetried(f"HTTP {code} {exc.response.reason}") from exc
-            raise
-        with open(output_file, "rb+") as fh:
-            os.fsync(fh.fileno())
-        # pooch writes through NamedTemporaryFile (mode 0600): give the file the permissions of
-        # any file the user creates (umask), as the rest of the tool's outputs have
-        os.chmod(output_file, 0o666 & ~_umask())
-        got = _file_digest(output_file, self.algorithm)
-        if not got.startswith(self.expected):  # a ValueError: pooch deletes the file, retries
-            raise ValueError(f"{self.algorithm} hash mismatch: expected {self.expected}, got {got}")
 
 
 @contextlib.contextmanager
@@ -182,12 +124,13 @@ def _fetch(
     fetcher = pooch.create(
         path=target.parent,
         base_url="",
-        registry={target.name: None},  # the hash is checked by _Downloader (prefixes too)
+        registry={target.name: None},  # the hash is checked by the downloader (prefixes too)
         urls={target.name: url},
         retry_if_failed=retries,
         env=None,  # runtime.py owns the environment; pooch must not read it
     )
-    downloader = _Downloader(progress, timeout, algorithm, expected)
+    part = target.with_name(target.name + ".part")  # kept between attempts and runs: resumed
+    downloader = ResumableDownloader(part, progress, timeout, algorithm, expected)
     name = "MD5" if algorithm == "md5" else algorithm
     want = f"{name} {expected}" if len(expected) >= 32 else f"{name} starting with {expected}"
     try:
@@ -200,12 +143,13 @@ def _fetch(
             f"{name} mismatch for {url} after {retries + 1} attempt(s): expected {want}, "
             f"{got_text}; {by_hand}"
         ) from exc
-    except _NotRetried as exc:
-        raise DownloadError(f"could not download {url} ({exc}); {by_hand}") from exc
+    except NotRetried as exc:
+        note = kept_note(part)
+        raise DownloadError(f"could not download {url} ({exc}{note}); {by_hand}") from exc
     except (requests.RequestException, OSError) as exc:
         raise DownloadError(
-            f"could not download {url} after {retries + 1} attempt(s) ({_reason(exc)}); "
-            f"expected {want}; {by_hand}"
+            f"could not download {url} after {retries + 1} attempt(s) ({_reason(exc)}"
+            f"{kept_note(part)}); expected {want}; {by_hand}"
         ) from exc
 
 

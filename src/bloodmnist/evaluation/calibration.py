@@ -117,6 +117,16 @@ def _nll_logits(logits: np.ndarray, y: np.ndarray, temperature: float) -> float:
     return float(-np.mean(logp[np.arange(y.size), y]))
 
 
+#: Why the fit reached (the low bound, the high bound) of T; no entry when it did neither.
+_BOUND_REASONS = {
+    (True, True): "the validation predictions carry no information "
+    "(the NLL does not change with T)",
+    (True, False): "the validation predictions are (almost) all right, so they cannot tell how "
+    "confident the model should be",
+    (False, True): "the validation predictions are no better than chance",
+}
+
+
 def fit_temperature(
     logits: np.ndarray, y: np.ndarray, bounds: tuple[float, float] = TEMPERATURE_BOUNDS
 ) -> float:
@@ -138,15 +148,8 @@ def fit_temperature(
     # No minimum inside: the NLL keeps falling towards a bound (or is flat there, where
     # float64 cannot tell 1 + e^-40 from 1): T is then arbitrary, not fitted.
     low, high = (_nll_logits(z, t, b) <= float(res.fun) + 1e-12 for b in bounds)
-    if low or high:
-        why = (
-            "the validation predictions carry no information (the NLL does not change with T)"
-            if low and high
-            else "the validation predictions are (almost) all right, so they cannot tell how "
-            "confident the model should be"
-            if low
-            else "the validation predictions are no better than chance"
-        )
+    why = _BOUND_REASONS.get((low, high))
+    if why:
         logging.getLogger(__name__).warning(
             "the temperature fit ran into its bound (T=%.3g): %s; the calibrated "
             "probabilities are not to be trusted (validate on more images)",

@@ -191,11 +191,10 @@ def _build_trainer(
     trainer = Trainer(cfg, rt, run_dir, data, wrap_ddp(model, rt), pretrained, progress)
     if resume is not None:  # restored first: a last.pt that does not fit changes no file
         trainer.restore(resume)
-        kept = "last" if cfg.train.select == "last" else "best"  # select=last keeps every epoch
-        log.info(
+        log.info(  # with select=last, "best" is every epoch's: the last one
             "resumed after epoch %d (%s val_acc %.4f at epoch %d)",
             trainer.state.epoch,
-            kept,
+            cfg.train.select,
             trainer.state.best_val_acc,
             trainer.state.best_epoch,
         )

@@ -68,7 +68,9 @@ class RunLock:
                 os.close(fd)
                 self._refuse()
             if not created and pid is not None:
-                self.took_over = f"taking over stale lock {self.path} (process {pid} is gone)"
+                self.took_over = (
+                    f"taking over stale lock {self.path} (process {pid} no longer holds it)"
+                )
             elif not created:
                 self.took_over = f"taking over stale lock {self.path} (unreadable, left by a crash)"
             # "flock": a later reader knows this owner's liveness is the flock, not its pid
