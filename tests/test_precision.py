@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from bloodmnist.cli.main import main
 from bloodmnist.config import AugmentConfig, Config, EvalConfig
 from bloodmnist.data.loader import Normalizer, TrainBatches, to_tensor
 from bloodmnist.evaluation.predict import predict_probs
@@ -100,6 +101,68 @@ def test_bf16_train_step_and_prediction_on_a_tiny_model() -> None:
     assert stats.samples == 32 and np.isfinite(stats.loss) and 0 <= stats.acc <= 1
     assert model[-1].weight.dtype == torch.float32  # autocast never casts the weights
     assert not torch.equal(model[-1].weight, before)  # the bf16 step did update them
+
+
+class _Tiny(nn.Module):
+    """Multiplies its input by 1e-7: the gradients that reach the layer before it are ~1e-9,
+    below fp16's smallest number (6e-8), as tiny gradients are deep in real networks."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * 1e-7
+
+
+def _head_step(precision: str, scaled: bool) -> torch.Tensor:
+    """How much one epoch of the real train_one_epoch moves the head's weights."""
+    rng = np.random.default_rng(0)
+    images = to_tensor(rng.integers(0, 256, (32, 28, 28, 3), dtype=np.uint8), CPU)
+    labels = torch.from_numpy(rng.integers(0, 8, 32)).long()
+    cfg = Config()
+    rt = Runtime(CPU, precision, channels_last=False, threads=torch.get_num_threads())
+    norm = Normalizer(cfg.data.mean, cfg.data.std, CPU, channels_last=False)
+    model = nn.Sequential(*_tiny_model(), _Tiny())
+    before = model[-2].weight.detach().clone()
+    batches = TrainBatches(images, labels, 16, AugmentConfig(), norm, seed=0)
+    opt = torch.optim.SGD(model.parameters(), lr=1e5)  # a visible step from ~1e-9 gradients
+    gen = torch.Generator().manual_seed(0)
+    scaler = rt.grad_scaler() if scaled else None
+    args = (model, batches, opt, rt, 1, gen, np.random.default_rng(0), 0.0)
+    stats = train_one_epoch(*args, scaler=scaler)
+    assert np.isfinite(stats.loss)
+    return model[-2].weight.detach() - before
+
+
+def test_fp16_training_scales_the_loss_so_small_gradients_survive() -> None:
+    """fp16 (what `auto` picks on GPUs without bf16) with the runtime's GradScaler takes the
+    step fp32 takes; without it the head's gradients underflow to zero and it does not move."""
+    assert Runtime(CPU, "bf16", False, 1).grad_scaler() is None
+    assert Runtime(CPU, "fp32", False, 1).grad_scaler() is None
+    fp32 = _head_step("fp32", scaled=False)
+    with_scaler = _head_step("fp16", scaled=True)
+    without = _head_step("fp16", scaled=False)
+    assert fp32.abs().max() > 1e-4
+    # fp16's 11-bit mantissa: within a few per cent of the fp32 step
+    torch.testing.assert_close(with_scaler, fp32, rtol=0.05, atol=0.05 * fp32.abs().max().item())
+    assert torch.count_nonzero(without) == 0
+
+
+def test_an_fp16_run_saves_its_loss_scale_and_resumes_with_it(shared_data: Path, tmp_path) -> None:
+    """The scaler's state (scale, steps since it last changed) is in last.pt, and a resumed
+    run carries on from it rather than from a fresh scaler's 2^16."""
+    args = ["--data", str(shared_data), "--subset", "128", "--quiet", "--precision", "fp16"]
+    args += ["--set", "runtime.threads=1", "--set", "runtime.reports=false"]
+    args += ["--set", "eval.tta=false", "--set", "eval.final_test=false"]
+    assert main(["train", "--recipe", "fast", "--out", str(tmp_path), "--epochs", "1", *args]) == 0
+    last = tmp_path / "checkpoints" / "last.pt"
+    ckpt = torch.load(last, weights_only=False)
+    assert ckpt["config"]["runtime"]["precision"] == "fp16"
+    assert set(ckpt["grad_scaler"]) >= {"scale", "_growth_tracker"}
+    assert ckpt["grad_scaler"]["scale"] <= 2.0**16
+    ckpt["grad_scaler"]["scale"] = 256.0  # as if the first epoch had backed off 8 times
+    save_checkpoint(ckpt, last)
+    assert main(["train", "--resume", str(tmp_path), "--epochs", "2", "--quiet"]) == 0
+    resumed = torch.load(last, weights_only=False)["grad_scaler"]
+    # 256 or lower (an overflow halves it; growing needs 2000 clean steps): not 2^16 again
+    assert resumed["scale"] <= 256.0
 
 
 @pytest.fixture(scope="module")

@@ -110,7 +110,8 @@ time.sleep(600)
 
 def test_values_of_odd_types_links_and_a_resumed_run(tmp_path: Path) -> None:
     """Hand-edited values of the wrong type are shown as '-' and sort last, not a crash; a
-    study's symlinked seeds are listed once (a link cycle ends the walk); a resumed run still
+    study's symlinked seeds are listed once (links to other folders are not walked, so a cycle
+    costs nothing); a resumed run still
     training is 'running' with its history's numbers, not the old summary's."""
     import subprocess
     import sys
@@ -123,6 +124,9 @@ def test_values_of_odd_types_links_and_a_resumed_run(tmp_path: Path) -> None:
     (root / "study").mkdir()
     (root / "study" / "seed-1").symlink_to(root / "d", target_is_directory=True)
     (root / "study" / "loop").symlink_to(root / "study", target_is_directory=True)
+    # a link to a folder that is not a run is not walked into (a large tree elsewhere)
+    _hand_run(tmp_path / "elsewhere" / "x", 3, {"status": "completed"}, [0.5])
+    (root / "study" / "outside").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
     holder = subprocess.Popen(
         [sys.executable, "-c", _HOLD, str(root / "live")], stdout=subprocess.PIPE, text=True
     )

@@ -56,6 +56,13 @@ class Runtime:
         dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
         return torch.autocast(device_type=self.device.type, dtype=dtype)
 
+    def grad_scaler(self) -> torch.amp.GradScaler | None:
+        """fp16's loss scaling (None otherwise): fp16 gradients below 6e-8 round to zero, so
+        the loss is multiplied up before backward and the gradients divided back before the
+        step, which is skipped (and the scale lowered) when they overflow. bf16 has fp32's range
+        and needs none."""
+        return torch.amp.GradScaler(self.device.type) if self.precision == "fp16" else None
+
     def describe(self) -> str:
         extra = f", rank {self.rank}/{self.world_size} ({self.backend})" if self.distributed else ""
         return (

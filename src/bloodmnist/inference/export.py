@@ -86,6 +86,9 @@ def export_graph(
     batch = {0: "batch"}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # legacy exporter notice, see above
+        # A TTA graph's flips are Slices with step -1, which the exporter cannot fold and says
+        # so; they are left for ONNX Runtime to run, and the parity check that follows covers them
+        warnings.filterwarnings("ignore", "Constant folding - Only steps=1", UserWarning)
         torch.onnx.export(
             wrapped,
             (dummy,),

@@ -142,22 +142,28 @@ def describe_run(run_dir: Path, root: Path) -> dict[str, Any]:
     }
 
 
+_MARKS = ("history.csv", "summary.json", "checkpoints")
+
+
+def _is_run(d: Path) -> bool:
+    return (d / "config.yaml").is_file() and any((d / f).exists() for f in _MARKS)
+
+
 def _run_dirs(root: Path) -> list[Path]:
-    """Folders with a config.yaml beside history.csv, summary.json or checkpoints/. Symlinked
-    folders (a study's adopted seeds) are followed after the real ones, so a run reachable both
-    ways is listed once, under its real path; a link cycle ends the walk."""
+    """Folders with a config.yaml beside history.csv, summary.json or checkpoints/. A symlink
+    is listed when it points at a run folder (a study's adopted seed), after the real folders,
+    so a run reachable both ways is listed once, under its real path; links are not walked
+    into, so a link to a large folder elsewhere (or to an ancestor) costs one check."""
     found: dict[Path, Path] = {}
-    marks = ("history.csv", "summary.json", "checkpoints")
-    for follow in (False, True):
-        walked: set[Path] = set()
-        for here, subdirs, files in os.walk(root, followlinks=follow):
-            d, real = Path(here), Path(here).resolve()
-            if real in walked:
-                subdirs.clear()
-                continue
-            walked.add(real)
-            if "config.yaml" in files and any((d / f).exists() for f in marks):
-                found.setdefault(real, d)
+    links: list[Path] = []
+    for here, subdirs, files in os.walk(root):  # followlinks=False: links show up in subdirs
+        d = Path(here)
+        if "config.yaml" in files and any((d / f).exists() for f in _MARKS):
+            found.setdefault(d.resolve(), d)
+        links += [d / name for name in subdirs if (d / name).is_symlink()]
+    for link in sorted(links):
+        if _is_run(link):
+            found.setdefault(link.resolve(), link)
     return sorted(found.values())
 
 

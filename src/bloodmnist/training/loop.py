@@ -59,6 +59,10 @@ def batch_loss(
     return loss, logits
 
 
+def _scaled(loss: torch.Tensor, scaler: torch.amp.GradScaler | None) -> torch.Tensor:
+    return loss if scaler is None else scaler.scale(loss)
+
+
 def train_one_epoch(
     model: nn.Module,
     batches: TrainBatches,
@@ -75,6 +79,7 @@ def train_one_epoch(
     distill: Distillation | None = None,
     on_step: Callable[[int], None] | None = None,
     sam: SharpnessAware | None = None,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> EpochStats:
     """Train for one epoch. Loss/accuracy accumulate on the device; one host sync at the end.
 
@@ -83,7 +88,8 @@ def train_one_epoch(
     its soft-label file read at the batch's rows).
     `on_step` gets each step's batch size (host-side: the progress bar, no device sync). With
     `sam` each step takes the gradient at SAM's perturbed weights (the reported loss and
-    accuracy are the unperturbed first pass's).
+    accuracy are the unperturbed first pass's). `scaler` (fp16): the backward passes run on the
+    scaled loss and the step on the unscaled gradients (SAM's direction is scale-free).
     """
     model.train()
     # [loss sum, correct] on the device: no .item() per step; the sample count is host-side.
@@ -99,10 +105,14 @@ def train_one_epoch(
         args = (model, x, (y, y_b, lam), rt, label_smoothing, distill, soft)
         loss, logits = batch_loss(*args)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        _scaled(loss, scaler).backward()
         if sam is not None:
-            sam.replace_grad(lambda a=args: batch_loss(*a)[0].backward())
-        optimizer.step()
+            sam.replace_grad(lambda a=args: _scaled(batch_loss(*a)[0], scaler).backward())
+        if scaler is None:
+            optimizer.step()
+        else:
+            scaler.step(optimizer)  # skipped when a gradient overflowed
+            scaler.update()
         if after_step is not None:
             after_step()
         if check_stop is not None:

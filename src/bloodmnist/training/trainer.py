@@ -118,6 +118,7 @@ class Trainer:
         # train.teacher: frozen teacher model(s) (distill.teacher.models, for FLOP counting)
         self.distill = make_distillation(cfg, rt, data)
         self.sam = make_sam(self.step_model, cfg.optim.sam_rho)  # None unless optim.sam_rho > 0
+        self.scaler = rt.grad_scaler()  # fp16 only
         self.val_images = to_tensor(data.val.images, rt.device)
         self.val_labels = data.val.labels
         self.state = TrainState()
@@ -148,6 +149,8 @@ class Trainer:
 
     def checkpoint(self, metrics: dict[str, Any]) -> dict[str, Any]:
         extra = {"train_model": unwrap(self.model).state_dict()} if self.ema is not None else {}
+        if self.scaler is not None:  # fp16: a resumed run continues with the scale reached
+            extra["grad_scaler"] = self.scaler.state_dict()
         return {
             **extra,  # with EMA: the raw weights, which a resumed run continues to train
             "model": unwrap(self.eval_model).state_dict(),
@@ -185,6 +188,8 @@ class Trainer:
             unwrap(self.model).load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.schedule.load_state_dict(ckpt["schedule"])
+        if self.scaler is not None and "grad_scaler" in ckpt:
+            self.scaler.load_state_dict(ckpt["grad_scaler"])
         self.state = TrainState(**ckpt["train_state"])
         if "rng" in ckpt:
             restore_rng(ckpt["rng"])
@@ -243,6 +248,7 @@ class Trainer:
             distill=self.distill,
             on_step=self.progress.step,
             sam=self.sam,
+            scaler=self.scaler,
         )
         self.progress.validating()
         return stats, self.validate()
