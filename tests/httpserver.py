@@ -10,6 +10,7 @@ Range). The behaviours then apply to the bytes being sent.
 
 from __future__ import annotations
 
+import gzip
 import re
 import socket
 import struct
@@ -26,7 +27,8 @@ WRONG = "wrong"  # other bytes of the same length
 RESET = "reset"  # half the body, then a TCP reset (RST)
 STALL = "stall"  # headers and half the body, then silence for `stall_seconds`
 BAD_RANGE = "badrange"  # a Range request answered 206 with the whole file (Content-Range 0-)
-BEHAVIOURS = (OK, STATUS_503, TRUNCATE, WRONG, RESET, STALL, BAD_RANGE)
+GZIP = "gzip"  # gzip-encoded whatever Accept-Encoding says; a Range counts encoded bytes
+BEHAVIOURS = (OK, STATUS_503, TRUNCATE, WRONG, RESET, STALL, BAD_RANGE, GZIP)
 _RANGE = re.compile(r"bytes=(\d+)-$")
 
 
@@ -45,6 +47,9 @@ class _Handler(BaseHTTPRequestHandler):
         match = _RANGE.match(self.headers.get("Range", ""))
         start = int(match.group(1)) if match and self.server.honour_ranges else 0
         self.server.range_starts[path].append(start)
+        self.server.accept_encodings[path].append(self.headers.get("Accept-Encoding"))
+        if behaviour == GZIP:  # as a server with pre-compressed files (gzip_static) may
+            body = gzip.compress(body, mtime=0)
         if start >= len(body) > 0:
             self.send_response(416)
             self.send_header("Content-Range", f"bytes */{len(body)}")
@@ -62,10 +67,12 @@ class _Handler(BaseHTTPRequestHandler):
             body = body[start:]
         else:
             self.send_response(200)
+        if behaviour == GZIP:
+            self.send_header("Content-Encoding", "gzip")
         self.send_header("Content-Type", "application/octet-stream")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
-        if behaviour in (OK, WRONG, BAD_RANGE):
+        if behaviour in (OK, WRONG, BAD_RANGE, GZIP):
             self.wfile.write(body)
             return
         self.wfile.write(body[: len(body) // 2])
@@ -96,6 +103,7 @@ class TestHTTPServer(ThreadingHTTPServer):
         self.counts: Counter[str] = Counter()
         self.honour_ranges = True
         self.range_starts: defaultdict[str, list[int]] = defaultdict(list)
+        self.accept_encodings: defaultdict[str, list[str | None]] = defaultdict(list)
         self._routes: dict[str, tuple[bytes, list[str]]] = {}
         self._lock = threading.Lock()
         # A short poll interval keeps shutdown (and so each test's teardown) fast.

@@ -8,6 +8,7 @@ import logging
 import os
 import subprocess
 import sys
+import threading
 import time
 import types
 from pathlib import Path
@@ -20,6 +21,7 @@ from bloodmnist.data.resumable import CHUNK
 from bloodmnist.errors import DataError, DownloadError
 from httpserver import (
     BAD_RANGE,
+    GZIP,
     OK,
     RESET,
     STALL,
@@ -215,15 +217,54 @@ def test_a_stale_part_fails_the_hash_and_is_replaced(server, tmp_path):
     assert server.range_starts[PATH] == [130, 0]
 
 
-def test_a_part_in_use_by_another_download_is_refused(server, tmp_path):
-    part = tmp_path / f"{NAME}.part"
-    part.write_bytes(PAYLOAD[:100])
+def test_an_encoded_answer_to_a_range_restarts_the_part(server, tmp_path):
+    """The part holds the file's own bytes (asked for with Accept-Encoding: identity); a
+    server that gzips anyway counts a Range in gzip bytes, so such a 206 is not appended to
+    the part: the download starts again, and requests decodes the whole gzip answer."""
+    (tmp_path / f"{NAME}.part").write_bytes(PAYLOAD[:1000])
+    server.serve(PATH, PAYLOAD, [GZIP])
+    assert fetch(server, tmp_path).read_bytes() == PAYLOAD
+    assert server.range_starts[PATH] == [1000, 0]
+    assert server.accept_encodings[PATH] == ["identity", "identity"]
+
+
+def test_a_bad_range_on_the_last_attempt_leaves_no_empty_part(server, tmp_path):
+    (tmp_path / f"{NAME}.part").write_bytes(PAYLOAD[:1000])
+    server.serve(PATH, PAYLOAD, [BAD_RANGE])
+    with pytest.raises(DownloadError, match="asked for bytes from 1000, the server sent bytes 0-"):
+        fetch(server, tmp_path, retries=0)
+    assert_empty(tmp_path)
+
+
+def test_a_refused_range_says_so(server, tmp_path):
+    (tmp_path / f"{NAME}.part").write_bytes(PAYLOAD + b"tail")  # longer than the file: 416
     server.serve(PATH, PAYLOAD)
-    with open(part, "ab") as fh:  # as another process's download would hold it
+    with pytest.raises(DownloadError, match="the server refused to resume at 1.0 MB; the part"):
+        fetch(server, tmp_path, retries=0)
+    assert_empty(tmp_path)
+
+
+def test_a_second_download_waits_for_the_first_and_uses_its_file(server, tmp_path, caplog):
+    """Parallel processes on an empty cache (a study's jobs): the second waits on the cache's
+    lock while the first downloads, then finds the verified file and asks the server nothing."""
+    server.serve(PATH, PAYLOAD)
+    lock = tmp_path / ".download.lock"
+    result: list[Path] = []
+    with open(lock, "a") as fh:  # as another process's download holds it
         fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-        with pytest.raises(DownloadError, match="another process is downloading into"):
-            fetch(server, tmp_path)
-    assert server.counts[PATH] == 0 and part.read_bytes() == PAYLOAD[:100]
+        with caplog.at_level(logging.INFO):
+            waiter = threading.Thread(target=lambda: result.append(fetch(server, tmp_path)))
+            waiter.start()
+            deadline = time.monotonic() + 30
+            while "waiting for another process" not in caplog.text:
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
+            assert waiter.is_alive() and not result
+            (tmp_path / NAME).write_bytes(PAYLOAD)  # what the first one leaves
+            lock.unlink()  # how it releases: unlink, then unlock
+    waiter.join(timeout=30)
+    assert result == [tmp_path / NAME] and server.counts[PATH] == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == [NAME]
 
 
 def test_a_killed_download_resumes_in_the_next_process(server, tmp_path):
@@ -243,13 +284,17 @@ def test_a_killed_download_resumes_in_the_next_process(server, tmp_path):
         time.sleep(0.05)
     proc.kill()
     proc.wait()
-    # pooch's own temporary file of the killed process stays, empty (the bytes are in the part)
+    # pooch's own temporary file of the killed process stays, empty (the bytes are in the
+    # part), and so does the cache's lock file (the kernel dropped its lock with the process)
     (leftover,) = (p for p in tmp_path.iterdir() if p.name.startswith("tmp"))
     assert leftover.stat().st_size == 0
     leftover.unlink()
+    (tmp_path / ".download.lock").rename(tmp_path.parent / f"{tmp_path.name}.lock")
     kept = kept_part(tmp_path)
+    (tmp_path.parent / f"{tmp_path.name}.lock").rename(tmp_path / ".download.lock")
     assert fetch(server, tmp_path).read_bytes() == PAYLOAD
     assert server.range_starts[PATH] == [0, kept]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [NAME]  # the lock file gone too
 
 
 def test_corrupt_cache_is_replaced(server, tmp_path, caplog):

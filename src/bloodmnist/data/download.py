@@ -19,7 +19,13 @@ from pathlib import Path
 import pooch
 import requests
 
-from bloodmnist.data.resumable import NotRetried, ResumableDownloader, file_digest, kept_note
+from bloodmnist.data.resumable import (
+    NotRetried,
+    ResumableDownloader,
+    cache_lock,
+    file_digest,
+    kept_note,
+)
 from bloodmnist.errors import DataError, DownloadError
 
 log = logging.getLogger(__name__)
@@ -119,7 +125,22 @@ def _fetch(
     by_hand: str,
 ) -> Path:
     """`target` from `url`, its `algorithm` digest starting with `expected` (a whole MD5 or a
-    sha256 prefix); a cached file that fails the check is deleted first. Errors: one line."""
+    sha256 prefix); a cached file that fails the check is deleted first. Errors: one line.
+    Other processes fetching into the same folder wait, then find the file in place."""
+    with cache_lock(target.parent):
+        return _fetch_locked(url, target, algorithm, expected, retries, timeout, progress, by_hand)
+
+
+def _fetch_locked(
+    url: str,
+    target: Path,
+    algorithm: str,
+    expected: str,
+    retries: int,
+    timeout: float,
+    progress: bool,
+    by_hand: str,
+) -> Path:
     _discard_if_corrupt(target, expected, algorithm)
     fetcher = pooch.create(
         path=target.parent,
@@ -146,10 +167,14 @@ def _fetch(
     except NotRetried as exc:
         note = kept_note(part)
         raise DownloadError(f"could not download {url} ({exc}{note}); {by_hand}") from exc
-    except (requests.RequestException, OSError) as exc:
+    except requests.RequestException as exc:
         raise DownloadError(
             f"could not download {url} after {retries + 1} attempt(s) ({_reason(exc)}"
             f"{kept_note(part)}); expected {want}; {by_hand}"
+        ) from exc
+    except OSError as exc:  # local (disk full, permissions; requests' errors are OSErrors too)
+        raise DownloadError(
+            f"could not download {url} ({_reason(exc)}{kept_note(part)}); {by_hand}"
         ) from exc
 
 

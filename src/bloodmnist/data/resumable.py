@@ -4,18 +4,23 @@ request. The BloodMNIST files reach 1.6 GB at 224 px; without this a connection 
 starts again from zero, on every retry.
 
 The part file is trusted only as far as the hash: a server that ignores Range (200) restarts it,
-one that answers with another offset or says the range cannot be satisfied (416) is checked and
-restarted, and a finished file whose hash does not match is deleted before the next attempt (it
-may hold bytes of an older version of the remote file).
+one that answers with another offset, or with an encoded (gzip) body whose byte offsets are not
+the file's, restarts it, one that says the range cannot be satisfied (416) gets the part checked,
+and a finished file whose hash does not match is deleted before the next attempt (it may hold
+bytes of an older version of the remote file). Bytes are asked for unencoded (`Accept-Encoding:
+identity`), so the part holds the file's own bytes. One download per cache folder at a time:
+`cache_lock` (the caller holds it around the whole fetch, the cached file's check included).
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import logging
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -46,7 +51,59 @@ class NotRetried(Exception):
 
 
 class _RangeMismatch(requests.RequestException):
-    """A 206 answer for other bytes than asked for: the part file is restarted, pooch retries."""
+    """A 206 answer for other bytes than asked for, or a 416 for a part that is not the file:
+    the part file is restarted, pooch retries."""
+
+
+LOCK_NAME = ".download.lock"
+
+
+@contextlib.contextmanager
+def cache_lock(folder: Path) -> Iterator[None]:
+    """Hold a flock on ``folder/.download.lock`` (removed again on release): parallel processes
+    (a study's or a search's jobs on an empty cache) wait for one download, then find the file
+    in place, instead of appending to one part file. The part file itself is not locked: it
+    is renamed away when done, and a lock on it would then guard the finished file."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / LOCK_NAME
+    fd = _acquire(path, folder)
+    try:
+        yield
+    finally:
+        if fd is not None:
+            path.unlink(missing_ok=True)  # before unlocking: a waiter then sees it was released
+            os.close(fd)
+
+
+def _acquire(path: Path, folder: Path) -> int | None:
+    """The locked file's descriptor; None where the file system has no locks (unguarded)."""
+    for _ in range(100):  # retried only when a releasing holder unlinked the file under us
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            _flock_waiting(fd, folder)
+        except OSError as exc:  # e.g. ENOLCK on a network file system without locks
+            os.close(fd)
+            log.warning("cannot lock %s (%s); downloading without a lock", path, exc)
+            return None
+        if _same_file(fd, path):
+            return fd
+        os.close(fd)
+    raise OSError(f"could not lock {path}")
+
+
+def _flock_waiting(fd: int, folder: Path) -> None:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        log.info("waiting for another process's download into %s", folder)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        return os.fstat(fd).st_ino == os.stat(path).st_ino
+    except FileNotFoundError:
+        return False
 
 
 def kept_note(part: Path) -> str:
@@ -72,23 +129,18 @@ class ResumableDownloader:
     ) -> None:
         self.part, self.progress, self.timeout = part, progress, timeout
         self.algorithm, self.expected = algorithm, expected
+        self.refused = False  # the last attempt's Range was answered 416
 
     def __call__(self, url: str, output_file: str, pooch_obj: object) -> None:
         self.part.parent.mkdir(parents=True, exist_ok=True)
         with open(self.part, "ab") as fh:  # created with the user's umask, as any file of theirs
-            try:  # two downloads appending to one part file would corrupt it
-                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise NotRetried(
-                    f"another process is downloading into {self.part}; wait for it to finish"
-                ) from None
             start = fh.seek(0, os.SEEK_END)
             if start:
                 log.info("resuming the download at %s (%s)", _bytes_mb(start), self.part)
             try:
                 self._get(url, fh, start, pooch_obj)
             except BaseException:
-                if fh.tell() == 0:  # no byte to resume from: leave no empty file behind
+                if os.fstat(fh.fileno()).st_size == 0:  # nothing to resume from: no empty file
                     self.part.unlink(missing_ok=True)
                 raise
             fh.flush()
@@ -96,6 +148,11 @@ class ResumableDownloader:
             got = file_digest(self.part, self.algorithm)
             if not got.startswith(self.expected):
                 self.part.unlink(missing_ok=True)  # the next attempt starts from zero
+                if self.refused:  # a 416 for a part that is not the file
+                    raise _RangeMismatch(
+                        f"the server refused to resume at {_bytes_mb(start)}; "
+                        "the part was discarded"
+                    )
                 # a ValueError: pooch retries it (and reports the last one)
                 raise ValueError(
                     f"{self.algorithm} hash mismatch: expected {self.expected}, got {got}"
@@ -104,10 +161,14 @@ class ResumableDownloader:
 
     def _get(self, url: str, fh: IO[bytes], start: int, pooch_obj: object) -> None:
         """Append the rest of the file to ``fh`` (all of it when the server ignores Range)."""
-        kwargs: dict[str, Any] = {"timeout": self.timeout}
+        self.refused = False
+        # identity: the part must hold the file's bytes, which Range offsets count (a gzip
+        # body would be decoded into the part, and a Range then counted in encoded bytes)
+        headers = {"Accept-Encoding": "identity"}
+        kwargs: dict[str, Any] = {"timeout": self.timeout, "headers": headers}
         if start:
-            kwargs["headers"] = {"Range": f"bytes={start}-"}
-            kwargs["hooks"] = {"response": lambda response, **_: _check_range(response, fh, start)}
+            headers["Range"] = f"bytes={start}-"
+        kwargs["hooks"] = {"response": lambda response, **_: _check_range(response, fh, start)}
         http = pooch.HTTPDownloader(progressbar=self.progress, chunk_size=CHUNK, **kwargs)
         try:
             http(url, fh, pooch_obj)
@@ -116,8 +177,9 @@ class ResumableDownloader:
             raise NotRetried(f"not a usable http(s) URL: {text}") from exc
         except requests.HTTPError as exc:
             code = exc.response.status_code if exc.response is not None else 0
-            if code == 416:  # nothing after `start`: the part is whole, or longer than the file
-                return  # the hash decides; a wrong part is then deleted and retried from zero
+            if code == 416 and start:  # nothing after `start`: the part is whole, or is not
+                self.refused = True  # the file; the hash decides
+                return
             if 400 <= code < 500 and code not in (408, 429):
                 raise NotRetried(f"HTTP {code} {exc.response.reason}") from exc
             raise
@@ -125,14 +187,17 @@ class ResumableDownloader:
 
 def _check_range(response: requests.Response, fh: IO[bytes], start: int) -> None:
     """Called before the body is read: make the part file fit what the server sends."""
-    if response.status_code == 200:  # Range ignored: the whole file follows
+    encoded = response.headers.get("Content-Encoding", "identity").lower() not in ("", "identity")
+    if response.status_code == 200 and start:  # Range ignored: the whole file follows
         log.info("the server does not resume downloads; starting again from zero")
         fh.truncate(0)  # append mode: the next write goes to offset 0
-    elif response.status_code == 206:
+    elif response.status_code == 206:  # an encoded body's offsets are not the file's
         match = _CONTENT_RANGE.match(response.headers.get("Content-Range", ""))
-        if not match or int(match.group(1)) != start:
+        if encoded or not match or int(match.group(1)) != start:
             fh.truncate(0)
+            response.close()
+            sent = response.headers.get("Content-Range", "no Content-Range")
             raise _RangeMismatch(
-                f"asked for bytes from {start}, the server sent "
-                f"{response.headers.get('Content-Range', 'no Content-Range')}"
+                f"asked for bytes from {start}, the server sent {sent}"
+                + (f" ({response.headers['Content-Encoding']}-encoded)" if encoded else "")
             )
