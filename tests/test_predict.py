@@ -89,6 +89,23 @@ def test_a_gpu_trained_checkpoint_predicts_where_there_is_no_gpu(run_dir, tmp_pa
     assert TorchEngine(tmp_path / "cpu.pt").rt.device.type == "cpu"
 
 
+def test_an_overflowing_model_gives_error_rows_not_predictions(run_dir, tmp_path) -> None:
+    """Logits that overflow (as an fp16 forward pass can) make NaN probabilities, whose argmax
+    is an arbitrary class: each such image gets an error row, and the JSON stays valid."""
+    from bloodmnist.training.checkpoint import load_checkpoint
+
+    state = load_checkpoint(run_dir / "checkpoints" / "best.pt")
+    state["model"]["fc.weight"] = state["model"]["fc.weight"] * 1e38  # inf logits in fp32
+    save_checkpoint(state, tmp_path / "overflow.pt")
+    out = tmp_path / "preds.json"
+    args = ["predict", str(tmp_path / "overflow.pt"), str(PBC / "basophil"), "--out", str(out)]
+    result = run_cli(args, cwd=tmp_path)
+    assert result.returncode == 1, describe(result)  # no file classified
+    rows = json.loads(out.read_text(), parse_constant=lambda c: pytest.fail(f"{c} in JSON"))
+    assert rows["results"] and all(r["status"] == "error" for r in rows["results"])
+    assert all("not finite" in r["error"] and r["prob"] is None for r in rows["results"])
+
+
 def _labels() -> list[dict]:
     with (PBC / "labels.csv").open() as fh:
         return list(csv.DictReader(fh))
@@ -175,7 +192,9 @@ def _write_bad(folder: Path) -> dict[str, str]:
     png.unlink()
     (folder / "readme.txt").write_text("explicitly named, so it is tried\n")
     (folder / ".hidden.jpg").write_text("hidden files are skipped\n")
-    return {
+    (folder / "bad_header.png").write_bytes(b"P6\n40 x40\n255\n" + bytes(100))  # a PPM; was a
+    return {  # traceback
+        "bad_header.png": "cannot open (invalid literal",
         "zero.png": "empty",
         "notes.jpg": "not an image",
         "truncated.jpg": "truncated",

@@ -148,6 +148,9 @@ def _open(path: Path, max_pixels: int) -> Image.Image:
         raise ImageReadError("not an image Pillow can read (JPEG, PNG, BMP, TIFF)") from None
     except OSError as exc:
         raise ImageReadError(f"cannot open: {exc}") from None
+    except (ValueError, SyntaxError) as exc:  # Pillow's header parsers (a PNG text chunk too
+        reason = (str(exc).splitlines() or [type(exc).__name__])[0]  # large, a bad PPM header)
+        raise ImageReadError(f"cannot open ({reason})") from None
     w, h = img.size
     if w * h > max_pixels:
         img.close()

@@ -50,6 +50,14 @@ def check_options(engine: Engine, opts: PredictOptions) -> None:
 
 
 def ok_row(path: Path, probs: np.ndarray, names: list[str], k: int, **info: Any) -> dict:
+    """The image's answer; an error row when the model's output is not finite (an overflow,
+    e.g. in fp16), whose argmax would be an arbitrary class presented as a prediction."""
+    if not np.all(np.isfinite(probs)):
+        return error_row(
+            path,
+            "the model's output is not finite for this image (an overflow; with --precision "
+            "fp16 or bf16, try --precision fp32)",
+        )
     order = np.argsort(-probs, kind="stable")
     top = [[names[i], float(probs[i])] for i in order[:k]]
     return {

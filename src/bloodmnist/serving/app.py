@@ -67,6 +67,9 @@ def create_app(service: ModelService, limits: Limits, max_batch: int = 64) -> Fa
         version=__version__,
         description="Classify blood-cell images and show Grad-CAM heat maps.",
         lifespan=lifespan,
+        # Starlette's form parser stops at 1000 files with a 400 of its own; one above the
+        # limit lets check_uploads answer 413 with the limit, however high --max-files is
+        form_limits={"max_files": limits.max_files + 1},
     )
     app.add_middleware(BodyLimitMiddleware, limit=limits.max_request_bytes)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
