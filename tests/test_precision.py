@@ -8,6 +8,7 @@ tiny model: on AVX2-only CPUs oneDNN emulates it (about 10x slower), so it must 
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -143,6 +144,15 @@ def test_fp16_training_scales_the_loss_so_small_gradients_survive() -> None:
     # fp16's 11-bit mantissa: within a few per cent of the fp32 step
     torch.testing.assert_close(with_scaler, fp32, rtol=0.05, atol=0.05 * fp32.abs().max().item())
     assert torch.count_nonzero(without) == 0
+    # a skipped first step then steps the schedule before the optimiser: torch's warning
+    # about that order is silenced with the scaler (the schedule runs on, as in torch's AMP)
+    opt = torch.optim.SGD(nn.Linear(2, 2).parameters(), lr=0.1)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.1, total_steps=4)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        Runtime(CPU, "fp16", False, 1).grad_scaler()
+        schedule.step()
+    assert not [w for w in caught if "lr_scheduler.step()" in str(w.message)]
 
 
 def test_an_fp16_run_saves_its_loss_scale_and_resumes_with_it(shared_data: Path, tmp_path) -> None:

@@ -13,6 +13,7 @@ import os
 import platform
 import random
 import shutil
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,8 +61,13 @@ class Runtime:
         """fp16's loss scaling (None otherwise): fp16 gradients below 6e-8 round to zero, so
         the loss is multiplied up before backward and the gradients divided back before the
         step, which is skipped (and the scale lowered) when they overflow. bf16 has fp32's range
-        and needs none."""
-        return torch.amp.GradScaler(self.device.type) if self.precision == "fp16" else None
+        and needs none. A skipped step still advances the per-step LR schedule (as in torch's
+        AMP recipes), so torch's warning about a scheduler step before an optimiser step, which
+        a skipped first step triggers, is silenced here."""
+        if self.precision != "fp16":
+            return None
+        warnings.filterwarnings("ignore", r"Detected call of `lr_scheduler\.step\(\)` before")
+        return torch.amp.GradScaler(self.device.type)
 
     def describe(self) -> str:
         extra = f", rank {self.rank}/{self.world_size} ({self.backend})" if self.distributed else ""
