@@ -110,6 +110,11 @@ def test_audit_cli_writes_json_and_html(tmp_path: Path) -> None:
         "another --out"
     ]
     assert (tmp_path / "p_audit").read_text() == "user notes"
+    for bad in ("nan", "inf", "-1"):  # nan found nothing and called the file clean
+        refused = run_cli(["data", "audit", str(npz), "--near-rms", bad], cwd=tmp_path)
+        assert refused.returncode == 2 and error_lines(refused)[-1].endswith(
+            f"argument --near-rms: expects a number from 0 to 255, got '{bad}'"
+        )
 
 
 def test_audit_of_shared_28px_file(shared_data: Path) -> None:

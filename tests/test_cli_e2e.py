@@ -338,6 +338,9 @@ def test_evaluate_reproduces_the_test_accuracy(run_dir: Path, tmp_path: Path) ->
     assert _json(out_json) == printed
     again = run_cli(args, cwd=tmp_path)
     assert again.returncode == 2 and "already exists" in again.stderr  # never overwrites
+    nowhere = [*args[:-1], str(tmp_path / "no" / "e.json")]  # said before the evaluation
+    again = run_cli(nowhere, cwd=tmp_path)
+    assert again.returncode == 2 and f"folder {tmp_path / 'no'} does not exist" in again.stderr
     # with TTA: the run's own mode and the other one beside it, as summary.json has them
     tta = ["evaluate", str(run_dir), "--precision", "fp32"]
     both = json.loads(run_cli(tta, cwd=tmp_path).stdout)

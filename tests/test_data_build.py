@@ -341,3 +341,27 @@ def test_exclusive_write_without_hard_links(
     with pytest.raises(FileExistsError, match="nothing was overwritten"):
         write_text_atomic(target, "second", exclusive=True)
     assert target.read_text() == "first" and not list(tmp_path.glob(".*.tmp"))
+
+
+def test_copies_across_splits_and_a_class_without_training_images_are_warned(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Byte-identical copies that land on both sides of the split would inflate validation
+    and test scores; a class with one image gets none in train: both built silently before."""
+    src = _tree(tmp_path)
+    for k in range(6):  # six copies of one file: the seeded split spreads them
+        (src / "alpha" / f"copy{k}.png").write_bytes((src / "alpha" / "0.png").read_bytes())
+    (src / "delta").mkdir()
+    _noise(40, 40, 999).save(src / "delta" / "only.png")
+    with caplog.at_level("WARNING", logger="bloodmnist.data.build"):
+        result = build_dataset(src, tmp_path / "d.npz", seed=1)
+    assert result.counts["train"]["delta"] == 0
+    text = caplog.text
+    assert "has no train image of class(es) ['delta']" in text
+    assert "byte-identical to a file in another split" in text and "data audit" in text
+    quiet = tmp_path / "quiet"
+    quiet.mkdir()
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="bloodmnist.data.build"):
+        build_dataset(_tree(quiet), quiet / "q.npz", seed=1)
+    assert "byte-identical" not in caplog.text and "has no" not in caplog.text

@@ -245,3 +245,10 @@ def test_a_model_is_not_scored_against_a_file_naming_its_classes_otherwise(tmp_p
     same = _write(tmp_path, {**arrays, "class_names": np.array(names)}, "same.npz")
     assert load_data(str(same), 28, 8, None, progress=False, class_names=names)[0].class_names
     assert load_data(str(path), 28, 8, None, progress=False)[0].num_classes == 8  # no names
+    # a model that stores no names (trained on an official-layout file) has BloodMNIST's: the
+    # same names in another order are refused (they were scored silently), others only warn
+    from bloodmnist import CLASS_NAMES
+
+    reordered = {**arrays, "class_names": np.array(CLASS_NAMES[::-1])}
+    with pytest.raises(DataError, match=r"names its classes \['platelet', .*the model \['baso"):
+        load_data(str(_write(tmp_path, reordered, "r.npz")), 28, 8, None, progress=False)

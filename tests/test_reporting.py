@@ -227,6 +227,26 @@ def test_missing_file_is_one_clear_error(
     assert not (run_dir / "figures").exists()  # nothing written before the check
 
 
+@pytest.mark.parametrize("edit", ["history not utf-8", "temperature as text", "per_class short"])
+def test_an_edited_run_file_is_one_clear_error(
+    built: tuple[Path, dict, dict[str, Path]], tmp_path: Path, edit: str
+) -> None:
+    """Hand-edited files gave tracebacks (UnicodeDecodeError, TypeError, ValueError)."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(built[0], run_dir)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    if edit == "history not utf-8":
+        (run_dir / "history.csv").write_bytes(b"epoch,train_loss\n1,\xff\xfe\n")
+    elif edit == "temperature as text":
+        summary["temperature"] = {"plain": "1.5", "tta": "0.5"}
+    else:
+        summary["test"]["per_class"] = summary["test"]["per_class"][:2]
+    (run_dir / "summary.json").write_text(json.dumps(summary))
+    with pytest.raises(BloodMNISTError, match=r"^cannot build the reports of .*run \(") as info:
+        build_reports(run_dir)
+    assert "\n" not in str(info.value) and "edited or is damaged" in str(info.value)
+
+
 def test_class_names_from_a_data_file_are_shown_as_written(tmp_path: Path) -> None:
     """A name like a spreadsheet formula stays text in report.xlsx, dollar signs are not read
     as mathtext (that failed the whole report), control characters are dropped from the
@@ -287,3 +307,18 @@ def test_html_renders_in_headless_chromium(
     built: tuple[Path, dict, dict[str, Path]], tmp_path: Path
 ) -> None:
     assert_renders(built[2]["html"], tmp_path)
+
+
+def test_gradcam_takes_test_images_of_the_model_s_size_only(shared_data: Path) -> None:
+    """The 28- and 64-px files of the same images have the same labels: a 64-px run whose data
+    path now holds the 28-px file draws its Grad-CAM on its stored samples, not on 28-px
+    images upscaled."""
+    from bloodmnist.reporting.gradcam_figure import find_test_images
+
+    labels = np.load(shared_data)["test_labels"][:16].reshape(-1)
+    samples = np.zeros((4, 64, 64, 3), np.uint8)
+    preds = {"test_labels": labels, "sample_images": samples}
+    images, n = find_test_images(Path("."), preds, str(shared_data), 64)
+    assert images is samples and n == 4
+    images, n = find_test_images(Path("."), preds, str(shared_data), 28)
+    assert images.shape == (16, 28, 28, 3) and n == 16

@@ -14,3 +14,8 @@ CLASS_NAMES: tuple[str, ...] = (
     "platelet",
 )
 NUM_CLASSES = len(CLASS_NAMES)
+
+
+def default_class_names(n: int) -> tuple[str, ...]:
+    """The names of a model or file that stores none: BloodMNIST's, then class_8, class_9..."""
+    return tuple(CLASS_NAMES[i] if i < len(CLASS_NAMES) else f"class_{i}" for i in range(n))

@@ -207,8 +207,10 @@ def evaluate(args: argparse.Namespace) -> int:
     )
 
     ckpt_path = _find_checkpoint(Path(args.target))
-    if args.json and Path(args.json).exists():
+    if args.json and (Path(args.json).exists() or Path(args.json).is_symlink()):
         raise BloodMNISTError(f"{args.json} already exists; choose a new --json file")
+    if args.json and not Path(args.json).parent.is_dir():  # before the work, not after it
+        raise BloodMNISTError(f"--json {args.json}: folder {Path(args.json).parent} does not exist")
     if args.all_tta and not args.tta:
         raise BloodMNISTError("--all-tta scores the TTA modes: drop --no-tta")
     state = load_checkpoint(ckpt_path)  # a bad checkpoint fails before the heavy imports

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from bloodmnist.cli.argtypes import positive_int, threads_int
+from bloodmnist.cli.argtypes import pixel_rms, positive_int, threads_int
 from bloodmnist.config.resolve import RECIPES
 
 
@@ -106,7 +106,9 @@ def data_parser(sub) -> None:
     c = acts.add_parser("audit", help="class balance, duplicates, label conflicts, leakage")
     c.add_argument("file", metavar="FILE.npz")
     c.add_argument("--out", metavar="DIR", help="folder for audit.json/html (default FILE_audit/)")
-    c.add_argument("--near-rms", type=float, default=6.0, help="near-duplicate RMS limit (0-255)")
+    c.add_argument(
+        "--near-rms", type=pixel_rms, default=6.0, help="near-duplicate RMS limit (0-255)"
+    )
 
 
 def predict_parser(sub) -> None:

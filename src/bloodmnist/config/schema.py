@@ -62,12 +62,11 @@ class ModelConfig:
 
     def names(self) -> tuple[str, ...]:
         """The class names reports and `predict` show, one per model output."""
-        from bloodmnist import CLASS_NAMES
+        from bloodmnist import default_class_names
 
         if self.class_names:
             return tuple(self.class_names)
-        n = self.num_classes
-        return tuple(CLASS_NAMES[i] if i < len(CLASS_NAMES) else f"class_{i}" for i in range(n))
+        return default_class_names(self.num_classes)
 
 
 @dataclass

@@ -149,9 +149,39 @@ def build_dataset(
             for i, x in enumerate(items)
         )
     arrays["class_names"] = np.array(names, dtype=str)
+    _warn_about_splits(rows, counts, out)
     prov = provenance_path(out)
     _write_new(out, prov, arrays, _provenance_text(rows))
     return BuildResult(out, prov, list(names), counts, skipped)
+
+
+def _warn_about_splits(rows: list[tuple], counts: dict[str, dict[str, int]], out: Path) -> None:
+    """What the seeded split cannot fix but the user can: a class without training (or
+    validation) images, and identical files on both sides of a split (scores inflated)."""
+    for split in ("train", "val"):
+        empty = [n for n, c in counts[split].items() if c == 0]
+        if empty:
+            log.warning(
+                "%s has no %s image of class(es) %s (too few images of them); add images",
+                out,
+                split,
+                empty,
+            )
+    splits_of: dict[str, set[str]] = {}
+    first: dict[str, str] = {}
+    for split, _, path, *_rest, digest in rows:
+        splits_of.setdefault(digest, set()).add(split)
+        first.setdefault(digest, path)
+    shared = [d for d, s in splits_of.items() if len(s) > 1]
+    if shared:
+        log.warning(
+            "%d file(s) are byte-identical to a file in another split (e.g. %s): those scores "
+            "count images the model trained on; remove the copies (bloodmnist data audit %s "
+            "lists them)",
+            len(shared),
+            first[shared[0]],
+            out,
+        )
 
 
 def _write_new(out: Path, prov: Path, arrays: dict[str, np.ndarray], provenance: str) -> None:

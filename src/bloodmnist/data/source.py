@@ -6,6 +6,7 @@ import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from bloodmnist import default_class_names
 from bloodmnist.config import Config
 from bloodmnist.data.download import fetch_dataset, file_md5, official_md5
 from bloodmnist.data.npz import SIZES, Dataset, header_image_size, load_npz
@@ -68,12 +69,8 @@ def load_data(
     every prediction against the wrong label)."""
     info = resolve_data(path, size, progress)
     data = load_npz(info.path, num_classes, subset, classes_from_file=follow_file)
-    if class_names and data.class_names and list(data.class_names) != list(class_names):
-        raise DataError(
-            f"{info.path} names its classes {list(data.class_names)}, the model "
-            f"{list(class_names)}; pass the file the model was trained on (or one whose classes "
-            "are the model's, in its order)"
-        )
+    if not follow_file and data.class_names:
+        _check_class_order(info.path, list(data.class_names), class_names)
     if data.image_size not in SIZES:
         raise DataError(
             f"{info.path} holds {data.image_size}x{data.image_size} images; supported sizes are "
@@ -85,6 +82,27 @@ def load_data(
             f"{size}, the size this model takes; pass a {size} px file"
         )
     return data, info
+
+
+def _check_class_order(path: Path, in_file: list[str], model: list[str] | None) -> None:
+    """The file's classes must be the model's, in its order. A model that stores no names
+    (trained on an official-layout file) has the BloodMNIST names: the same names in another
+    order are refused too; other spellings only warn, as they may be the same classes."""
+    theirs = list(model) if model else list(default_class_names(len(in_file)))
+    if in_file == theirs:
+        return
+    if model or sorted(in_file) == sorted(theirs):
+        raise DataError(
+            f"{path} names its classes {in_file}, the model {theirs}; pass the file the model "
+            "was trained on (or one whose classes are the model's, in its order)"
+        )
+    log.warning(
+        "%s names its classes %s, the model has the BloodMNIST names %s; label i is scored "
+        "as the model's class i",
+        path,
+        in_file,
+        theirs,
+    )
 
 
 def fit_config(cfg: Config, data: Dataset) -> Config:

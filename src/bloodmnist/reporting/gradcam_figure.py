@@ -18,15 +18,19 @@ log = logging.getLogger(__name__)
 GOOD, BAD = "#1a7f37", "#cf222e"
 
 
-def find_test_images(run_dir: Path, preds: dict, data_path: str | None) -> tuple[np.ndarray, int]:
-    """(images, n) aligned with predictions.npz's first n test rows."""
+def find_test_images(
+    run_dir: Path, preds: dict, data_path: str | None, size: int
+) -> tuple[np.ndarray, int]:
+    """(images, n) aligned with predictions.npz's first n test rows, of the model's size (the
+    28- and 64-px files of the same images have the same labels)."""
     labels = preds["test_labels"]
     if data_path and Path(data_path).is_file():
         try:
             with np.load(data_path) as data:
                 images, stored = data["test_images"], data["test_labels"].reshape(-1)
             n = min(len(images), len(labels))
-            if np.array_equal(stored[:n], labels[:n]):  # --subset keeps the first n test images
+            same = images.shape[1:3] == (size, size) and np.array_equal(stored[:n], labels[:n])
+            if same:  # --subset keeps the first n test images
                 return images[:n], n
         except (OSError, KeyError, ValueError):
             pass
@@ -57,7 +61,7 @@ def plot_gradcam(run_dir: Path, path: Path) -> Path | None:
     engine = TorchEngine(ckpt, device="cpu", precision="fp32", threads=1)
     preds = load_predictions(run_dir)
     names = class_names(preds)
-    images, n = find_test_images(run_dir, preds, engine.cfg.data.path)
+    images, n = find_test_images(run_dir, preds, engine.cfg.data.path, engine.cfg.data.size)
     labels = preds["test_labels"][:n]
     predicted = preds["test_probs"][:n].argmax(axis=1)
     chosen = pick(labels, predicted, len(names))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from bloodmnist.errors import BloodMNISTError
 from bloodmnist.evaluation.run_files import check_run_dir
 from bloodmnist.reporting.excel import write_excel
 from bloodmnist.reporting.figures import save_figures
@@ -18,7 +19,17 @@ def build_reports(run_dir: Path) -> dict[str, Path]:
     """
     run_dir = Path(run_dir)
     check_run_dir(run_dir)
-    paths = {f"figure:{name}": path for name, path in save_figures(run_dir).items()}
-    paths["excel"] = write_excel(run_dir)
-    paths["html"] = write_html(run_dir)  # after the figures, so it embeds the fresh ones
+    try:
+        paths = {f"figure:{name}": path for name, path in save_figures(run_dir).items()}
+        paths["excel"] = write_excel(run_dir)
+        paths["html"] = write_html(run_dir)  # after the figures, so it embeds the fresh ones
+    except (UnicodeDecodeError, ValueError, KeyError, TypeError, IndexError) as exc:
+        # hand-edited or damaged files (a wrong type, a missing key, a per-class table of
+        # another length): one line naming the folder and the reason, not a traceback
+        reason = (str(exc).splitlines() or [""])[0][:200]
+        raise BloodMNISTError(
+            f"cannot build the reports of {run_dir} ({type(exc).__name__}: {reason}); "
+            "summary.json, history.csv or predictions.npz there was edited or is damaged: "
+            "restore it from the run, or rerun the run"
+        ) from exc
     return paths
