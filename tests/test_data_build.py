@@ -173,6 +173,9 @@ def test_csv_errors_name_the_file_line_and_headers_are_recognised(tmp_path: Path
         rows.append("")
     table.write_text("\n".join(rows) + "\n")
     assert build_dataset(table, tmp_path / "x.npz").class_names == ["alpha", "beta"]
+    numbered = [r.replace(",alpha", ",10").replace(",beta", ",2") for r in rows]  # numbers
+    table.write_text("\n".join(numbered) + "\n")  # sorted as numbers: 2 before 10
+    assert build_dataset(table, tmp_path / "n.npz").class_names == ["2", "10"]
     rows[14] += ",later"  # file line 15
     table.write_text("\n".join(rows) + "\n")
     with pytest.raises(DataError, match=r"list.csv row 15: split 'later' is not one of"):

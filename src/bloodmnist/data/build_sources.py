@@ -94,6 +94,14 @@ def from_folder(src: Path, labels: list[str] | None) -> tuple[list[Source], list
     return sources, names
 
 
+def _class_order(names: set[str]) -> list[str]:
+    """Sorted; numerically when every label is a whole number (0-11: 2 before 10, so that
+    label 5 stays class 5 where the labels run 0..n-1)."""
+    if names and all(n.isdigit() for n in names):
+        return sorted(names, key=int)
+    return sorted(names)
+
+
 def from_csv(src: Path, labels: list[str] | None) -> tuple[list[Source], list[str]]:
     """Rows `path,label[,split]` (a header row is allowed); paths relative to the CSV's folder."""
     try:
@@ -106,7 +114,7 @@ def from_csv(src: Path, labels: list[str] | None) -> tuple[list[Source], list[st
         numbered = numbered[1:]  # a header row: path,label / file,label / image,class ...
     if not numbered:
         raise DataError(f"{src} lists no images; expect rows path,label[,split]")
-    names = labels or sorted({r[1].strip() for _, r in numbered if len(r) > 1})
+    names = labels or _class_order({r[1].strip() for _, r in numbered if len(r) > 1})
     index = {n: i for i, n in enumerate(names)}
     sources = []
     for line, row in numbered:
