@@ -75,8 +75,9 @@ def check_class_names(src: Path, names: list[str]) -> None:
 
 
 def from_folder(src: Path, labels: list[str] | None) -> tuple[list[Source], list[str]]:
-    """One sub-folder per class; class order is --labels, else the sorted folder names."""
-    folders = sorted(p.name for p in src.iterdir() if p.is_dir() and not p.name.startswith("."))
+    """One sub-folder per class; class order is --labels, else the sorted folder names (as
+    numbers when all are whole numbers)."""
+    folders = _class_order({p.name for p in src.iterdir() if p.is_dir() and p.name[0] != "."})
     if not folders:
         raise DataError(f"{src} has no class sub-folders; expect SRC/<class name>/<images>")
     names = labels or folders
