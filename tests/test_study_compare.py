@@ -29,7 +29,14 @@ from bloodmnist.evaluation.calibration import calibrate, ece
 from bloodmnist.evaluation.medmnist_csv import read_evaluator_csv
 from bloodmnist.evaluation.stats import mcnemar_exact
 from bloodmnist.studies.adopt import config_differences
-from bloodmnist.studies.study import check_train_args, new_plan, parse_seeds, split_cores
+from bloodmnist.studies.study import (
+    _set_aside,
+    check_train_args,
+    new_plan,
+    parse_seeds,
+    seed_state,
+    split_cores,
+)
 from bloodmnist.training.checkpoint import load_checkpoint
 from conftest import describe, run_cli
 
@@ -456,6 +463,31 @@ def test_a_signal_to_the_study_stops_its_seeds_resumably(
     summary = json.loads((seed_dir / "summary.json").read_text())
     assert summary["status"] == "interrupted"  # the seed got the signal and stopped cleanly
     assert not (seed_dir / "run.lock").exists()  # and has exited
+
+
+def test_a_seed_stopped_before_its_first_epoch_starts_again(tmp_path: Path) -> None:
+    """A signal before a seed's first epoch ends leaves a folder with nothing to resume: the
+    study's own such folder is moved into logs/ (not deleted) and the seed trains anew; it was
+    'broken' and `study --resume`, the study's own advice, failed for good."""
+    study = tmp_path / "st"
+    run = study / "seed-7"
+    run.mkdir(parents=True)
+    (run / "summary.json").write_text(json.dumps({"status": "interrupted", "epochs_run": 0}))
+    (run / "config.yaml").write_text("train:\n  seed: 7\n")
+    assert seed_state(run) == "unstarted"
+    (study / "seed-8").symlink_to(run, target_is_directory=True)  # an adopted run: not ours
+    assert seed_state(study / "seed-8") == "broken"
+    said: list[str] = []
+    for _ in range(2):  # a second stop before epoch 1: kept beside the first
+        _set_aside(study, 7, said.append)
+        assert seed_state(run) == "new"
+        run.mkdir()
+        (run / "summary.json").write_text(json.dumps({"status": "interrupted"}))
+    kept = sorted(p.name for p in (study / "logs").iterdir())
+    assert kept == ["seed-7.stopped-before-epoch-1.1", "seed-7.stopped-before-epoch-1.2"]
+    assert (study / "logs" / kept[0] / "config.yaml").is_file()
+    moved = study / "logs" / kept[0]
+    assert said[0] == f"seed 7: stopped before its first epoch ended; folder moved to {moved}"
 
 
 def _kill_if_running(proc: subprocess.Popen, seed_lock: Path) -> None:

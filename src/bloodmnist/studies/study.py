@@ -104,8 +104,10 @@ def seed_dir(study_dir: Path, seed: int) -> Path:
 
 
 def seed_state(run_dir: Path) -> str:
-    """'completed' | 'diverged' | 'resumable' (has last.pt) | 'new' (absent/empty) | 'broken'."""
+    """'completed' | 'diverged' | 'resumable' (has last.pt) | 'new' (absent/empty) |
+    'unstarted' (the study's own folder, stopped before an epoch ended) | 'broken'."""
     summary = run_dir / "summary.json"
+    status = None
     if summary.is_file():
         try:
             status = json.loads(summary.read_text()).get("status")
@@ -115,9 +117,23 @@ def seed_state(run_dir: Path) -> str:
             return status
     if (run_dir / "checkpoints" / "last.pt").is_file():
         return "resumable"
+    if status == "interrupted" and not run_dir.is_symlink():  # an adopted run is not ours
+        return "unstarted"
     if not run_dir.exists() or all(p.name == "run.lock" for p in run_dir.iterdir()):
         return "new"  # what `train --out` accepts (a stale lock is taken over)
     return "broken"
+
+
+def _set_aside(study_dir: Path, seed: int, echo: Callable[[str], None]) -> None:
+    """A seed stopped before its first epoch ended has nothing to resume: its folder (logs and
+    config only) is moved into logs/, not deleted, and the seed starts again."""
+    run_dir = seed_dir(study_dir, seed)
+    (study_dir / LOGS_DIR).mkdir(exist_ok=True)
+    n = 1
+    while (dest := study_dir / LOGS_DIR / f"seed-{seed}.stopped-before-epoch-1.{n}").exists():
+        n += 1
+    run_dir.rename(dest)
+    echo(f"seed {seed}: stopped before its first epoch ended; folder moved to {dest}")
 
 
 def seed_command(plan: StudyPlan, study_dir: Path, seed: int, state: str) -> list[str]:
@@ -194,6 +210,8 @@ def run_seeds(
                 "move the folder away and run study --resume again"
             )
         else:
+            if state == "unstarted":
+                _set_aside(study_dir, seed, echo)
             todo.append((seed, state))
     running: dict[int, subprocess.Popen] = {}
     previous = None
