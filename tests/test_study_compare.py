@@ -396,9 +396,16 @@ def test_seed_and_core_planning() -> None:
 
 
 def test_study_failed_seeds_run_in_parallel_and_say_how_to_resume(tmp_path: Path) -> None:
-    """Seeds that fail (missing data file) fail alone, J at a time, and the study says so."""
+    """Seeds that fail (an unreadable data file) fail alone, J at a time, and the study says
+    so; a data file that is not there is refused before the study folder exists."""
     missing = tmp_path / "missing.npz"
     args = ["study", "--seeds", "1,2", "--jobs", "2", "--out", "st", "--data", str(missing)]
+    result = run_cli([*args, "--epochs", "1"], cwd=tmp_path)
+    assert result.returncode == 2 and "data file not found" in result.stderr
+    assert not (tmp_path / "st").exists()  # a typo no longer blocks the folder
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(b"not an npz at all")
+    args[-1] = str(bad)
     result = run_cli([*args, "--epochs", "1"], cwd=tmp_path)
     assert result.returncode == 2, describe(result)
     last = result.stderr.strip().splitlines()[-1]
@@ -410,7 +417,7 @@ def test_study_failed_seeds_run_in_parallel_and_say_how_to_resume(tmp_path: Path
     assert plan["jobs"] == jobs and plan["threads"] == max(1, cores // jobs)
     for seed in (1, 2):
         log = (tmp_path / "st" / "logs" / f"seed-{seed}.log").read_text()
-        assert "data file not found" in log
+        assert f"{bad}: not a readable npz" in log
     assert not (tmp_path / "st" / "study.json").exists()  # nothing finished, nothing aggregated
 
 

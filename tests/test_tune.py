@@ -108,7 +108,10 @@ def test_bad_seeds_are_one_error(seeds: object, message: str) -> None:
      ({"by": "progress", "warmup_epochs": 3}, "warmup_epochs does not go with by: progress"),
      ({"warmup_percent": 30}, "warmup_percent does not go with by: epoch"),
      ({"kind": "hyperband", "by": "progress"}, "median pruner only"),
-     ({"by": "progress", "warmup_percent": 150}, "in 0..100")],
+     ({"by": "progress", "warmup_percent": 150}, "in 0..100"),
+     ({"startup_trials": -1}, r"'pruner.startup_trials' must be >= 0, got -1"),
+     ({"kind": "hyperband", "min_epochs": 0}, r"'pruner.min_epochs' must be >= 1, got 0"),
+     ({"kind": "hyperband", "reduction_factor": 1}, r"'pruner.reduction_factor' must be >= 2")],
 )  # fmt: skip
 def test_bad_pruner_is_one_error(pruner: dict, message: str) -> None:
     from bloodmnist.config import Config
@@ -124,6 +127,8 @@ def test_a_sampler_written_as_a_word_is_told_its_form() -> None:
 
     with pytest.raises(SpaceError, match=r"'sampler' must be a mapping, e.g. sampler: \{kind"):
         parse_space({**SPACE, "sampler": "random"}, Config())
+    with pytest.raises(SpaceError, match=r"'sampler.startup_trials' must be >= 0, got -1"):
+        parse_space({**SPACE, "sampler": {"kind": "tpe", "startup_trials": -1}}, Config())
 
 
 def test_progress_pruner_warmup_is_in_twentieths() -> None:
@@ -146,6 +151,12 @@ def test_bad_space_stops_before_any_trial(tmp_path: Path, shared_data: Path) -> 
         "bound 2"
     ]
     assert not (tmp_path / "t").exists()  # nothing made, nothing run
+    lr = {"optim.lr": {"type": "float", "low": 0.01, "high": 0.1}}
+    good = write_space(tmp_path, {"params": lr}, "good.yaml")
+    missing = ["--data", str(tmp_path / "missing.npz")]  # was a failure inside trial 0
+    r = run_cli(["tune", "--space", str(good), "--trials", "2", "--out", "t", *missing], tmp_path)
+    assert r.returncode == 2 and "data file not found" in error_lines(r)[-1], describe(r)
+    assert not (tmp_path / "t").exists()  # and the folder is not blocked by the typo
 
 
 def test_continuing_with_other_train_options_is_refused_naming_them(

@@ -147,3 +147,17 @@ def test_seeds_and_a_train_seed_parameter_do_not_mix() -> None:
     space = {"seeds": [1, 2], "params": {"train.seed": {"type": "int", "low": 0, "high": 9}}}
     with pytest.raises(SpaceError, match="drop train.seed"):
         parse_space(space, BaseSpec(recipe="fast").build())
+
+
+def test_a_pruned_trial_is_listed_with_its_best_epoch_not_its_last() -> None:
+    """Optuna stores a pruned trial's last reported value as its value; trials.csv and the
+    report must show its best (what summary.json says), as for completed trials."""
+    study = optuna.create_study(direction="maximize")
+    trial = study.ask()
+    for epoch, acc in enumerate([0.30, 0.45, 0.40], start=1):
+        trial.report(acc, epoch)
+    trial.set_user_attr("best_val_acc", 0.45)
+    study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+    assert study.trials[0].value in (None, 0.40)  # Optuna's own: the last (or none)
+    header, rows = trial_rows(study)
+    assert dict(zip(header, rows[0], strict=True))["best_val_acc"] == 0.45

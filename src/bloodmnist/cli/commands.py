@@ -157,10 +157,9 @@ def train(args: argparse.Namespace) -> int:
         run_dir, resume, cfg = _resume_state(args)
     else:
         cfg = train_config(args)
-    if cfg.data.path is not None:  # None: the official file, downloaded into the cache
-        from bloodmnist.data.npz import require_file
+    from bloodmnist.data.npz import require_data_path
 
-        require_file(Path(cfg.data.path).expanduser())  # as the loader reads it
+    require_data_path(cfg.data.path)  # None: the official file, downloaded into the cache
     # Heavy imports only now: a bad config or a missing file fails in seconds, not ten
     from bloodmnist.progress import wants_bars
     from bloodmnist.runtime import cleanup, per_rank_batch, setup_runtime

@@ -95,6 +95,7 @@ def _check_unstarted_seeds(study_dir: Path, plan: StudyPlan) -> None:
 
 
 def _plan(args: argparse.Namespace, train_args: list[str]) -> tuple[Path, StudyPlan]:
+    from bloodmnist.data.npz import require_data_path
     from bloodmnist.studies.study import (
         StudyPlan,
         check_train_args,
@@ -119,7 +120,10 @@ def _plan(args: argparse.Namespace, train_args: list[str]) -> tuple[Path, StudyP
         raise BloodMNISTError("study needs --seeds, e.g. --seeds 42,43,44 (or --resume STUDY_DIR)")
     seeds = parse_seeds(args.seeds)
     check_train_args(train_args)
-    if not check_train_options(train_args).eval.final_test:  # found only after every seed ran
+    options = check_train_options(train_args)
+    # before the folder exists: not a failure in every seed, and a typo must not block it
+    require_data_path(options.data.path)
+    if not options.eval.final_test:  # found only after every seed ran
         raise BloodMNISTError(
             "a study summarises each seed's test evaluation; drop eval.final_test=false (use "
             "tune for searches on validation)"

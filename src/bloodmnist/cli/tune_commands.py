@@ -59,12 +59,15 @@ def _plan(args: argparse.Namespace, tune_dir: Path):
     folder holding a search with other options or another space is refused."""
     from dataclasses import asdict
 
+    from bloodmnist.data.npz import require_data_path
     from bloodmnist.studies.study import split_cores
     from bloodmnist.tuning.space import load_space
     from bloodmnist.tuning.study import PLAN_FILE, TunePlan, default_storage
 
     base = _base_spec(args.train_args)
-    space = load_space(args.space, base.build())
+    fixed = base.build()
+    require_data_path(fixed.data.path)  # before the folder exists: a typo must not block it
+    space = load_space(args.space, fixed)
     jobs, threads = split_cores(args.trials, args.jobs, len(os.sched_getaffinity(0)))
     if any(o.replace(" ", "").startswith("runtime.threads=") for o in base.overrides):
         threads = 0  # the user's own choice stands

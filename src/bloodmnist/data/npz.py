@@ -58,6 +58,13 @@ def require_file(path: Path) -> None:
         )
 
 
+def require_data_path(path: str | None) -> None:
+    """`require_file` for a config's data.path; None (the official file, downloaded into the
+    cache) passes. train, study and tune call it before they write anything."""
+    if path is not None:
+        require_file(Path(path).expanduser())
+
+
 def header_image_size(path: Path) -> int | None:
     """The image side stored in `path`'s test_images header (nothing decoded), or None when
     the file cannot tell (loading it then says why)."""

@@ -34,9 +34,10 @@ def trial_rows(study: optuna.Study) -> tuple[list[str], list[list[Any]]]:
         )
         value = t.value
         a = t.user_attrs
-        if value is None and t.state == optuna.trial.TrialState.PRUNED:
-            # its best epoch before it was pruned (older studies: the best reported one)
-            reported = max(t.intermediate_values.values(), default=None)
+        if t.state == optuna.trial.TrialState.PRUNED:
+            # its best epoch before it was pruned (older studies: the best reported one); not
+            # t.value, which Optuna sets to the last reported value of a pruned trial
+            reported = max(t.intermediate_values.values(), default=value)
             value = a.get("best_val_acc", reported)
         rows.append(
             [t.number, t.state.name, value, a.get("epochs_run"), seconds]

@@ -209,6 +209,9 @@ SECTION_FIELDS = {
 }  # fmt: skip
 #: `pruner.by`: compare trials at the same epoch, or at the same share of their own schedule.
 PRUNE_BY = ("epoch", "progress")
+#: Lowest allowed values (others: 0): Hyperband divides by log(reduction_factor) and by
+#: min_epochs (a ZeroDivisionError in its second trial).
+SECTION_MINIMA = {"min_epochs": 1, "reduction_factor": 2}
 
 
 def _section(data: dict[str, Any], name: str, kinds: tuple[str, ...], default: str) -> dict:
@@ -226,6 +229,9 @@ def _section(data: dict[str, Any], name: str, kinds: tuple[str, ...], default: s
             continue
         if not (isinstance(value, int) and not isinstance(value, bool)):
             raise SpaceError(f"'{name}.{key}' must be an integer, got {value!r}")
+        low = SECTION_MINIMA.get(key, 0)  # Optuna fails on these only mid-search
+        if key != "seed" and value < low:
+            raise SpaceError(f"'{name}.{key}' must be >= {low}, got {value}")
     return {"kind": default, **spec}
 
 
