@@ -297,6 +297,35 @@ def test_sigkilled_tune_resumes_to_the_count(tmp_path: Path, shared_data: Path) 
     assert r.returncode == 0 and states(tmp_path / "t") == st, describe(r)
 
 
+def test_ctrl_c_stops_a_one_worker_tune_with_the_right_advice(tmp_path: Path, shared_data: Path):
+    """With --jobs 1 the trial runs in the tune process: Ctrl-C said "train --resume TRIAL"
+    (a run the search never counts) under Optuna's traceback, and wrote no trials.csv."""
+    space = write_space(tmp_path)
+    cmd = [sys.executable, "-m", "bloodmnist", "tune", "--space", str(space), "--trials", "2",
+           "--out", "t", *tiny(shared_data), "--epochs", "200"]  # fmt: skip
+    proc = subprocess.Popen(
+        cmd,
+        cwd=tmp_path,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # `make test &`
+    )
+    log = tmp_path / "t" / "trials" / "trial-0000" / "train.log"
+    deadline = time.time() + 240
+    while not (log.is_file() and "epoch 1/200" in log.read_text()):
+        assert proc.poll() is None and time.time() < deadline, "the trial never trained"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines()[-1] == (
+        "bloodmnist tune: error: interrupted (Ctrl-C); the running trial stopped after its "
+        "current step and is marked FAIL. Run the same command to continue"
+    )
+    assert "Traceback" not in err
+    assert states(tmp_path / "t") == {0: "FAIL"} and (tmp_path / "t" / "trials.csv").is_file()
+
+
 # -- several workers, one storage -----------------------------------------------------------------
 def _free_port() -> int:
     with socket.socket() as s:

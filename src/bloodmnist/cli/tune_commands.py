@@ -119,13 +119,31 @@ def tune(args: argparse.Namespace) -> int:
     if done < plan.n_trials:
         deadline = time.time() + args.timeout if args.timeout else None
         if plan.jobs == 1:  # the worker runs in this process: one interpreter start fewer
-            from bloodmnist.tuning.workers import worker_main
-
-            codes = {0: worker_main(tune_dir, 0, deadline, study)}
+            codes = {0: _worker_here(study, tune_dir, deadline, plan)}
         else:
             codes = run_workers(tune_dir, plan.jobs, deadline, plan.cwd, say)
     paths = write_outputs(study, tune_dir, BaseSpec(**plan.base), plan.study_name)
     return _finish(study, plan, tune_dir, codes, paths)
+
+
+def _worker_here(study, tune_dir: Path, deadline: float | None, plan) -> int:
+    """The one worker in this process; a signal stops its trial (marked FAIL) and the search
+    continues with the same command, as with --jobs N (not with the trial's train --resume,
+    which the study would never count)."""
+    from bloodmnist.errors import TrainingStopped
+    from bloodmnist.tuning.objective import BaseSpec
+    from bloodmnist.tuning.results import write_outputs
+    from bloodmnist.tuning.workers import worker_main
+
+    try:
+        return worker_main(tune_dir, 0, deadline, study)
+    except TrainingStopped as exc:
+        write_outputs(study, tune_dir, BaseSpec(**plan.base), plan.study_name)
+        raise TrainingStopped(
+            f"interrupted ({'Ctrl-C' if exc.exit_code == 130 else 'SIGTERM'}); the running trial "
+            "stopped after its current step and is marked FAIL. Run the same command to continue",
+            exc.exit_code,
+        ) from None
 
 
 def _finish(study, plan, tune_dir: Path, codes: dict[int, int], paths: dict) -> int:

@@ -8,6 +8,7 @@ current step and is marked FAIL), so killing `tune`, even with SIGKILL, leaves n
 from __future__ import annotations
 
 import ctypes
+import logging
 import signal
 import subprocess
 import sys
@@ -80,6 +81,10 @@ def run_workers(
     return {i: p.returncode for i, p in procs.items()}
 
 
+def _not_a_stop(record: logging.LogRecord) -> bool:
+    return not (record.exc_info and isinstance(record.exc_info[1], TrainingStopped))
+
+
 def worker_main(tune_dir: Path, index: int, deadline: float | None, study: Any = None) -> int:
     """One worker: join the study (or use `study`) and run trials until it has its count."""
     import optuna
@@ -90,6 +95,8 @@ def worker_main(tune_dir: Path, index: int, deadline: float | None, study: Any =
     from bloodmnist.tuning.study import TunePlan, open_study, worker_loop
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # a trial stopped by a signal is no crash: no "Trial N failed" traceback for it
+    logging.getLogger("optuna.study._optimize").addFilter(_not_a_stop)
     plan = TunePlan.load(tune_dir)
     base = BaseSpec(**plan.base)
     cfg = base.build()
