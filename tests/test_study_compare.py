@@ -172,6 +172,9 @@ def test_compare_two_runs(study: Path, tmp_path: Path) -> None:
     assert out["same_training"] == [] and "warning" not in result.stderr
     again = _compare(a, b, tmp_path, "--json", "cmp.json")  # never overwrites
     assert again.returncode == 2 and "already exists" in again.stderr
+    again = _compare(a, b, tmp_path, "--json", "no/cmp.json")  # said first, exit 2, not 1
+    assert again.returncode == 2 and "folder no does not exist" in again.stderr
+    assert not again.stdout  # no result printed before the refusal
 
 
 def test_compare_study_with_run(study: Path, tmp_path: Path) -> None:

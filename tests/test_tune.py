@@ -178,6 +178,10 @@ def test_continuing_with_other_train_options_is_refused_naming_them(
     ]
     assert (tmp_path / "t" / "tune_plan.json").read_text() == plan  # untouched
     assert len(states(tmp_path / "t")) == 1  # no trial added
+    # how trials run (runtime.threads...) may change, as with train --resume
+    more = [a.replace("runtime.threads=1", "runtime.threads=2") for a in args]
+    assert more != args and run_cli(more, tmp_path).returncode == 0
+    assert "runtime.threads=2" in (tmp_path / "t" / "tune_plan.json").read_text()
 
 
 @pytest.mark.parametrize("kind", ["random", "tpe"])

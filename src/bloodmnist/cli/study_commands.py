@@ -184,8 +184,10 @@ def _run_study(args: argparse.Namespace, study_dir: Path, plan: StudyPlan) -> in
 def compare(args: argparse.Namespace) -> int:
     from bloodmnist.evaluation.compare import compare_sides, load_side
 
-    if args.json and Path(args.json).exists():
+    if args.json and (Path(args.json).exists() or Path(args.json).is_symlink()):
         raise BloodMNISTError(f"{args.json} already exists; choose a new --json file")
+    if args.json and not Path(args.json).parent.is_dir():  # before the work, not after it
+        raise BloodMNISTError(f"--json {args.json}: folder {Path(args.json).parent} does not exist")
     result = compare_sides(
         load_side(Path(args.a)), load_side(Path(args.b)), args.variant, args.n_boot, args.boot_seed
     )

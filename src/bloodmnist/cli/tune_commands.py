@@ -39,12 +39,22 @@ def _tune_dir(args: argparse.Namespace) -> Path:
     return path.expanduser().resolve()
 
 
+def _what_it_computes(overrides: list[str]) -> list[str]:
+    """--set options without those that change how trials run, not what (runtime.threads...),
+    which a continued search may change, as `train --resume` may."""
+    from bloodmnist.config import HOW_TO_RUN
+
+    return [o for o in overrides if o.split("=", 1)[0].strip() not in HOW_TO_RUN]
+
+
 def _plan_differences(old, new) -> list[str]:
     """'what: saved X, now Y' for each setting a continued search must keep."""
     saved = {"storage": old.storage, "study name": old.study_name}
     now = {"storage": new.storage, "study name": new.study_name}
     for key in sorted(set(old.base) | set(new.base)):
         a, b = old.base.get(key), new.base.get(key)
+        if key == "overrides":
+            a, b = _what_it_computes(a or []), _what_it_computes(b or [])
         if isinstance(a, dict) and isinstance(b, dict):  # the flags: name the one that differs
             for sub in sorted(set(a) | set(b)):
                 saved[f"train option {sub}"], now[f"train option {sub}"] = a.get(sub), b.get(sub)
