@@ -108,7 +108,11 @@ def test_success_then_cached(server, tmp_path):
     assert path == tmp_path / NAME
     assert path.read_bytes() == PAYLOAD
     assert dl.file_md5(path) == PAYLOAD_MD5
-    assert fetch(server, tmp_path) == path
+    with open(tmp_path / ".download.lock", "a") as fh:  # another download in this folder
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        # a verified file is used without the lock (or any write: a read-only cache works)
+        assert fetch(server, tmp_path) == path
+    (tmp_path / ".download.lock").unlink()
     assert server.counts[PATH] == 1  # second call used the cache
     assert sorted(p.name for p in tmp_path.iterdir()) == [NAME]
     umask = os.umask(0o022)

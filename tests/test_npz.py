@@ -235,20 +235,22 @@ def test_image_size_must_match_data_size(tmp_path: Path) -> None:
 def test_a_model_is_not_scored_against_a_file_naming_its_classes_otherwise(tmp_path: Path) -> None:
     """The same number of classes in another order would score every prediction against the
     wrong label: a model with names refuses a file whose names differ; equal names load."""
+    from bloodmnist.config import ModelConfig
     from bloodmnist.data.source import load_data
 
     arrays = _arrays(size=28)
     names = [f"c{i}" for i in range(8)]
     path = _write(tmp_path, {**arrays, "class_names": np.array(names[::-1])}, "rev.npz")
     with pytest.raises(DataError, match=r"names its classes \['c7', .*the model \['c0', "):
-        load_data(str(path), 28, 8, None, progress=False, class_names=names)
+        load_data(str(path), 28, 8, None, progress=False, model=ModelConfig(class_names=names))
     same = _write(tmp_path, {**arrays, "class_names": np.array(names)}, "same.npz")
-    assert load_data(str(same), 28, 8, None, progress=False, class_names=names)[0].class_names
-    assert load_data(str(path), 28, 8, None, progress=False)[0].num_classes == 8  # no names
+    named = ModelConfig(class_names=names)
+    assert load_data(str(same), 28, 8, None, progress=False, model=named)[0].class_names
+    assert load_data(str(path), 28, 8, None, progress=False)[0].num_classes == 8  # no model
     # a model that stores no names (trained on an official-layout file) has BloodMNIST's: the
     # same names in another order are refused (they were scored silently), others only warn
     from bloodmnist import CLASS_NAMES
 
     reordered = {**arrays, "class_names": np.array(CLASS_NAMES[::-1])}
     with pytest.raises(DataError, match=r"names its classes \['platelet', .*the model \['baso"):
-        load_data(str(_write(tmp_path, reordered, "r.npz")), 28, 8, None, progress=False)
+        load_data(str(_write(tmp_path, reordered, "r.npz")), 28, 8, None, model=ModelConfig())

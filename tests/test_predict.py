@@ -104,6 +104,13 @@ def test_an_overflowing_model_gives_error_rows_not_predictions(run_dir, tmp_path
     rows = json.loads(out.read_text(), parse_constant=lambda c: pytest.fail(f"{c} in JSON"))
     assert rows["results"] and all(r["status"] == "error" for r in rows["results"])
     assert all("not finite" in r["error"] and r["prob"] is None for r in rows["results"])
+    from serve_helpers import pbc_files, post_files, server
+
+    with server(tmp_path / "overflow.pt", "--device", "cpu", log=tmp_path / "s.log") as url:
+        for endpoint in ("/v1/predict", "/v1/explain"):  # explain gave a 500: no class to map
+            (row,) = post_files(url, pbc_files()[:1], endpoint)["results"]
+            assert row["status"] == "error" and "not finite" in row["error"], row
+            assert "explain" not in row
 
 
 def _labels() -> list[dict]:

@@ -245,6 +245,7 @@ def test_an_edited_run_file_is_one_clear_error(
     with pytest.raises(BloodMNISTError, match=r"^cannot build the reports of .*run \(") as info:
         build_reports(run_dir)
     assert "\n" not in str(info.value) and "edited or is damaged" in str(info.value)
+    assert edit != "history not utf-8" or "UnicodeDecodeError" in str(info.value)
 
 
 def test_class_names_from_a_data_file_are_shown_as_written(tmp_path: Path) -> None:

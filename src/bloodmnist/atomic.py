@@ -70,6 +70,17 @@ def write_text_atomic(path: Path, text: str, exclusive: bool = False) -> None:
         fh.write(text)
 
 
+def check_new_file(path: Path, option: str) -> None:
+    """At a command's start: the output the user named with `option` must be a free name in
+    an existing folder (write_text_new writes it at the end), so no work is done in vain."""
+    from bloodmnist.errors import BloodMNISTError
+
+    if path.exists() or path.is_symlink():  # a dangling link too: the name is taken
+        raise BloodMNISTError(f"{path} already exists; choose a new {option} file")
+    if not path.parent.is_dir():
+        raise BloodMNISTError(f"{option} {path}: folder {path.parent} does not exist")
+
+
 def write_text_new(path: Path, text: str, option: str) -> None:
     """write_text_atomic(exclusive=True) for an output the user named with `option` and that
     was checked to be free at the start: a file created there meanwhile (another process) is

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bloodmnist.atomic import write_text_new
+from bloodmnist.atomic import check_new_file, write_text_new
 from bloodmnist.cli.console import say
 from bloodmnist.config import (
     DEFAULT_RECIPE,
@@ -206,10 +206,8 @@ def evaluate(args: argparse.Namespace) -> int:
     )
 
     ckpt_path = _find_checkpoint(Path(args.target))
-    if args.json and (Path(args.json).exists() or Path(args.json).is_symlink()):
-        raise BloodMNISTError(f"{args.json} already exists; choose a new --json file")
-    if args.json and not Path(args.json).parent.is_dir():  # before the work, not after it
-        raise BloodMNISTError(f"--json {args.json}: folder {Path(args.json).parent} does not exist")
+    if args.json:
+        check_new_file(Path(args.json), "--json")  # before the work, not after it
     if args.all_tta and not args.tta:
         raise BloodMNISTError("--all-tta scores the TTA modes: drop --no-tta")
     state = load_checkpoint(ckpt_path)  # a bad checkpoint fails before the heavy imports
@@ -229,7 +227,7 @@ def evaluate(args: argparse.Namespace) -> int:
     subset = None if args.data else cfg.data.subset
     m = cfg.model
     data, info = load_data(
-        args.data or cfg.data.path, cfg.data.size, m.num_classes, subset, class_names=m.class_names
+        args.data or cfg.data.path, cfg.data.size, m.num_classes, subset, model=m
     )
     model = model_from_config(cfg)
     load_model_weights(model, state, ckpt_path)

@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from bloodmnist.atomic import write_text_new
+from bloodmnist.atomic import check_new_file, write_text_new
 from bloodmnist.cli.console import say
 from bloodmnist.errors import BloodMNISTError
 
@@ -71,8 +71,15 @@ def _check_unstarted_seeds(study_dir: Path, plan: StudyPlan) -> None:
     from bloodmnist.studies.adopt import describe_differences
     from bloodmnist.studies.study import seed_dir, seed_state
 
-    started = [s for s in plan.seeds if (seed_dir(study_dir, s) / "config.yaml").is_file()]
-    if not started or all(seed_state(seed_dir(study_dir, s)) != "new" for s in plan.seeds):
+    # "unstarted": stopped before an epoch ended, trained again from scratch like a new seed
+    states = {s: seed_state(seed_dir(study_dir, s)) for s in plan.seeds}
+    fresh = ("new", "unstarted")
+    started = [
+        s
+        for s in plan.seeds
+        if states[s] not in fresh and (seed_dir(study_dir, s) / "config.yaml").is_file()
+    ]
+    if not started or all(state not in fresh for state in states.values()):
         return
     seed = started[0]
     have = from_dict(load_yaml(seed_dir(study_dir, seed) / "config.yaml"))
@@ -184,10 +191,8 @@ def _run_study(args: argparse.Namespace, study_dir: Path, plan: StudyPlan) -> in
 def compare(args: argparse.Namespace) -> int:
     from bloodmnist.evaluation.compare import compare_sides, load_side
 
-    if args.json and (Path(args.json).exists() or Path(args.json).is_symlink()):
-        raise BloodMNISTError(f"{args.json} already exists; choose a new --json file")
-    if args.json and not Path(args.json).parent.is_dir():  # before the work, not after it
-        raise BloodMNISTError(f"--json {args.json}: folder {Path(args.json).parent} does not exist")
+    if args.json:
+        check_new_file(Path(args.json), "--json")  # before the work, not after it
     result = compare_sides(
         load_side(Path(args.a)), load_side(Path(args.b)), args.variant, args.n_boot, args.boot_seed
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import time
 from pathlib import Path
 
@@ -42,9 +43,9 @@ def _tune_dir(args: argparse.Namespace) -> Path:
 def _what_it_computes(overrides: list[str]) -> list[str]:
     """--set options without those that change how trials run, not what (runtime.threads...),
     which a continued search may change, as `train --resume` may."""
-    from bloodmnist.config import HOW_TO_RUN
+    from bloodmnist.config import HOW_TO_RUN, parse_override
 
-    return [o for o in overrides if o.split("=", 1)[0].strip() not in HOW_TO_RUN]
+    return [o for o in overrides if parse_override(o)[0] not in HOW_TO_RUN]
 
 
 def _plan_differences(old, new) -> list[str]:
@@ -149,9 +150,11 @@ def _worker_here(study, tune_dir: Path, deadline: float | None, plan) -> int:
         return worker_main(tune_dir, 0, deadline, study)
     except TrainingStopped as exc:
         write_outputs(study, tune_dir, BaseSpec(**plan.base), plan.study_name)
+        code = exc.exit_code
+        how = "Ctrl-C" if code == 130 else signal.Signals(code - 128).name if code > 128 else "stop"
         raise TrainingStopped(
-            f"interrupted ({'Ctrl-C' if exc.exit_code == 130 else 'SIGTERM'}); the running trial "
-            "stopped after its current step and is marked FAIL. Run the same command to continue",
+            f"interrupted ({how}); the running trial stopped after its current step and is "
+            "marked FAIL. Run the same command to continue",
             exc.exit_code,
         ) from None
 

@@ -98,8 +98,8 @@ def from_folder(src: Path, labels: list[str] | None) -> tuple[list[Source], list
 def _class_order(names: set[str]) -> list[str]:
     """Sorted; numerically when every label is a whole number (0-11: 2 before 10, so that
     label 5 stays class 5 where the labels run 0..n-1)."""
-    if names and all(n.isdigit() for n in names):
-        return sorted(names, key=int)
+    if names and all(n.isdecimal() for n in names):  # not isdigit: int("²") fails
+        return sorted(names, key=lambda n: (int(n), n))  # ties ("1", "01") by text
     return sorted(names)
 
 

@@ -90,12 +90,13 @@ def _reason(exc: BaseException, limit: int = 160) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def _verified(path: Path, expected: str, algorithm: str) -> bool:
+    return path.is_file() and file_digest(path, algorithm).startswith(expected)
+
+
 def _discard_if_corrupt(path: Path, expected: str, algorithm: str) -> None:
     """Delete a cached file whose hash is wrong, so a failed re-download cannot leave it in use."""
-    if not path.is_file():
-        return
-    got = file_digest(path, algorithm)
-    if got.startswith(expected):
+    if not path.is_file() or _verified(path, expected, algorithm):
         return
     log.warning("cached %s fails its %s check; downloading it again", path, algorithm.upper())
     path.unlink(missing_ok=True)
@@ -126,12 +127,22 @@ def _fetch(
 ) -> Path:
     """`target` from `url`, its `algorithm` digest starting with `expected` (a whole MD5 or a
     sha256 prefix); a cached file that fails the check is deleted first. Errors: one line.
-    Other processes fetching into the same folder wait, then find the file in place."""
-    with cache_lock(target.parent):
-        return _fetch_locked(url, target, algorithm, expected, retries, timeout, progress, by_hand)
+    A verified cached file is returned without a lock or a write (a read-only cache works);
+    otherwise other processes fetching into the same folder wait, then find the file there."""
+    if _verified(target, expected, algorithm):
+        return target
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(cache_lock(target.parent))
+        except OSError as exc:  # the cache folder cannot be written
+            raise DownloadError(f"could not download {url} ({_reason(exc)}); {by_hand}") from exc
+        _discard_if_corrupt(target, expected, algorithm)  # again: another process may have
+        if target.is_file():  # fetched it while this one waited
+            return target
+        return _download(url, target, algorithm, expected, retries, timeout, progress, by_hand)
 
 
-def _fetch_locked(
+def _download(
     url: str,
     target: Path,
     algorithm: str,
@@ -141,7 +152,6 @@ def _fetch_locked(
     progress: bool,
     by_hand: str,
 ) -> Path:
-    _discard_if_corrupt(target, expected, algorithm)
     fetcher = pooch.create(
         path=target.parent,
         base_url="",

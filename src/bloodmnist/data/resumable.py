@@ -44,7 +44,8 @@ def file_digest(path: str | Path, algorithm: str, chunk: int = 1 << 20) -> str:
 
 
 class NotRetried(Exception):
-    """An HTTP answer that another attempt will not change (a 4xx other than 408/416/429).
+    """An HTTP answer that another attempt will not change (a 4xx other than 408 and 429; a
+    416 to a Range request is not one: the part is checked instead).
 
     Neither a ValueError nor a requests error, so pooch's retry loop lets it through at once.
     """

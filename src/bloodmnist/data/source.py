@@ -6,8 +6,7 @@ import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from bloodmnist import default_class_names
-from bloodmnist.config import Config
+from bloodmnist.config import Config, ModelConfig
 from bloodmnist.data.download import fetch_dataset, file_md5, official_md5
 from bloodmnist.data.npz import SIZES, Dataset, header_image_size, load_npz
 from bloodmnist.errors import DataError
@@ -60,17 +59,17 @@ def load_data(
     subset: int | None,
     progress: bool = True,
     follow_file: bool = False,
-    class_names: list[str] | None = None,
+    model: ModelConfig | None = None,
 ) -> tuple[Dataset, DataInfo]:
     """Resolve and load the npz. With `follow_file` (training) a user file's image size and
     stored class names win over `size` and `num_classes` (see `fit_config`); otherwise (a
-    trained model's checkpoint) they must match it, and names the file stores must equal the
-    model's `class_names` where it has them (the same classes in another order would score
-    every prediction against the wrong label)."""
+    trained model's checkpoint) they must match it, and with `model` the names the file stores
+    must be the model's, in its order (the same classes in another order would score every
+    prediction against the wrong label)."""
     info = resolve_data(path, size, progress)
     data = load_npz(info.path, num_classes, subset, classes_from_file=follow_file)
-    if not follow_file and data.class_names:
-        _check_class_order(info.path, list(data.class_names), class_names)
+    if model is not None and not follow_file and data.class_names:
+        _check_class_order(info.path, list(data.class_names), model)
     if data.image_size not in SIZES:
         raise DataError(
             f"{info.path} holds {data.image_size}x{data.image_size} images; supported sizes are "
@@ -84,14 +83,14 @@ def load_data(
     return data, info
 
 
-def _check_class_order(path: Path, in_file: list[str], model: list[str] | None) -> None:
+def _check_class_order(path: Path, in_file: list[str], model: ModelConfig) -> None:
     """The file's classes must be the model's, in its order. A model that stores no names
     (trained on an official-layout file) has the BloodMNIST names: the same names in another
     order are refused too; other spellings only warn, as they may be the same classes."""
-    theirs = list(model) if model else list(default_class_names(len(in_file)))
+    theirs = list(model.names())
     if in_file == theirs:
         return
-    if model or sorted(in_file) == sorted(theirs):
+    if model.class_names or sorted(in_file) == sorted(theirs):
         raise DataError(
             f"{path} names its classes {in_file}, the model {theirs}; pass the file the model "
             "was trained on (or one whose classes are the model's, in its order)"

@@ -56,7 +56,9 @@ def load_member_data(members: list[Member], data_path: str | None) -> tuple[Data
     """The members' data (their --subset too), checked against their recorded MD5."""
     cfg = members[0].cfg
     path = data_path or cfg.data.path
-    data, info = load_data(path, cfg.data.size, cfg.model.num_classes, cfg.data.subset, False)
+    data, info = load_data(
+        path, cfg.data.size, cfg.model.num_classes, cfg.data.subset, False, model=cfg.model
+    )
     md5 = members[0].summary.get("data_md5")
     if info.md5 != md5:
         raise BloodMNISTError(

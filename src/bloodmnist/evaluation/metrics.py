@@ -19,7 +19,7 @@ from sklearn import metrics as skm
 from bloodmnist.evaluation.calibration import NLL_EPS
 
 
-def _as_labels(y: np.ndarray, name: str) -> np.ndarray:
+def as_labels(y: np.ndarray, name: str) -> np.ndarray:
     """Return ``y`` as a 1-D int64 array, rejecting floats that are not whole numbers."""
     arr = np.asarray(y).reshape(-1)  # MedMNIST stores labels as (N, 1)
     if arr.size and not np.issubdtype(arr.dtype, np.integer):
@@ -29,7 +29,7 @@ def _as_labels(y: np.ndarray, name: str) -> np.ndarray:
 
 
 def _check_pair(y_true: np.ndarray, y_pred: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    t, p = _as_labels(y_true, "y_true"), _as_labels(y_pred, "y_pred")
+    t, p = as_labels(y_true, "y_true"), as_labels(y_pred, "y_pred")
     if t.shape != p.shape:
         raise ValueError(f"y_true has {t.size} labels but y_pred has {p.size}")
     if t.size == 0:
@@ -90,7 +90,7 @@ def roc_auc_ovr(y_true: np.ndarray, probs: np.ndarray) -> np.ndarray:
     """One-vs-rest ROC-AUC per class (scikit-learn); NaN where a class has no positives or no
     negatives in ``y_true`` (the ROC curve is undefined there) or non-finite scores."""
     probs = np.asarray(probs, dtype=np.float64)
-    t = _as_labels(y_true, "y_true")
+    t = as_labels(y_true, "y_true")
     if probs.ndim != 2 or probs.shape[0] != t.size:
         raise ValueError(f"probs must have shape ({t.size}, C), got {probs.shape}")
     onehot = (t[:, None] == np.arange(probs.shape[1])).astype(np.int64)
@@ -130,7 +130,7 @@ def compute_metrics(
     dicts with class, precision, recall, f1, support, auc) and n. Undefined AUCs are None.
     """
     probs = np.asarray(probs, dtype=np.float64)
-    t = _as_labels(y_true, "y_true")
+    t = as_labels(y_true, "y_true")
     k = len(class_names)
     if probs.ndim != 2 or probs.shape != (t.size, k):
         raise ValueError(f"probs must have shape ({t.size}, {k}), got {probs.shape}")

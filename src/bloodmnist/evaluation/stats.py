@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from scipy.stats import binomtest
 
-from bloodmnist.evaluation.metrics import macro_f1, medmnist_auc
+from bloodmnist.evaluation.metrics import as_labels, macro_f1, medmnist_auc
 
 #: A metric on one (resampled) set of test images: (labels, per-image scores) -> number.
 MetricFn = Callable[[np.ndarray, np.ndarray], float]
@@ -34,17 +34,6 @@ def _finite_or_none(x: float) -> float | None:
     """JSON has no NaN: undefined values become None."""
     x = float(x)
     return x if math.isfinite(x) else None
-
-
-def _labels(y: np.ndarray) -> np.ndarray:
-    """Labels as (N,): MedMNIST files store them as (N, 1), which would broadcast against the
-    (N,) predictions into an (N, N) comparison and give a wrong accuracy without an error."""
-    y = np.asarray(y)
-    if y.ndim == 2 and y.shape[1] == 1:
-        return y.reshape(-1)
-    if y.ndim != 1:
-        raise ValueError(f"labels must have shape (N,) or (N, 1), not {y.shape}")
-    return y
 
 
 def _check_lengths(y: np.ndarray, *arrays: np.ndarray) -> int:
@@ -106,7 +95,7 @@ def bootstrap_ci(
     ``y`` and ``p`` are indexed together along axis 0 (``p`` may be (N,), (N, C) or (N, S, C)).
     Returns point (on the full set), low, high, level, n_boot, seed and n.
     """
-    y, p = _labels(y), np.asarray(p)
+    y, p = as_labels(y, "labels"), np.asarray(p)  # MedMNIST's (N, 1) too
     n = _check_lengths(y, p)
     point = metric_fn(y, p)  # first, so bad input fails before the resampling
     (stats,) = _resample_values(metric_fn, y, [p], n_boot, seed)
@@ -137,7 +126,7 @@ def paired_bootstrap_diff(
     narrower than comparing two independent CIs. Also returns the share of resamples where the
     difference is <= 0 (a one-sided bootstrap p-value for "a is better").
     """
-    y, p_a, p_b = _labels(y), np.asarray(p_a), np.asarray(p_b)
+    y, p_a, p_b = as_labels(y, "labels"), np.asarray(p_a), np.asarray(p_b)
     n = _check_lengths(y, p_a, p_b)
     a, b = metric_fn(y, p_a), metric_fn(y, p_b)
     values_a, values_b = _resample_values(metric_fn, y, [p_a, p_b], n_boot, seed)

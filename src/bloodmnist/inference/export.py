@@ -219,7 +219,7 @@ def export_checkpoint(
     model = model.float().eval()
     m = cfg.model
     dataset, info = load_data(
-        data or cfg.data.path, cfg.data.size, m.num_classes, None, False, class_names=m.class_names
+        data or cfg.data.path, cfg.data.size, m.num_classes, None, False, model=m
     )
     images = dataset.test.images[:parity_images]
     meta = model_metadata(cfg, ckpt, state, tta)

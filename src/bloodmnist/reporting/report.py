@@ -23,13 +23,13 @@ def build_reports(run_dir: Path) -> dict[str, Path]:
         paths = {f"figure:{name}": path for name, path in save_figures(run_dir).items()}
         paths["excel"] = write_excel(run_dir)
         paths["html"] = write_html(run_dir)  # after the figures, so it embeds the fresh ones
-    except (UnicodeDecodeError, ValueError, KeyError, TypeError, IndexError) as exc:
+    except (ValueError, KeyError, TypeError, IndexError) as exc:  # UnicodeDecodeError too
         # hand-edited or damaged files (a wrong type, a missing key, a per-class table of
-        # another length): one line naming the folder and the reason, not a traceback
+        # another length) give these: one line naming the folder and the reason
         reason = (str(exc).splitlines() or [""])[0][:200]
         raise BloodMNISTError(
-            f"cannot build the reports of {run_dir} ({type(exc).__name__}: {reason}); "
-            "summary.json, history.csv or predictions.npz there was edited or is damaged: "
-            "restore it from the run, or rerun the run"
+            f"cannot build the reports of {run_dir} ({type(exc).__name__}: {reason}); if "
+            "summary.json, history.csv or predictions.npz there was edited or is damaged, "
+            "restore it from the run"
         ) from exc
     return paths

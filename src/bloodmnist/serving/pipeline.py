@@ -116,6 +116,10 @@ async def classify(
         else:
             row = error_row(display_name(up.name), d)
         rows.append({"file": row.pop("path"), **row})
+    # an image whose output was not finite is an error row (ok_row): nothing to explain
+    kept = [j for j, i in enumerate(ready) if rows[i]["status"] == "ok"]
+    if len(kept) < len(ready):
+        images, ready = images[kept], [ready[j] for j in kept]
     return rows, images, ready
 
 

@@ -158,7 +158,7 @@ def _run_dirs(root: Path) -> list[Path]:
     links: list[Path] = []
     for here, subdirs, files in os.walk(root):  # followlinks=False: links show up in subdirs
         d = Path(here)
-        if "config.yaml" in files and any((d / f).exists() for f in _MARKS):
+        if "config.yaml" in files and _is_run(d):
             found.setdefault(d.resolve(), d)
         links += [d / name for name in subdirs if (d / name).is_symlink()]
     for link in sorted(links):

@@ -63,6 +63,14 @@ def _scaled(loss: torch.Tensor, scaler: torch.amp.GradScaler | None) -> torch.Te
     return loss if scaler is None else scaler.scale(loss)
 
 
+def _step(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None) -> None:
+    if scaler is None:
+        optimizer.step()
+    else:  # skipped when a gradient overflowed; GradScaler reads that flag (one host sync)
+        scaler.step(optimizer)
+        scaler.update()
+
+
 def train_one_epoch(
     model: nn.Module,
     batches: TrainBatches,
@@ -81,7 +89,8 @@ def train_one_epoch(
     sam: SharpnessAware | None = None,
     scaler: torch.amp.GradScaler | None = None,
 ) -> EpochStats:
-    """Train for one epoch. Loss/accuracy accumulate on the device; one host sync at the end.
+    """Train for one epoch. Loss/accuracy accumulate on the device; one host sync at the end
+    (fp16 adds GradScaler's own per-step check for overflowed gradients).
 
     `after_step` runs after every optimiser step (per-step LR schedule, weight EMA). With
     `distill` the loss is the distillation loss, its teacher forwarded on this very batch (or
@@ -108,11 +117,7 @@ def train_one_epoch(
         _scaled(loss, scaler).backward()
         if sam is not None:
             sam.replace_grad(lambda a=args: _scaled(batch_loss(*a)[0], scaler).backward())
-        if scaler is None:
-            optimizer.step()
-        else:
-            scaler.step(optimizer)  # skipped when a gradient overflowed
-            scaler.update()
+        _step(optimizer, scaler)
         if after_step is not None:
             after_step()
         if check_stop is not None:
