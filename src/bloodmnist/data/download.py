@@ -14,6 +14,7 @@ import logging
 import re
 import urllib.parse
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pooch
@@ -115,76 +116,74 @@ def _pooch_log(progress: bool) -> Iterator[None]:
         logger.setLevel(level)
 
 
-def _fetch(
-    url: str,
-    target: Path,
-    algorithm: str,
-    expected: str,
-    retries: int,
-    timeout: float,
-    progress: bool,
-    by_hand: str,
-) -> Path:
-    """`target` from `url`, its `algorithm` digest starting with `expected` (a whole MD5 or a
-    sha256 prefix); a cached file that fails the check is deleted first. Errors: one line.
-    A verified cached file is returned without a lock or a write (a read-only cache works);
-    otherwise other processes fetching into the same folder wait, then find the file there."""
-    if _verified(target, expected, algorithm):
-        return target
+@dataclass(frozen=True)
+class _Fetch:
+    """One verified download: `target` from `url`, its `algorithm` digest starting with
+    `expected` (a whole MD5 or a sha256 prefix); `by_hand` ends every error line."""
+
+    url: str
+    target: Path
+    algorithm: str
+    expected: str
+    retries: int
+    timeout: float
+    progress: bool
+    by_hand: str
+
+
+def _fetch(f: _Fetch) -> Path:
+    """The verified file; a cached file that fails the check is deleted first. Errors: one
+    line. A verified cached file is returned without a lock or a write (a read-only cache
+    works); otherwise other processes fetching into the same folder wait, then find it."""
+    if _verified(f.target, f.expected, f.algorithm):
+        return f.target
     with contextlib.ExitStack() as stack:
         try:
-            stack.enter_context(cache_lock(target.parent))
+            stack.enter_context(cache_lock(f.target.parent))
         except OSError as exc:  # the cache folder cannot be written
-            raise DownloadError(f"could not download {url} ({_reason(exc)}); {by_hand}") from exc
-        _discard_if_corrupt(target, expected, algorithm)  # again: another process may have
-        if target.is_file():  # fetched it while this one waited
-            return target
-        return _download(url, target, algorithm, expected, retries, timeout, progress, by_hand)
+            raise DownloadError(
+                f"could not download {f.url} ({_reason(exc)}); {f.by_hand}"
+            ) from exc
+        _discard_if_corrupt(f.target, f.expected, f.algorithm)  # again: another process may
+        if f.target.is_file():  # have fetched it while this one waited
+            return f.target
+        return _download(f)
 
 
-def _download(
-    url: str,
-    target: Path,
-    algorithm: str,
-    expected: str,
-    retries: int,
-    timeout: float,
-    progress: bool,
-    by_hand: str,
-) -> Path:
+def _download(f: _Fetch) -> Path:
     fetcher = pooch.create(
-        path=target.parent,
+        path=f.target.parent,
         base_url="",
-        registry={target.name: None},  # the hash is checked by the downloader (prefixes too)
-        urls={target.name: url},
-        retry_if_failed=retries,
+        registry={f.target.name: None},  # the hash is checked by the downloader (prefixes too)
+        urls={f.target.name: f.url},
+        retry_if_failed=f.retries,
         env=None,  # runtime.py owns the environment; pooch must not read it
     )
-    part = target.with_name(target.name + ".part")  # kept between attempts and runs: resumed
-    downloader = ResumableDownloader(part, progress, timeout, algorithm, expected)
-    name = "MD5" if algorithm == "md5" else algorithm
-    want = f"{name} {expected}" if len(expected) >= 32 else f"{name} starting with {expected}"
+    part = f.target.with_name(f.target.name + ".part")  # kept between attempts and runs
+    downloader = ResumableDownloader(part, f.progress, f.timeout, f.algorithm, f.expected)
+    name = "MD5" if f.algorithm == "md5" else f.algorithm
+    want = f"{name} {f.expected}" if len(f.expected) >= 32 else f"{name} starting with {f.expected}"
+    tries = f"after {f.retries + 1} attempt(s)"
     try:
-        with _pooch_log(progress):
-            return Path(fetcher.fetch(target.name, downloader=downloader))
+        with _pooch_log(f.progress):
+            return Path(fetcher.fetch(f.target.name, downloader=downloader))
     except ValueError as exc:  # the hash of the last attempt did not match
         got = re.search(r"got ([0-9a-fA-F]+)", str(exc))
         got_text = f"got {got.group(1)}" if got else _reason(exc)
         raise DownloadError(
-            f"{name} mismatch for {url} after {retries + 1} attempt(s): expected {want}, "
-            f"{got_text}; {by_hand}"
+            f"{name} mismatch for {f.url} {tries}: expected {want}, {got_text}; {f.by_hand}"
         ) from exc
     except NotRetried as exc:
         note = kept_note(part)
-        raise DownloadError(f"could not download {url} ({exc}{note}); {by_hand}") from exc
+        raise DownloadError(f"could not download {f.url} ({exc}{note}); {f.by_hand}") from exc
     except requests.RequestException as exc:
         raise DownloadError(
-            f"could not download {url} after {retries + 1} attempt(s) ({_reason(exc)}"
-            f"{kept_note(part)}); expected {want}; {by_hand}"
+            f"could not download {f.url} {tries} ({_reason(exc)}{kept_note(part)}); "
+            f"expected {want}; {f.by_hand}"
         ) from exc
     except OSError as exc:  # local (disk full, permissions; requests' errors are OSErrors too)
         raise DownloadError(
-            f"could not download {url} ({_reason(exc)}{kept_note(part)}); {by_hand}"
+            f"could not download {f.url} ({_reason(exc)}{kept_note(part)}); {f.by_hand}"
         ) from exc
 
 
@@ -206,7 +205,7 @@ def fetch_dataset(
     by_hand = f"download it by hand and save it as {target}, or pass --data FILE.npz"
     url = dataset_url(size, base_url)
     md5 = (expected_md5 or md5).lower()
-    return _fetch(url, target, "md5", md5, retries, timeout, progress, by_hand)
+    return _fetch(_Fetch(url, target, "md5", md5, retries, timeout, progress, by_hand))
 
 
 def verify_file(path: str | Path, size: int = 28) -> dict:
@@ -238,4 +237,5 @@ def download_pretrained(
     by_hand = f"download it by hand and save it as {target}"
     if not match:
         raise DownloadError(f"cannot verify {url}: file name has no '-<sha256 prefix>'; {by_hand}")
-    return _fetch(url, target, "sha256", match.group(1), retries, timeout, progress, by_hand)
+    sha = match.group(1)
+    return _fetch(_Fetch(url, target, "sha256", sha, retries, timeout, progress, by_hand))
