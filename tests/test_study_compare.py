@@ -275,22 +275,32 @@ def test_study_resume_gives_unstarted_seeds_the_started_seeds_config(
 ) -> None:
     """A plan whose options now give another config than its started seeds ran with (a newer
     bloodmnist may build them differently; here the plan says --epochs 2) is refused on
-    --resume before any seed starts; an unchanged one trains the seed still to run."""
+    --resume before any seed starts; an unchanged one trains the seed still to run. That seed
+    was stopped before its first epoch ended (nothing to resume): its folder is moved into
+    logs/ and it trains anew (it was 'broken' for good)."""
     st = tmp_path / "st"
     st.mkdir()
     shutil.copytree(study / f"seed-{SEEDS[0]}", st / f"seed-{SEEDS[0]}")
+    stopped = {"status": "interrupted", "epochs_run": 0}
+    (st / "seed-5").mkdir()
+    (st / "seed-5" / "summary.json").write_text(json.dumps(stopped))
     train_args = ["--data", str(shared_data), *TINY, "--set", "eval.temperature_scaling=true"]
     new_plan([SEEDS[0], 5], [*train_args, "--epochs", epochs], 1).save(st)
     result = run_cli(["study", "--resume", str(st), "--n-boot", "50"], cwd=tmp_path)
     if epochs == "1":
         assert result.returncode == 0, describe(result)
-        assert (st / "seed-5" / "summary.json").is_file()
+        assert "seed 5: stopped before its first epoch ended; folder moved to" in result.stderr
+        summary = json.loads((st / "seed-5" / "summary.json").read_text())
+        assert summary["status"] == "completed"
+        moved = st / "logs" / "seed-5.stopped-before-epoch-1.1" / "summary.json"
+        assert json.loads(moved.read_text()) == stopped
         return
     assert result.returncode == 2, describe(result)
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "train.epochs (ran 1, now 2)" in lines[0], lines
     assert f"seed {SEEDS[0]} ran with" in lines[0] and "--adopt" in lines[0]
-    assert not (st / "seed-5").exists() and not (st / "logs").exists()
+    assert json.loads((st / "seed-5" / "summary.json").read_text()) == stopped  # untouched
+    assert not (st / "logs").exists()
 
 
 def test_a_study_folder_is_run_by_one_study_at_a_time(shared_data: Path, tmp_path: Path) -> None:
