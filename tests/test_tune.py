@@ -328,6 +328,14 @@ def test_ctrl_c_stops_a_one_worker_tune_with_the_right_advice(tmp_path: Path, sh
     )
     assert "Traceback" not in err
     assert states(tmp_path / "t") == {0: "FAIL"} and (tmp_path / "t" / "trials.csv").is_file()
+    # the trial's own stop line gives the search's advice too, not the trial folder's resume
+    assert "train --resume" not in err
+    summary = json.loads((tmp_path / "t" / "trials" / "trial-0000" / "summary.json").read_text())
+    advice = (  # "; run" in epoch 1, ". Run" after it
+        "run the same tune command to continue the search (this trial is marked fail; "
+        "another takes its place)"
+    )
+    assert summary["message"].lower().endswith(advice), summary
 
 
 # -- several workers, one storage -----------------------------------------------------------------

@@ -17,13 +17,15 @@ from bloodmnist.tuning.space import parse_space
 from bloodmnist.tuning.study import _mark_folder, make_pruner
 
 GOOD, BAD, DIVERGES, SEED2_BAD = 0.05, 0.02, 0.03, 0.04  # optim.lr values the stand-in reads
+LAST_BAD = 0.06  # as GOOD, but its last epoch falls to 0.1
 
 
 def curve(lr: float, seed: int, epochs: int) -> list[float]:
     """Validation accuracy per epoch: rising with progress; the bad lr stays low (SEED2_BAD:
     for seed 2 only)."""
-    top = 0.9 if lr == GOOD or (lr == SEED2_BAD and seed == 1) else 0.5
-    return [top * (e / epochs) + 0.001 * seed for e in range(1, epochs + 1)]
+    top = 0.9 if lr in (GOOD, LAST_BAD) or (lr == SEED2_BAD and seed == 1) else 0.5
+    accs = [top * (e / epochs) + 0.001 * seed for e in range(1, epochs + 1)]
+    return accs[:-1] + [0.1] if lr == LAST_BAD else accs
 
 
 @pytest.fixture
@@ -31,7 +33,8 @@ def fake_training(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int, int]]
     """Replace train_run; returns the log of (seed, epochs planned, epochs run) per call."""
     calls: list[tuple[int, int, int]] = []
 
-    def train_run(cfg, rt, run_dir: Path, progress: bool, on_epoch):
+    def train_run(cfg, rt, run_dir: Path, progress: bool, on_epoch, continue_with: str):
+        assert continue_with.startswith("run the same tune command")  # not train --resume
         seed, epochs = cfg.train.seed, cfg.train.epochs
         accs = curve(cfg.optim.lr, seed, epochs)
         calls.append((seed, epochs, 0))
@@ -47,14 +50,16 @@ def fake_training(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int, int]]
     return calls
 
 
-def setup_and_study(tmp_path: Path) -> tuple[TrialSetup, optuna.Study]:
+def setup_and_study(tmp_path: Path, seeds: bool = True) -> tuple[TrialSetup, optuna.Study]:
+    """Trials of seeds 1 and 2 (or of the recipe's one seed), pruned by progress."""
     space = parse_space(
         {
-            "seeds": [1, 2],
+            **({"seeds": [1, 2]} if seeds else {}),
             "pruner": {"kind": "median", "by": "progress", "startup_trials": 1,
                        "warmup_percent": 25},
             "params": {
-                "optim.lr": {"type": "categorical", "choices": [GOOD, BAD, DIVERGES, SEED2_BAD]},
+                "optim.lr": {"type": "categorical",
+                             "choices": [GOOD, BAD, DIVERGES, SEED2_BAD, LAST_BAD]},
                 "train.epochs": {"type": "categorical", "choices": [20, 40]},
             },
         },
@@ -119,6 +124,26 @@ def test_a_later_seed_is_never_pruned(tmp_path: Path, fake_training: list) -> No
     assert t.state == optuna.trial.TrialState.COMPLETE
     assert fake_training == [(1, 20, 20), (2, 20, 20)]
     assert t.value == pytest.approx((0.901 + 0.502) / 2)
+
+
+def test_a_trial_is_not_pruned_after_its_last_epoch(tmp_path: Path, fake_training) -> None:
+    """Pruning after the last epoch of a one-seed trial saves nothing and would record the trial
+    as PRUNED (its value the last epoch's); it completes. With seeds, the first seed's last
+    epoch may still prune: the other seeds are then not trained."""
+    setup, study = setup_and_study(tmp_path, seeds=False)
+    run_trial(study, setup, GOOD, 20)
+    run_trial(study, setup, LAST_BAD, 20)  # level with GOOD, then 0.1 after epoch 20
+    t = study.trials[1]
+    assert t.state == optuna.trial.TrialState.COMPLETE, t.state
+    assert t.intermediate_values[20] == pytest.approx(0.1)  # reported, so later trials compare
+    assert fake_training[-1] == (42, 20, 20)
+
+    setup, study = setup_and_study(tmp_path / "seeded")
+    run_trial(study, setup, GOOD, 20)
+    fake_training.clear()
+    run_trial(study, setup, LAST_BAD, 20)
+    assert study.trials[1].state == optuna.trial.TrialState.PRUNED
+    assert fake_training == [(1, 20, 20)]  # seed 2 never started
 
 
 def test_a_diverged_second_seed_scores_the_trial_zero(tmp_path: Path, fake_training) -> None:

@@ -42,6 +42,15 @@ if TYPE_CHECKING:
 log = logging.getLogger("bloodmnist")
 
 
+@dataclass(frozen=True)
+class _Hooks:
+    """What train_run's caller adds: see train_run."""
+
+    on_epoch: Callable[[dict[str, Any]], None] | None
+    reports: Callable[[Path], Any] | None
+    again: str | None  # how to continue an interrupted run; None: this folder's train --resume
+
+
 @dataclass
 class ResumeFrom:
     """A loaded last.pt and the file stamp it had when its loading began."""
@@ -58,6 +67,7 @@ def train_run(
     resume: ResumeFrom | None = None,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
     reports: Callable[[Path], Any] | None = None,
+    continue_with: str | None = None,
 ) -> dict[str, Any]:
     """Run the recipe into `run_dir` (already created) and return summary.json's content.
 
@@ -65,7 +75,9 @@ def train_run(
     gets each epoch's history row (a search prunes a trial by raising from it). `reports`
     builds the report files from the finished run folder (the CLI passes
     `reporting.build_reports`: training itself does not depend on reporting); it runs while the
-    run still holds its lock, before the figures go to TensorBoard.
+    run still holds its lock, before the figures go to TensorBoard. `continue_with` is the
+    advice an interrupted run ends with (default: this folder's `train --resume`; a search
+    that never resumes its trials says how to continue the search instead).
     """
     lock = RunLock(run_dir) if rt.is_main else None
     # Rank 0 holds the lock for all ranks (only it writes); if it cannot, every rank stops.
@@ -80,7 +92,7 @@ def train_run(
         # during the final evaluation lets it finish (a second signal exits at once).
         with GracefulStop() as stop:
             state = resume.state if resume else None
-            hooks = (on_epoch, reports)
+            hooks = _Hooks(on_epoch, reports, continue_with)
             return _train_locked(cfg, rt, run_dir, progress, state, stop, hooks)
     except OSError as exc:  # e.g. disk full while writing predictions or reports: one line
         raise OutputError.from_os(exc.filename or run_dir, exc) from None
@@ -109,9 +121,9 @@ def _train_locked(
     progress: bool,
     resume: dict[str, Any] | None,
     stop: GracefulStop,
-    hooks: tuple[Callable[[dict[str, Any]], None] | None, Callable[[Path], Any] | None],
+    hooks: _Hooks,
 ) -> dict[str, Any]:
-    on_epoch, reports = hooks
+    on_epoch, reports = hooks.on_epoch, hooks.reports
     seed_everything(cfg.train.seed, cfg.train.deterministic)
     log.info("run folder: %s", run_dir)
     log.info("runtime: %s", rt.describe())
@@ -122,7 +134,7 @@ def _train_locked(
     tracker = open_tracker(run_dir, len(data.train), enabled=rt.is_main and cfg.runtime.tensorboard)
     trainer.on_epoch = partial(_epoch_hooks, tracker, on_epoch)
     try:
-        state = _fit_guarded(trainer, run_dir, rt, base, stop)
+        state = _fit_guarded(trainer, run_dir, rt, base, stop, hooks.again)
         stop.note = "finishing the final test evaluation and reports first"
         teachers = trainer.distill.teacher.models if trainer.distill is not None else []
         steps = len(trainer.batches) * state.epoch  # optimiser steps (each rank takes them all)
@@ -250,9 +262,15 @@ def _manifest_facts(
 
 
 def _fit_guarded(
-    trainer: Trainer, run_dir: Path, rt: Runtime, base: dict[str, Any], stop: GracefulStop
+    trainer: Trainer,
+    run_dir: Path,
+    rt: Runtime,
+    base: dict[str, Any],
+    stop: GracefulStop,
+    again: str | None,
 ) -> TrainState:
-    """fit() with signal handling; an interrupted or diverged run leaves a summary saying so."""
+    """fit() with signal handling; an interrupted or diverged run leaves a summary saying so
+    (ending with `again`, how to continue it)."""
     trainer.check_stop = stop.check
     log.info(
         "training epochs %d..%d; Ctrl-C or SIGTERM stops after the current step",
@@ -262,10 +280,11 @@ def _fit_guarded(
     try:
         return trainer.fit()
     except (StopRequested, DivergenceError) as exc:
-        status, code, msg = _stop_message(exc, trainer, run_dir)
+        status, code, msg = _stop_message(exc, trainer, run_dir, again)
     except OutputError as exc:  # disk full while saving: the last good last.pt is intact
         if (run_dir / "checkpoints" / "last.pt").is_file():
-            exc.args = (f"{exc}; then continue with: bloodmnist train --resume {run_dir}",)
+            how = again or f"continue with: bloodmnist train --resume {run_dir}"
+            exc.args = (f"{exc}; then {how[:1].lower()}{how[1:]}",)
         raise
     if rt.is_main:
         write_json(
@@ -277,7 +296,7 @@ def _fit_guarded(
 
 
 def _stop_message(
-    exc: StopRequested | DivergenceError, trainer: Trainer, run_dir: Path
+    exc: StopRequested | DivergenceError, trainer: Trainer, run_dir: Path, again: str | None
 ) -> tuple[str, int, str]:
     """(summary status, exit code, one-line message) for a run that stopped early."""
     st, ckpts = trainer.state, run_dir / "checkpoints"
@@ -289,9 +308,8 @@ def _stop_message(
         )
         return "diverged", 3, f"stopped: {exc}; {kept}; lower optim.lr or check the data"
     if not (ckpts / "last.pt").is_file():
-        msg = (
-            f"interrupted by {exc} in epoch 1, before any checkpoint was written; nothing to "
-            f"resume: start again with a new --out (or delete {run_dir})"
+        msg = f"interrupted by {exc} in epoch 1, before any checkpoint was written; " + (
+            again or f"nothing to resume: start again with a new --out (or delete {run_dir})"
         )
     else:
         where = (
@@ -299,7 +317,8 @@ def _stop_message(
             if st.epoch >= trainer.cfg.train.epochs or st.stopped_early
             else f"epoch {st.epoch + 1} was abandoned"
         )
-        msg = f"interrupted by {exc}; {where}. Continue with: bloodmnist train --resume {run_dir}"
+        how = again or f"Continue with: bloodmnist train --resume {run_dir}"
+        msg = f"interrupted by {exc}; {where}. {how[:1].upper()}{how[1:]}"
     return "interrupted", 128 + exc.signum, msg
 
 

@@ -25,6 +25,11 @@ TRIALS_DIR = "trials"
 #: With `pruner.by: progress`, epochs are reported on a grid of this many equal shares of each
 #: trial's own schedule (step k = k/20 done), so trials of any length meet at the same steps.
 PROGRESS_STEPS = 20
+# What an interrupted trial's training advises: a search never resumes a trial's folder
+CONTINUE = (
+    "run the same tune command to continue the search (this trial is marked FAIL; "
+    "another takes its place)"
+)
 #: Trial states that count toward --trials; FAIL (crashed, stale, surplus) never does.
 DONE = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 
@@ -137,9 +142,7 @@ def objective(trial: optuna.Trial, setup: TrialSetup) -> float:
             cfg.runtime.name = f"{cfg.runtime.name}-seed{seed}"
             folder = root / f"seed-{seed}"
         run_dir = new_run_dir(folder, "", explicit=True)
-        # Pruning watches the first seed: a trial that is clearly worse stops early, and the
-        # median compares like with like (every trial's first seed, step by step).
-        score, ran = _train_one(trial, cfg, setup, run_dir, epochs, prune=i == 0)
+        score, ran = _train_one(trial, cfg, setup, run_dir, epochs, prune=_prune_plan(i, seeds))
         epochs += ran
         trial.set_user_attr("epochs_run", epochs)
         if score is None:
@@ -153,10 +156,16 @@ def objective(trial: optuna.Trial, setup: TrialSetup) -> float:
 
 
 def _train_one(
-    trial: optuna.Trial, cfg: Config, setup: TrialSetup, run_dir: Path, before: int, prune: bool
+    trial: optuna.Trial,
+    cfg: Config,
+    setup: TrialSetup,
+    run_dir: Path,
+    before: int,
+    prune: tuple[bool, bool],
 ) -> tuple[float | None, int]:
     """One training of a trial: (best validation accuracy or None if it diverged, epochs run).
-    `before` epochs were run by its earlier seeds (for the trial's epochs_run when pruned)."""
+    `before` epochs were run by its earlier seeds (for the trial's epochs_run when pruned);
+    `prune` is (report to the pruner, may prune after the last epoch too)."""
     from bloodmnist.training.run import train_run
     from bloodmnist.training.rundir import write_json
 
@@ -169,15 +178,18 @@ def _train_one(
         if acc > seen["best_val_acc"]:
             seen.update(best_val_acc=acc, best_epoch=epoch)
         step = epoch * PROGRESS_STEPS // cfg.train.epochs if by_progress else epoch
-        if not prune or step <= seen["step"]:  # (progress: this epoch reached no new step)
+        if not prune[0] or step <= seen["step"]:  # (progress: this epoch reached no new step)
             return
         seen["step"] = step
         trial.report(acc, step)
-        if trial.should_prune():
+        # after the last epoch a prune saves nothing unless other seeds are still to run
+        if (epoch < cfg.train.epochs or prune[1]) and trial.should_prune():
             raise optuna.TrialPruned(f"trial {trial.number} pruned after epoch {epoch}")
 
     try:
-        summary = train_run(cfg, setup.rt, run_dir, progress=False, on_epoch=report)
+        summary = train_run(
+            cfg, setup.rt, run_dir, progress=False, on_epoch=report, continue_with=CONTINUE
+        )
     except optuna.TrialPruned:
         trial.set_user_attr("epochs_run", before + seen["epochs_run"])
         # every epoch's best, not only those reported (progress steps skip some); with seeds,
@@ -197,6 +209,12 @@ def _train_one(
         trial.set_user_attr("note", "interrupted (marked FAIL; the study runs another)")
         raise
     return float(summary["best_val_acc"]), int(summary["epochs_run"])
+
+
+def _prune_plan(i: int, seeds: list[int | None]) -> tuple[bool, bool]:
+    """Pruning watches the first seed: a trial that is clearly worse stops early, and the
+    median compares like with like (every trial's first seed, step by step)."""
+    return i == 0, len(seeds) > 1
 
 
 def _status(run_dir: Path) -> str | None:
