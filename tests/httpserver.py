@@ -5,12 +5,15 @@ Each path gets a body and a script: one behaviour per request, the last one repe
 Requests are counted per path (query strings ignored). Range requests (``bytes=N-``) are
 answered with 206 and the bytes from N, as Zenodo does (416 when N is past the end), unless
 ``honour_ranges`` is off; each request's start is recorded in ``range_starts`` (0 without
-Range). The behaviours then apply to the bytes being sent.
+Range). Every answer carries a strong ETag of the path's current body, and a Range whose
+``If-Range`` names another one gets the whole body (200), as RFC 9110 says; the If-Range sent
+(or None) is recorded in ``if_ranges``. The behaviours then apply to the bytes being sent.
 """
 
 from __future__ import annotations
 
 import gzip
+import hashlib
 import re
 import socket
 import struct
@@ -46,6 +49,11 @@ class _Handler(BaseHTTPRequestHandler):
             return
         match = _RANGE.match(self.headers.get("Range", ""))
         start = int(match.group(1)) if match and self.server.honour_ranges else 0
+        etag = f'"{hashlib.md5(body).hexdigest()[:16]}"'
+        if_range = self.headers.get("If-Range")
+        self.server.if_ranges[path].append(if_range)
+        if if_range is not None and if_range != etag:  # changed since: the whole body
+            start = 0
         self.server.range_starts[path].append(start)
         self.server.accept_encodings[path].append(self.headers.get("Accept-Encoding"))
         if behaviour == GZIP:  # as a server with pre-compressed files (gzip_static) may
@@ -69,6 +77,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_response(200)
         if behaviour == GZIP:
             self.send_header("Content-Encoding", "gzip")
+        self.send_header("ETag", etag)
         self.send_header("Content-Type", "application/octet-stream")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -104,6 +113,7 @@ class TestHTTPServer(ThreadingHTTPServer):
         self.honour_ranges = True
         self.range_starts: defaultdict[str, list[int]] = defaultdict(list)
         self.accept_encodings: defaultdict[str, list[str | None]] = defaultdict(list)
+        self.if_ranges: defaultdict[str, list[str | None]] = defaultdict(list)
         self._routes: dict[str, tuple[bytes, list[str]]] = {}
         self._lock = threading.Lock()
         # A short poll interval keeps shutdown (and so each test's teardown) fast.

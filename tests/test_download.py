@@ -73,8 +73,11 @@ def near(resumed_at: int, sent: int) -> bool:
 
 
 def kept_part(cache: Path, name: str = NAME, payload: bytes = PAYLOAD) -> int:
-    """The cache holds nothing but the part file, a true prefix of the payload; its length."""
-    assert [p.name for p in cache.iterdir()] == [f"{name}.part"]
+    """The cache holds nothing but the part file, a true prefix of the payload, and the version
+    (ETag) its bytes came from; the part's length."""
+    assert sorted(p.name for p in cache.iterdir()) == [f"{name}.part", f"{name}.part.version"]
+    etag = f'"{hashlib.md5(payload).hexdigest()[:16]}"'  # the test server's
+    assert (cache / f"{name}.part.version").read_text() == etag + "\n"
     kept = (cache / f"{name}.part").read_bytes()
     assert 0 < len(kept) < len(payload) and payload.startswith(kept)
     return len(kept)
@@ -144,6 +147,8 @@ def test_broken_body_once_then_resumed(server, tmp_path):
     assert fetch(server, tmp_path).read_bytes() == PAYLOAD
     first, second = server.range_starts[PATH]
     assert first == 0 and near(second, len(PAYLOAD) // 2)
+    # the resume names the version its bytes came from (the first answer's ETag)
+    assert server.if_ranges[PATH] == [None, f'"{PAYLOAD_MD5[:16]}"']
     assert sorted(p.name for p in tmp_path.iterdir()) == [NAME]
 
 
@@ -219,6 +224,34 @@ def test_a_stale_part_fails_the_hash_and_is_replaced(server, tmp_path):
     server.serve(PATH, PAYLOAD)
     assert fetch(server, tmp_path).read_bytes() == PAYLOAD
     assert server.range_starts[PATH] == [130, 0]
+
+
+def test_a_part_of_a_changed_remote_file_restarts_at_once(server, tmp_path, caplog):
+    """The part's version (the ETag of the answer it began with) goes along as If-Range: once
+    the remote file has changed, the server sends all of the new one (200) in that request,
+    instead of its rest being appended to the old bytes, failing the hash and fetched again."""
+    old = bytes(b ^ 0x5A for b in PAYLOAD)
+    server.serve(PATH, old, [TRUNCATE])
+    with pytest.raises(DownloadError):
+        fetch(server, tmp_path, retries=0)
+    kept_part(tmp_path, payload=old)
+    old_version = (tmp_path / f"{NAME}.part.version").read_text().strip()
+    server.serve(PATH, PAYLOAD)  # the remote file changes
+    with caplog.at_level(logging.INFO):
+        assert fetch(server, tmp_path).read_bytes() == PAYLOAD
+    assert server.if_ranges[PATH] == [None, old_version]
+    assert server.range_starts[PATH] == [0, 0]  # one request for the new file, whole
+    assert "the remote file changed since" in caplog.text
+    assert sorted(p.name for p in tmp_path.iterdir()) == [NAME]
+
+
+def test_the_version_is_a_strong_etag_else_the_date() -> None:
+    from bloodmnist.data.resumable import _validator
+
+    date = "Wed, 02 Dec 2026 10:00:00 GMT"
+    assert _validator({"ETag": '"abc"', "Last-Modified": date}) == '"abc"'
+    assert _validator({"ETag": 'W/"abc"', "Last-Modified": date}) == date  # weak: not for If-Range
+    assert _validator({"ETag": 'W/"abc"'}) == "" and _validator({}) == ""
 
 
 def test_an_encoded_answer_to_a_range_restarts_the_part(server, tmp_path):

@@ -7,9 +7,13 @@ The part file is trusted only as far as the hash: a server that ignores Range (2
 one that answers with another offset, or with an encoded (gzip) body whose byte offsets are not
 the file's, restarts it, one that says the range cannot be satisfied (416) gets the part checked,
 and a finished file whose hash does not match is deleted before the next attempt (it may hold
-bytes of an older version of the remote file). Bytes are asked for unencoded (`Accept-Encoding:
-identity`), so the part holds the file's own bytes. One download per cache folder at a time:
-`cache_lock` (the caller holds it around the whole fetch, the cached file's check included).
+bytes of an older version of the remote file). Which version the part's bytes came from (the
+server's strong ETag, else its Last-Modified) is kept in ``<target>.part.version`` and sent as
+``If-Range``: a server whose file has changed since then sends the whole new file at once (200),
+rather than the rest of the new one to be appended to the start of the old. Bytes are asked for
+unencoded (`Accept-Encoding: identity`), so the part holds the file's own bytes. One download
+per cache folder at a time: `cache_lock` (the caller holds it around the whole fetch, the cached
+file's check included).
 """
 
 from __future__ import annotations
@@ -129,6 +133,7 @@ class ResumableDownloader:
         self, part: Path, progress: bool, timeout: float, algorithm: str, expected: str
     ) -> None:
         self.part, self.progress, self.timeout = part, progress, timeout
+        self.version = part.with_name(part.name + ".version")  # the remote file's ETag/date
         self.algorithm, self.expected = algorithm, expected
         self.refused = False  # the last attempt's Range was answered 416
 
@@ -142,13 +147,13 @@ class ResumableDownloader:
                 self._get(url, fh, start, pooch_obj)
             except BaseException:
                 if os.fstat(fh.fileno()).st_size == 0:  # nothing to resume from: no empty file
-                    self.part.unlink(missing_ok=True)
+                    self._discard()
                 raise
             fh.flush()
             os.fsync(fh.fileno())  # the renamed file survives a crash intact
             got = file_digest(self.part, self.algorithm)
             if not got.startswith(self.expected):
-                self.part.unlink(missing_ok=True)  # the next attempt starts from zero
+                self._discard()  # the next attempt starts from zero
                 if self.refused:  # a 416 for a part that is not the file
                     raise _RangeMismatch(
                         f"the server refused to resume at {_bytes_mb(start)}; "
@@ -159,6 +164,11 @@ class ResumableDownloader:
                     f"{self.algorithm} hash mismatch: expected {self.expected}, got {got}"
                 )
             os.replace(self.part, output_file)
+            self.version.unlink(missing_ok=True)
+
+    def _discard(self) -> None:
+        self.part.unlink(missing_ok=True)
+        self.version.unlink(missing_ok=True)
 
     def _get(self, url: str, fh: IO[bytes], start: int, pooch_obj: object) -> None:
         """Append the rest of the file to ``fh`` (all of it when the server ignores Range)."""
@@ -169,7 +179,9 @@ class ResumableDownloader:
         kwargs: dict[str, Any] = {"timeout": self.timeout, "headers": headers}
         if start:
             headers["Range"] = f"bytes={start}-"
-        kwargs["hooks"] = {"response": lambda response, **_: _check_range(response, fh, start)}
+            if version := self._read_version():
+                headers["If-Range"] = version  # changed since: the server sends it all (200)
+        kwargs["hooks"] = {"response": lambda response, **_: self._check_range(response, fh, start)}
         http = pooch.HTTPDownloader(progressbar=self.progress, chunk_size=CHUNK, **kwargs)
         try:
             http(url, fh, pooch_obj)
@@ -185,20 +197,44 @@ class ResumableDownloader:
                 raise NotRetried(f"HTTP {code} {exc.response.reason}") from exc
             raise
 
+    def _read_version(self) -> str:
+        try:
+            return self.version.read_text().strip()
+        except OSError:  # none kept (a server without validators, or an older part)
+            return ""
 
-def _check_range(response: requests.Response, fh: IO[bytes], start: int) -> None:
-    """Called before the body is read: make the part file fit what the server sends."""
-    encoded = response.headers.get("Content-Encoding", "identity").lower() not in ("", "identity")
-    if response.status_code == 200 and start:  # Range ignored: the whole file follows
-        log.info("the server does not resume downloads; starting again from zero")
-        fh.truncate(0)  # append mode: the next write goes to offset 0
-    elif response.status_code == 206:  # an encoded body's offsets are not the file's
-        match = _CONTENT_RANGE.match(response.headers.get("Content-Range", ""))
-        if encoded or not match or int(match.group(1)) != start:
-            fh.truncate(0)
-            response.close()
-            sent = response.headers.get("Content-Range", "no Content-Range")
-            raise _RangeMismatch(
-                f"asked for bytes from {start}, the server sent {sent}"
-                + (f" ({response.headers['Content-Encoding']}-encoded)" if encoded else "")
-            )
+    def _check_range(self, response: requests.Response, fh: IO[bytes], start: int) -> None:
+        """Called before the body is read: make the part file fit what the server sends."""
+        headers = response.headers
+        encoded = headers.get("Content-Encoding", "identity").lower() not in ("", "identity")
+        if response.status_code == 200:  # the whole file follows (new, changed or no Range)
+            if start:
+                sent = response.request.headers.get("If-Range") if response.request else None
+                why = "the remote file changed" if sent else "the server does not resume"
+                log.info("%s since %s was started; starting again from zero", why, self.part)
+                fh.truncate(0)  # append mode: the next write goes to offset 0
+            _write_version(self.version, _validator(headers))
+        elif response.status_code == 206:  # an encoded body's offsets are not the file's
+            match = _CONTENT_RANGE.match(headers.get("Content-Range", ""))
+            if encoded or not match or int(match.group(1)) != start:
+                fh.truncate(0)
+                response.close()
+                sent = headers.get("Content-Range", "no Content-Range")
+                raise _RangeMismatch(
+                    f"asked for bytes from {start}, the server sent {sent}"
+                    + (f" ({headers['Content-Encoding']}-encoded)" if encoded else "")
+                )
+
+
+def _validator(headers: Any) -> str:
+    """What identifies this version of the remote file for If-Range: a strong ETag (a weak one
+    may not be used there), else Last-Modified, else nothing."""
+    etag = headers.get("ETag", "")
+    return etag if etag and not etag.startswith("W/") else headers.get("Last-Modified", "")
+
+
+def _write_version(path: Path, version: str) -> None:
+    if version:
+        path.write_text(version + "\n")
+    else:
+        path.unlink(missing_ok=True)
