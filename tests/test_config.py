@@ -193,6 +193,13 @@ def test_yaml_file_errors_name_the_file(tmp_path: Path) -> None:
         ("train.early_stop_patience=0", "train.early_stop_patience must be >= 1"),
         ("model.class_names=5", "config key 'model.class_names' must be a list, got 5"),
         ("model.class_names=abcdefgh", "must be a list, got 'abcdefgh'"),
+        # negative values were read as off (the zoom: as a half turn) without a word
+        ("augment.brightness=-1", "augment.brightness, contrast and saturation must be >= 0"),
+        ("augment.saturation=-0.1", "augment.brightness, contrast and saturation must be >= 0"),
+        ("augment.rotation=-5", "augment.rotation must be >= 0"),
+        ("augment.translate=-2", "augment.translate must be >= 0"),
+        ("eval.tta_scale=-1", "eval.tta_scale must be > 0"),
+        ("eval.tta_noise_std=-1", "eval.tta_noise_std must be >= 0"),
     ],
 )
 def test_cross_field_validation(override: str, words: str) -> None:
@@ -236,6 +243,40 @@ def test_parse_override_reads_values_as_yaml() -> None:
     assert parse_override("runtime.name=a=b") == ("runtime.name", "a=b")  # split at first '='
     key, value = parse_override("optim.lr=NaN")
     assert key == "optim.lr" and math.isnan(value)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("train.seed=042", "config key 'train.seed' must be an integer, got '042'"),  # octal: 34
+        ("train.epochs=1:30", "config key 'train.epochs' must be an integer, got '1:30'"),  # 90
+        ("train.epochs=1_0", "must be an integer, got '1_0'"),
+        ("optim.batch_size=0x40", "must be an integer, got '0x40'"),
+    ],
+)
+def test_numbers_are_decimal_as_typed(override: str, message: str) -> None:
+    """YAML 1.1 (PyYAML) reads 042 as octal 34 and 1:30 as 90: a seed typed 042 trained seed 34.
+    Numbers are YAML 1.2's now; anything else stays text, which a number key refuses."""
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        build_config(overrides=[override])
+    cfg = build_config(overrides=["runtime.name=010", "data.path=0777", "train.seed=42"])
+    assert (cfg.runtime.name, cfg.data.path, cfg.train.seed) == ("010", "0777", 42)
+
+
+def test_a_key_given_twice_in_a_config_file_is_refused(tmp_path: Path) -> None:
+    """A second `optim:` section replaced the first (its lr dropped without a word)."""
+    path = _yaml(tmp_path, "optim:\n  lr: 0.5\ntrain:\n  epochs: 3\noptim:\n  batch_size: 32\n")
+    with pytest.raises(ConfigError) as info:
+        build_config(path)
+    assert str(info.value) == (
+        f"config file {path} is not valid YAML (line 5, column 1: duplicate key 'optim' "
+        "(a key may be given once))"
+    )
+    twice = _yaml(tmp_path, "optim:\n  lr: 0.5\n  lr: 0.1\n", "twice.yaml")
+    with pytest.raises(ConfigError, match="line 3, column 3: duplicate key 'lr'"):
+        build_config(twice)
+    merged = _yaml(tmp_path, "x: &o {lr: 0.5}\n", "anchor.yaml")  # merge keys may be overridden
+    assert load_yaml(merged) == {"x": {"lr": 0.5}}
 
 
 def test_exponent_without_dot_is_a_float(tmp_path: Path) -> None:

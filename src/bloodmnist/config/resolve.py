@@ -14,6 +14,7 @@ import yaml
 
 from bloodmnist.config.checks import validate
 from bloodmnist.config.schema import Config
+from bloodmnist.config.yaml_text import load_text
 from bloodmnist.errors import ConfigError
 
 #: Settings that say how a run is carried out, not what it computes (threads and compile change
@@ -102,7 +103,7 @@ def parse_override(text: str) -> tuple[str, Any]:
         raise ConfigError(f"--set expects key=value, got {text!r}")
     key, raw = text.split("=", 1)
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = load_text(raw) if raw.strip() else None
     except yaml.YAMLError as exc:
         raise ConfigError(f"--set {key}: cannot parse value {raw!r} ({exc})") from None
     if isinstance(value, str) and value.lower() in {"nan", ".nan", "inf", "-inf"}:
@@ -131,7 +132,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not p.is_file():
         raise ConfigError(f"config file not found: {p}")
     try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+        data = load_text(p.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         raise ConfigError(f"config file {p} is not valid YAML ({_yaml_reason(exc)})") from None
     if data is None:
@@ -188,7 +189,7 @@ def recipe_dict(name: str) -> dict[str, Any]:
     from importlib.resources import files
 
     text = (files("bloodmnist") / "configs" / f"{name}.yaml").read_text(encoding="utf-8")
-    return yaml.safe_load(text) or {}
+    return load_text(text) or {}
 
 
 def _yaml_reason(exc: yaml.YAMLError) -> str:
