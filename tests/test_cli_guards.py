@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -179,6 +180,28 @@ def test_a_runs_listing_probing_the_lock_does_not_refuse_a_resume(tmp_path: Path
     assert refused == 0
 
 
+def test_two_probes_of_a_stale_lock_never_take_each_other_for_its_owner(tmp_path: Path) -> None:
+    """Every rank of `torchrun ... train --resume` probes a crashed run's lock at the same time;
+    one probe's microsecond flock made the other report the folder "in use" (hundreds of times
+    in 20,000 probes). A probe now waits the other out, as acquire() does."""
+    (tmp_path / "run.lock").write_text(json.dumps({"pid": 2**22 + 7, "flock": True}))
+    prober = subprocess.Popen(
+        [sys.executable, "-c", _PROBER, str(tmp_path)], stdout=subprocess.PIPE, text=True
+    )
+    refused = 0
+    try:
+        assert prober.stdout.readline().strip() == "probing"
+        for _ in range(3000):
+            try:
+                RunLock(tmp_path).check_free()
+            except RunLockedError:
+                refused += 1
+    finally:
+        prober.kill()
+        prober.wait()
+    assert refused == 0
+
+
 def test_resume_refuses_a_last_pt_saved_again_while_it_loaded(tmp_path: Path) -> None:
     """last.pt is loaded before the lock is taken: if another resume saved a new one meanwhile,
     continuing from the old state would overwrite newer training, so the run stops at once."""
@@ -268,3 +291,47 @@ def test_data_path_with_a_tilde_is_the_users_home(tmp_path: Path) -> None:
     assert result.returncode == 2, describe(result)
     assert error_lines(result)[-1].startswith(f"bloodmnist train: error: {tmp_path / 'mine.npz'}:")
     assert "not found" not in result.stderr
+
+
+# -- the --out folder ------------------------------------------------------------------------
+
+
+def test_a_folder_left_by_a_failed_setup_takes_the_same_command_again(
+    shared_data: Path, tmp_path: Path
+) -> None:
+    """A run that fails while setting up (here: labels the config's class count cannot hold)
+    leaves train.log and empty checkpoints/ and figures/. The corrected command used to be
+    refused ("not empty ... continue it with --resume"), and --resume then said there was
+    nothing to resume; now the same --out is used again and its log continues."""
+    out = tmp_path / "run"
+    args = ["train", "--data", str(shared_data), "--out", str(out), "--quiet", "--subset", "32"]
+    bad = [*args, "--set", "model.num_classes=3", "--set", "model.class_names=null"]
+    for attempt in (1, 2):  # the second would have been refused as "not empty"
+        result = run_cli(bad, cwd=tmp_path)
+        assert result.returncode == 2, describe(result)
+        (line,) = [ln for ln in error_lines(result) if ": error:" in ln]
+        assert "not empty" not in line and "labels outside 0..2" in line, line
+        assert sorted(p.name for p in out.iterdir()) == ["checkpoints", "figures", "train.log"]
+        log = (out / "train.log").read_text()
+        assert log.count("run folder:") == attempt  # appended, not replaced
+
+
+def test_a_used_out_folder_is_refused_with_what_it_holds(tmp_path: Path) -> None:
+    from bloodmnist.errors import BloodMNISTError
+    from bloodmnist.training.rundir import new_run_dir
+
+    cases = {
+        "notes.txt": "is not empty and is not a run folder; pick a new or empty folder",
+        "train.log": "holds no checkpoint to resume (a run there stopped before its first epoch",
+        "checkpoints/last.pt": "is not empty; pick a new --out, or continue it with --resume",
+    }
+    for i, (name, words) in enumerate(cases.items()):
+        folder = tmp_path / str(i)
+        (folder / name).parent.mkdir(parents=True)
+        (folder / name).write_text("x")
+        if name == "train.log":
+            (folder / "config.yaml").write_text("x")  # a run stopped in epoch 1 wrote more
+        with pytest.raises(BloodMNISTError, match=re.escape(words)):
+            new_run_dir(folder, "", explicit=True)
+    (tmp_path / "empty").mkdir()
+    assert new_run_dir(tmp_path / "empty", "", explicit=True) == tmp_path / "empty"

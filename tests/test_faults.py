@@ -392,6 +392,39 @@ def test_evaluate_checkpoint_of_other_class_count(tiny_npz, tmp_path) -> None:
     one_error_line(result.stderr, str(path), "fc.weight", "number of classes")
 
 
+def test_resume_after_the_last_epoch_rewrites_a_short_history(reference, tmp_path) -> None:
+    """A kill between last.pt and history.csv of the last epoch (as if: the csv one row short,
+    no summary) and a resume that has no epoch left to train: history.csv holds every epoch."""
+    run_dir = tmp_path / "R"
+    shutil.copytree(reference.dir, run_dir)
+    (run_dir / "summary.json").unlink()
+    lines = (run_dir / "history.csv").read_text().splitlines(keepends=True)
+    (run_dir / "history.csv").write_text("".join(lines[:-1]))  # epochs 1-2 of 3
+    result = cli("train", "--resume", str(run_dir), timeout=RUN_TIMEOUT)
+    assert result.returncode == 0, result.stderr
+    assert read_history(run_dir) == read_history(reference.dir)  # 3 rows, as trained
+    assert summary(run_dir)["epochs_run"] == 3
+
+
+def test_resume_on_a_changed_data_file_is_refused(reference, tmp_path) -> None:
+    """The run's data file replaced by other bytes (here: the manifest records other ones) would
+    mix two datasets in one run; the resume stops before training, changing nothing."""
+    run_dir = tmp_path / "R"
+    shutil.copytree(reference.dir, run_dir)
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    now = manifest["data"]["md5"]
+    manifest["data"]["md5"] = "0" * 32
+    (run_dir / "manifest.json").write_text(json.dumps(manifest))
+    before = {p.name: sha256(p) for p in run_dir.rglob("*") if p.is_file() and p.suffix != ".log"}
+    result = cli("train", "--resume", str(run_dir), "--epochs", "4", timeout=RUN_TIMEOUT)
+    assert result.returncode == 2, result.stderr
+    one_error_line(
+        result.stderr, f"has changed since {run_dir} started (MD5 {now}, the run trained on 000"
+    )
+    after = {p.name: sha256(p) for p in run_dir.rglob("*") if p.is_file() and p.suffix != ".log"}
+    assert after == before
+
+
 def test_resume_from_corrupt_last_checkpoint(tiny_npz, tmp_path) -> None:
     last = _checkpoint(tmp_path / "run" / "checkpoints" / "last.pt", 8, tiny_npz)
     last.write_bytes(last.read_bytes()[:1000])

@@ -91,7 +91,7 @@ def _resume_state(args: argparse.Namespace) -> tuple[Path, ResumeFrom, Config]:
     if not last.is_file():
         raise BloodMNISTError(
             f"--resume: {last} does not exist, so no epoch finished in {run_dir} and there is "
-            "nothing to resume; start a new run with another --out"
+            "nothing to resume; start a new run with another --out (or delete that folder)"
         )
     RunLock(run_dir).check_free()  # a run still training: say so before loading its state
     stamp = file_stamp(last)  # train_run checks it again once it holds the lock

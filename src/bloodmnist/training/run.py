@@ -9,6 +9,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from bloodmnist.atomic import read_json
 from bloodmnist.config import Config, save_yaml
 from bloodmnist.data.npz import Dataset, describe
 from bloodmnist.data.source import DataInfo, fit_config, load_data
@@ -28,6 +29,7 @@ from bloodmnist.training.model_setup import fit_model_to_data, prepare_model, wr
 from bloodmnist.training.rundir import (
     remove_stale_temps,
     setup_logging,
+    write_history,
     write_json,
     write_manifest,
 )
@@ -129,6 +131,8 @@ def _train_locked(
     log.info("runtime: %s", rt.describe())
     progress = progress and rt.is_main
     cfg, data, data_info = _load_run_data(cfg, rt, progress)
+    if resume is not None:
+        _check_same_data(run_dir, data_info)
     trainer, model, pretrained = _build_trainer(cfg, rt, run_dir, data, data_info, resume, progress)
     base = _summary_base(cfg, rt, data_info, pretrained)
     tracker = open_tracker(run_dir, len(data.train), enabled=rt.is_main and cfg.runtime.tensorboard)
@@ -177,6 +181,21 @@ def _load_run_data(cfg: Config, rt: Runtime, progress: bool) -> tuple[Config, Da
     return cfg, data, data_info
 
 
+def _check_same_data(run_dir: Path, data_info: DataInfo) -> None:
+    """A resumed run must train on the bytes it started with (manifest.json's MD5): another file
+    at the same path would mix two datasets in one run, and its test split could hold images
+    the first epochs trained on."""
+    manifest = run_dir / "manifest.json"
+    data = read_json(manifest).get("data") if manifest.is_file() else None
+    first = data.get("md5") if isinstance(data, dict) else None
+    if first and first != data_info.md5:
+        raise BloodMNISTError(
+            f"--resume: {data_info.path} has changed since {run_dir} started (MD5 "
+            f"{data_info.md5}, the run trained on {first}); put the original file back, or start "
+            "a new run with another --out"
+        )
+
+
 def _build_trainer(
     cfg: Config,
     rt: Runtime,
@@ -213,6 +232,9 @@ def _build_trainer(
         if rt.is_main:
             write_manifest(run_dir, facts, resumed=True)
             save_yaml(cfg, run_dir / "config.yaml")  # --epochs/--device may have changed
+            # last.pt is saved before history.csv: a kill between the two left the csv an
+            # epoch short, and a resume with no epoch left to train never rewrote it
+            write_history(run_dir / "history.csv", trainer.state.history)
     return trainer, model, pretrained
 
 

@@ -26,10 +26,8 @@ def new_run_dir(out: str | Path, name: str, explicit: bool) -> Path:
     path = base if explicit else base / f"{dt.datetime.now():%Y%m%d-%H%M%S}-{name}"
     if (path / LOCK_NAME).exists():
         RunLock(path).check_free()  # a live run there: say so (and by whom), not just "not empty"
-    if path.exists() and any(p.name != LOCK_NAME for p in path.iterdir()):
-        raise BloodMNISTError(
-            f"run folder {path} is not empty; pick a new --out, or continue it with --resume {path}"
-        )
+    if path.exists() and not _failed_setup_only(path):
+        raise BloodMNISTError(_not_empty(path))
     try:
         (path / "checkpoints").mkdir(parents=True, exist_ok=True)
         (path / "figures").mkdir(exist_ok=True)
@@ -41,6 +39,33 @@ def new_run_dir(out: str | Path, name: str, explicit: bool) -> Path:
             f"cannot write to run folder {path} ({exc.strerror}); choose a writable --out"
         ) from None
     return path
+
+
+def _not_empty(path: Path) -> str:
+    """Why a new run may not use `path`, and what to do instead."""
+    if (path / "checkpoints" / "last.pt").is_file():
+        return (
+            f"run folder {path} is not empty; pick a new --out, or continue it with --resume {path}"
+        )
+    if (path / "train.log").is_file():
+        return (
+            f"run folder {path} is not empty, and holds no checkpoint to resume (a run there "
+            "stopped before its first epoch ended); pick a new --out, or delete that folder"
+        )
+    return f"--out {path} is not empty and is not a run folder; pick a new or empty folder"
+
+
+def _failed_setup_only(path: Path) -> bool:
+    """Whether `path` holds at most what a run that failed during its setup leaves (train.log
+    with the error, empty checkpoints/ and figures/): a new run may use it and appends to the
+    log. Anything else (a config, a checkpoint, a user's file) keeps the folder refused."""
+    for p in path.iterdir():
+        if p.name in (LOCK_NAME, "train.log") and p.is_file():
+            continue
+        if p.name in ("checkpoints", "figures") and p.is_dir() and not any(p.iterdir()):
+            continue
+        return False
+    return True
 
 
 # The temp names bloodmnist.atomic gives a file while it is written (`.<name>.<random>.tmp`).

@@ -89,7 +89,9 @@ class RunLock:
         except FileNotFoundError:
             return
         try:
-            free = _try_flock(fd)  # released again when fd closes
+            # released again when fd closes; waits out another probe (every rank of a
+            # torchrun resume checks at once) as acquire() does
+            free = _try_flock(fd, tries=50)
         finally:
             os.close(fd)
         if not free or self._legacy_owner(*self._owner()):
