@@ -180,6 +180,10 @@ def test_csv_errors_name_the_file_line_and_headers_are_recognised(tmp_path: Path
     table.write_text("\n".join(rows) + "\n")
     with pytest.raises(DataError, match=r"list.csv row 15: split 'later' is not one of"):
         build_dataset(table, tmp_path / "y.npz")
+    rows[14] = rows[14].split(",")[0] + ",  "  # a row without its label: said with its line
+    table.write_text("\n".join(rows) + "\n")
+    with pytest.raises(DataError, match=r"list.csv row 15: no label; expected path,label"):
+        build_dataset(table, tmp_path / "y.npz")
 
 
 def test_existing_out_and_bad_options_refused(tmp_path: Path) -> None:

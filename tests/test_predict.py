@@ -27,7 +27,7 @@ from bloodmnist.inference.preprocess import ImageReadError, crop_box, load_image
 from bloodmnist.inference.torch_engine import TorchEngine
 from bloodmnist.model import build_model
 from bloodmnist.training.checkpoint import save_checkpoint
-from conftest import SHARED_DATA, describe, run_cli
+from conftest import SHARED_DATA, describe, png_header, run_cli
 
 PBC = SHARED_DATA / "pbc_sample"
 
@@ -264,6 +264,12 @@ def test_preprocess_options_and_limits(tmp_path: Path) -> None:
     assert choose_method("auto", 300, 300, 224) == "resize"  # not above 2 x 224
     with pytest.raises(ImageReadError, match="above the 0.1 Mpx limit"):
         load_image(raw, 28, "auto", max_pixels=100_000)
+    # a header above Pillow's own limit (which refuses it at open): our words, as documented
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(png_header(20000, 10000))
+    with pytest.raises(ImageReadError) as info:
+        load_image(bomb, 28)
+    assert str(info.value) == "image is 200 Mpx, above the 179.0 Mpx limit; downscale it first"
     cmyk = tmp_path / "cmyk.tif"
     Image.open(raw).convert("CMYK").save(cmyk)
     assert load_image(cmyk, 28).pixels.shape == (28, 28, 3)

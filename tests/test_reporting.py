@@ -323,3 +323,27 @@ def test_gradcam_takes_test_images_of_the_model_s_size_only(shared_data: Path) -
     assert images is samples and n == 4
     images, n = find_test_images(Path("."), preds, str(shared_data), 28)
     assert images.shape == (16, 28, 28, 3) and n == 16
+
+
+def test_a_run_without_its_checkpoint_says_the_gradcam_figure_is_skipped(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The other figures are drawn from the run's files; Grad-CAM needs its model. Without
+    checkpoints/best.pt it was skipped without a word (the docs promised a warning); an ensemble
+    folder has no model of its own, so it says nothing there."""
+    import logging
+
+    from bloodmnist.reporting.gradcam_figure import try_plot_gradcam
+
+    make_run(tmp_path / "run")
+    with caplog.at_level(logging.WARNING):
+        assert try_plot_gradcam(tmp_path / "run", tmp_path / "g.png") is None
+    ckpt = tmp_path / "run" / "checkpoints" / "best.pt"
+    assert [r.getMessage() for r in caplog.records] == [
+        f"Grad-CAM figure skipped: {ckpt} does not exist"
+    ]
+    caplog.clear()
+    (tmp_path / "run" / "ensemble.json").write_text("{}")
+    with caplog.at_level(logging.WARNING):
+        assert try_plot_gradcam(tmp_path / "run", tmp_path / "g.png") is None
+    assert caplog.records == [] and not (tmp_path / "g.png").exists()

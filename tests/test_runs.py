@@ -157,3 +157,14 @@ def test_values_of_odd_types_links_and_a_resumed_run(tmp_path: Path) -> None:
     assert cells["live"]["status"] == "interrupted" and cells["live"]["epochs"] == "2/80"
     r = run_cli(["runs", "."], root / "d")  # the folder itself: named, not ''
     assert table(r.stdout)[1][0][0] == "d", describe(r)
+
+
+def test_the_recipe_column_shows_a_config_file_as_a_file() -> None:
+    """A search's `best.yaml` was listed as recipe "best", the name of a shipped recipe."""
+    from bloodmnist.tracking.runs import _recipe
+
+    train = ["/usr/bin/bloodmnist", "train"]
+    assert _recipe([*train, "--config", "tn/best.yaml"]) == "best.yaml"
+    assert _recipe([*train, "--recipe", "fast", "--config=my.yaml"]) == "fast + my.yaml"
+    assert _recipe([*train, "--recipe", "best", "--recipe", "reference"]) == "reference"
+    assert _recipe(train) == "fast" and _recipe(None) == "fast"

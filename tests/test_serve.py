@@ -11,11 +11,9 @@ import hashlib
 import io
 import json
 import socket
-import struct
 import subprocess
 import sys
 import time
-import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -24,7 +22,7 @@ import pytest
 import requests
 from PIL import Image, PngImagePlugin
 
-from conftest import SHARED_NPZ_MD5, describe, run_cli
+from conftest import SHARED_NPZ_MD5, describe, png_header, run_cli
 from serve_helpers import PBC, pbc_files, post_files, server
 
 FP32 = ["--device", "cpu", "--precision", "fp32", "--threads", "1"]
@@ -167,17 +165,6 @@ def test_onnx_server_matches_predict_and_runs_without_torch(run_dir: Path, tmp_p
     assert proc.stdout.strip().splitlines()[-1] == "200 ok []", proc.stdout + proc.stderr
 
 
-def png_header(width: int, height: int) -> bytes:
-    """A PNG of that size with no pixel data: a header claiming a decompression bomb."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        body = kind + data
-        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
-
-
 def png_with_text(chars: int) -> bytes:
     """A valid 40x40 PNG carrying a zipped text chunk (XMP-like metadata) of `chars` characters:
     Pillow refuses to open one that inflates past its MAX_TEXT_CHUNK (1 MB)."""
@@ -221,15 +208,21 @@ def test_limits_and_bad_input_get_their_status_and_the_server_keeps_answering(
             ),
             "not an image type": (post([("files", ("a.txt", b"hi", "text/plain"))]), 415, "a.txt"),
             "JSON body": (post(json={"files": []}), 415, "multipart"),
-            "no files": (post(files={"other": ("x", b"1")}), 422, ""),
+            "no files": (post(files={"other": ("x", b"1")}), 422, "body files: Field required"),
             "top_k 9": (post([good], params={"top_k": 9}), 422, "top_k"),
-            "top_k 0": (post([good], params={"top_k": 0}), 422, ""),
-            "bad preprocess": (post([good], params={"preprocess": "zoom"}), 422, ""),
+            "top_k 0": (post([good], params={"top_k": 0}), 422, "query top_k: Input should be"),
+            "top_k abc": (post([good], params={"top_k": "abc"}), 422, "query top_k: Input should"),
+            "bad preprocess": (post([good], params={"preprocess": "zoom"}), 422, "query preproc"),
         }
         for name, (response, status, text) in cases.items():
             assert response.status_code == status, (name, response.status_code, response.text)
-            assert text in response.json()["detail"] if text else True, (name, response.text)
+            detail = response.json()["detail"]  # one line, FastAPI's own 422s too (not a list)
+            assert isinstance(detail, str) and "\n" not in detail, (name, response.text)
+            assert text in detail, (name, response.text)
             assert requests.get(url + "/healthz", timeout=10).status_code == 200, name
+        doc = requests.get(url + "/openapi.json", timeout=10).json()  # and says so
+        said = doc["paths"]["/v1/predict"]["post"]["responses"]["422"]["content"]
+        assert said["application/json"]["schema"]["properties"] == {"detail": {"type": "string"}}
         mixed = [
             good,
             ("files", ("garbage.jpg", b"not a jpeg at all", "image/jpeg")),

@@ -115,6 +115,9 @@ def from_csv(src: Path, labels: list[str] | None) -> tuple[list[Source], list[st
         numbered = numbered[1:]  # a header row: path,label / file,label / image,class ...
     if not numbered:
         raise DataError(f"{src} lists no images; expect rows path,label[,split]")
+    for line, row in numbered:  # before the classes are gathered: name the row
+        if len(row) < 2 or not row[1].strip():
+            raise DataError(f"{src} row {line}: no label; expected path,label[,split]")
     names = labels or _class_order({r[1].strip() for _, r in numbered if len(r) > 1})
     index = {n: i for i, n in enumerate(names)}
     sources = []

@@ -19,6 +19,7 @@ Methods
 from __future__ import annotations
 
 import io
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -142,8 +143,8 @@ def _open(path: Path, max_pixels: int) -> Image.Image:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img = Image.open(path)
-    except Image.DecompressionBombError as exc:
-        raise ImageReadError(f"{exc} Downscale it first.") from None
+    except Image.DecompressionBombError as exc:  # Pillow refuses 2x its limit at open already
+        raise ImageReadError(_bomb_reason(str(exc))) from None
     except UnidentifiedImageError:
         raise ImageReadError("not an image Pillow can read (JPEG, PNG, BMP, TIFF)") from None
     except OSError as exc:
@@ -159,6 +160,16 @@ def _open(path: Path, max_pixels: int) -> Image.Image:
             "limit; downscale it first"
         )
     return img
+
+
+def _bomb_reason(text: str) -> str:
+    """Pillow's refusal ("Image size (N pixels) exceeds limit of M pixels, could be
+    decompression bomb DOS attack.") in the words of our own size check."""
+    found = re.search(r"\((\d+) pixels\) exceeds limit of (\d+) pixels", text)
+    if not found:
+        return f"{text} Downscale it first."
+    n, limit = (int(v) for v in found.groups())
+    return f"image is {n / 1e6:.0f} Mpx, above the {limit / 1e6:.1f} Mpx limit; downscale it first"
 
 
 def _shrink_jpeg(img: Image.Image, size: int) -> None:

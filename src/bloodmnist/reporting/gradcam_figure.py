@@ -57,6 +57,8 @@ def plot_gradcam(run_dir: Path, path: Path) -> Path | None:
 
     ckpt = run_dir / "checkpoints" / "best.pt"
     if not ckpt.is_file():
+        if not (run_dir / "ensemble.json").is_file():  # an ensemble has no model of its own
+            log.warning("Grad-CAM figure skipped: %s does not exist", ckpt)
         return None
     engine = TorchEngine(ckpt, device="cpu", precision="fp32", threads=1)
     preds = load_predictions(run_dir)

@@ -7,11 +7,13 @@ buffered by BodyLimitMiddleware (413 above the limit), so multipart parts never 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, File, HTTPException, Query, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.formparsers import MultiPartParser
@@ -31,11 +33,24 @@ from bloodmnist.serving.pipeline import (
 
 STATIC = Path(__file__).with_name("static")
 Preprocess = Literal["auto", "medmnist", "resize", "none"]
+#: Every error body: {"detail": "one line"} (FastAPI's own 422 list is rewritten to one line)
+_ONE_LINE = {
+    "application/json": {
+        "schema": {
+            "type": "object",
+            "properties": {"detail": {"type": "string"}},
+            "required": ["detail"],
+        }
+    }
+}
 _ERRORS = {
-    413: {"description": "request, file count or image pixels above the limits"},
-    415: {"description": "not multipart/form-data, or a part that is not an image"},
-    422: {"description": "invalid parameters or no files"},
-    503: {"description": "the request took longer than the per-request timeout"},
+    code: {"description": text, "content": _ONE_LINE}
+    for code, text in {
+        413: "request, file count or image pixels above the limits",
+        415: "not multipart/form-data, or a part that is not an image",
+        422: "invalid parameters or no files",
+        503: "the request took longer than the per-request timeout",
+    }.items()
 }
 #: The page loads nothing from elsewhere; results are shown from data: URLs.
 CSP = "default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'"
@@ -89,6 +104,10 @@ def _service_routes(
     async def _refused(_request: Request, exc: RequestError) -> JSONResponse:
         return JSONResponse({"detail": exc.detail}, status_code=exc.status)
 
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"detail": _one_line(exc.errors())}, status_code=422)
+
     @app.get("/", include_in_schema=False)
     async def page() -> FileResponse:
         return FileResponse(STATIC / "index.html", headers={"Content-Security-Policy": CSP})
@@ -100,6 +119,16 @@ def _service_routes(
     @app.get("/v1/model", tags=["service"])
     async def model() -> dict:
         return {**service.describe(), "max_batch": max_batch, "limits": limits.describe()}
+
+
+def _one_line(errors: Sequence[Any]) -> str:
+    """FastAPI's validation errors (a list of objects) as the one line every error body has:
+    "query top_k: Input should be greater than or equal to 1"."""
+    said = []
+    for error in errors:
+        where = " ".join(str(part) for part in error.get("loc", ()))
+        said.append(" ".join(f"{where}: {error.get('msg', 'not valid')}".split()))
+    return "; ".join(said) or "the request is not valid"
 
 
 async def _classify(

@@ -49,18 +49,24 @@ def _history(run_dir: Path) -> list[dict[str, str]]:
 
 
 def _recipe(command: list[str] | None) -> str:
-    """What the run was started from: --recipe NAME, --config FILE's stem, or a search trial."""
+    """What the run was started from: --recipe NAME and/or --config FILE (its file name: a
+    search's best.yaml is not the shipped `best` recipe), or a search trial."""
     args = list(command or [])
     if any("bloodmnist.tuning" in a or "bloodmnist/tuning" in a for a in args[:3]):
         return "tune trial"
-    for flag, show in (("--recipe", str), ("--config", lambda v: Path(v).stem)):
-        for i in reversed(range(len(args))):  # the last occurrence wins, as in argparse
-            a = args[i]
-            if a == flag and i + 1 < len(args):
-                return show(args[i + 1])
-            if a.startswith(flag + "="):
-                return show(a.split("=", 1)[1])
-    return DEFAULT_RECIPE
+    recipe, config = _flag(args, "--recipe"), _flag(args, "--config")
+    said = [v for v in (recipe, Path(config).name if config else None) if v]
+    return " + ".join(said) or DEFAULT_RECIPE
+
+
+def _flag(args: list[str], flag: str) -> str | None:
+    for i in reversed(range(len(args))):  # the last occurrence wins, as in argparse
+        a = args[i]
+        if a == flag and i + 1 < len(args):
+            return args[i + 1]
+        if a.startswith(flag + "="):
+            return a.split("=", 1)[1]
+    return None
 
 
 def _running(run_dir: Path) -> bool:
