@@ -156,28 +156,37 @@ while True:
 """
 
 
-def test_a_runs_listing_probing_the_lock_does_not_refuse_a_resume(tmp_path: Path) -> None:
-    """check_free (used by `runs`, `study --adopt`, resume) takes the flock for microseconds;
-    a resume taking over a crashed run's lock at that instant waits it out, not refused."""
+def _refusals_beside_a_prober(folder: Path, attempt, times: int) -> int:
+    """How often `attempt()` raised RunLockedError while another process probed `folder`'s
+    lock (check_free) in a loop."""
     prober = subprocess.Popen(
-        [sys.executable, "-c", _PROBER, str(tmp_path)], stdout=subprocess.PIPE, text=True
+        [sys.executable, "-c", _PROBER, str(folder)], stdout=subprocess.PIPE, text=True
     )
     refused = 0
     try:
         assert prober.stdout.readline().strip() == "probing"
-        for _ in range(1500):
-            (tmp_path / "run.lock").write_text(json.dumps({"pid": 2**22 + 7, "flock": True}))
-            lock = RunLock(tmp_path)
+        for _ in range(times):
             try:
-                lock.acquire()
+                attempt()
             except RunLockedError:
                 refused += 1
-                continue
-            lock.release()
     finally:
         prober.kill()
         prober.wait()
-    assert refused == 0
+    return refused
+
+
+def test_a_runs_listing_probing_the_lock_does_not_refuse_a_resume(tmp_path: Path) -> None:
+    """check_free (used by `runs`, `study --adopt`, resume) takes the flock for microseconds;
+    a resume taking over a crashed run's lock at that instant waits it out, not refused."""
+
+    def take_over() -> None:
+        (tmp_path / "run.lock").write_text(json.dumps({"pid": 2**22 + 7, "flock": True}))
+        lock = RunLock(tmp_path)
+        lock.acquire()
+        lock.release()
+
+    assert _refusals_beside_a_prober(tmp_path, take_over, 1500) == 0
 
 
 def test_two_probes_of_a_stale_lock_never_take_each_other_for_its_owner(tmp_path: Path) -> None:
@@ -185,21 +194,7 @@ def test_two_probes_of_a_stale_lock_never_take_each_other_for_its_owner(tmp_path
     one probe's microsecond flock made the other report the folder "in use" (hundreds of times
     in 20,000 probes). A probe now waits the other out, as acquire() does."""
     (tmp_path / "run.lock").write_text(json.dumps({"pid": 2**22 + 7, "flock": True}))
-    prober = subprocess.Popen(
-        [sys.executable, "-c", _PROBER, str(tmp_path)], stdout=subprocess.PIPE, text=True
-    )
-    refused = 0
-    try:
-        assert prober.stdout.readline().strip() == "probing"
-        for _ in range(3000):
-            try:
-                RunLock(tmp_path).check_free()
-            except RunLockedError:
-                refused += 1
-    finally:
-        prober.kill()
-        prober.wait()
-    assert refused == 0
+    assert _refusals_beside_a_prober(tmp_path, RunLock(tmp_path).check_free, 3000) == 0
 
 
 def test_resume_refuses_a_last_pt_saved_again_while_it_loaded(tmp_path: Path) -> None:
