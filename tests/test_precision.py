@@ -24,7 +24,7 @@ from bloodmnist.evaluation.predict import predict_probs
 from bloodmnist.model import build_model
 from bloodmnist.runtime import Runtime, cpu_has_fast_bf16, resolve_precision, setup_runtime
 from bloodmnist.training.checkpoint import save_checkpoint
-from bloodmnist.training.loop import train_one_epoch
+from bloodmnist.training.loop import EpochStats, train_one_epoch
 from conftest import describe, run_cli
 
 CPU = torch.device("cpu")
@@ -112,8 +112,11 @@ class _Tiny(nn.Module):
         return x * 1e-7
 
 
-def _head_step(precision: str, scaled: bool) -> torch.Tensor:
-    """How much one epoch of the real train_one_epoch moves the head's weights."""
+def _head_step(
+    precision: str, scaled: bool, init_scale: float | None = None
+) -> tuple[torch.Tensor, EpochStats]:
+    """How much one epoch (2 steps) of the real train_one_epoch moves the head's weights, and
+    its stats."""
     rng = np.random.default_rng(0)
     images = to_tensor(rng.integers(0, 256, (32, 28, 28, 3), dtype=np.uint8), CPU)
     labels = torch.from_numpy(rng.integers(0, 8, 32)).long()
@@ -126,10 +129,12 @@ def _head_step(precision: str, scaled: bool) -> torch.Tensor:
     opt = torch.optim.SGD(model.parameters(), lr=1e5)  # a visible step from ~1e-9 gradients
     gen = torch.Generator().manual_seed(0)
     scaler = rt.grad_scaler() if scaled else None
+    if init_scale is not None:  # e.g. so high that the scaled fp16 gradients overflow
+        scaler = torch.amp.GradScaler("cpu", init_scale=init_scale)
     args = (model, batches, opt, rt, 1, gen, np.random.default_rng(0), 0.0)
     stats = train_one_epoch(*args, scaler=scaler)
     assert np.isfinite(stats.loss)
-    return model[-2].weight.detach() - before
+    return model[-2].weight.detach() - before, stats
 
 
 def test_fp16_training_scales_the_loss_so_small_gradients_survive() -> None:
@@ -137,9 +142,10 @@ def test_fp16_training_scales_the_loss_so_small_gradients_survive() -> None:
     step fp32 takes; without it the head's gradients underflow to zero and it does not move."""
     assert Runtime(CPU, "bf16", False, 1).grad_scaler() is None
     assert Runtime(CPU, "fp32", False, 1).grad_scaler() is None
-    fp32 = _head_step("fp32", scaled=False)
-    with_scaler = _head_step("fp16", scaled=True)
-    without = _head_step("fp16", scaled=False)
+    fp32, plain = _head_step("fp32", scaled=False)
+    with_scaler, stats = _head_step("fp16", scaled=True)
+    without, _ = _head_step("fp16", scaled=False)
+    assert plain.skipped == 0 and stats.skipped == 0
     assert fp32.abs().max() > 1e-4
     # fp16's 11-bit mantissa: within a few per cent of the fp32 step
     torch.testing.assert_close(with_scaler, fp32, rtol=0.05, atol=0.05 * fp32.abs().max().item())
@@ -153,6 +159,13 @@ def test_fp16_training_scales_the_loss_so_small_gradients_survive() -> None:
         Runtime(CPU, "fp16", False, 1).grad_scaler()
         schedule.step()
     assert not [w for w in caught if "lr_scheduler.step()" in str(w.message)]
+
+
+def test_steps_the_fp16_scaler_skips_are_counted() -> None:
+    """A scale so high that the fp16 gradients overflow: GradScaler skips both steps (the head
+    does not move) and lowers the scale; the epoch's stats count them (the trainer warns)."""
+    moved, stats = _head_step("fp16", scaled=True, init_scale=2.0**40)
+    assert stats.skipped == 2 and torch.count_nonzero(moved) == 0
 
 
 def test_an_fp16_run_saves_its_loss_scale_and_resumes_with_it(shared_data: Path, tmp_path) -> None:

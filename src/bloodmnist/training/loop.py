@@ -23,6 +23,7 @@ class EpochStats:
     loss: float
     acc: float
     samples: int
+    skipped: int = 0  # optimiser steps fp16's GradScaler skipped (overflowed gradients)
 
 
 class DivergenceError(RuntimeError):
@@ -63,12 +64,19 @@ def _scaled(loss: torch.Tensor, scaler: torch.amp.GradScaler | None) -> torch.Te
     return loss if scaler is None else scaler.scale(loss)
 
 
-def _step(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None) -> None:
+def _step(
+    optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None
+) -> torch.Tensor | None:
+    """The optimiser step; with fp16's scaler, 1 on the device when it was skipped (the scale
+    drops only then), else 0: counted without a host sync of its own."""
     if scaler is None:
         optimizer.step()
-    else:  # skipped when a gradient overflowed; GradScaler reads that flag (one host sync)
-        scaler.step(optimizer)
-        scaler.update()
+        return None
+    # skipped when a gradient overflowed; GradScaler reads that flag (one host sync)
+    before = scaler._scale.clone() if scaler._scale is not None else None
+    scaler.step(optimizer)
+    scaler.update()
+    return None if before is None else (scaler._scale < before).double().reshape(())
 
 
 def train_one_epoch(
@@ -101,8 +109,9 @@ def train_one_epoch(
     scaled loss and the step on the unscaled gradients (SAM's direction is scale-free).
     """
     model.train()
-    # [loss sum, correct] on the device: no .item() per step; the sample count is host-side.
-    totals = torch.zeros(2, dtype=torch.float64, device=rt.device)
+    # [loss sum, correct, skipped steps] on the device: no .item() per step; the sample count
+    # is host-side.
+    totals = torch.zeros(3, dtype=torch.float64, device=rt.device)
     samples = 0
     for x, y, idx in batches.epoch(epoch, gen):
         # mixing the row indices gives the partners' rows (a soft-label file's lookup) and,
@@ -117,7 +126,9 @@ def train_one_epoch(
         _scaled(loss, scaler).backward()
         if sam is not None:
             sam.replace_grad(lambda a=args: _scaled(batch_loss(*a)[0], scaler).backward())
-        _step(optimizer, scaler)
+        skipped = _step(optimizer, scaler)
+        if skipped is not None:
+            totals[2] += skipped
         if after_step is not None:
             after_step()
         if check_stop is not None:
@@ -130,13 +141,15 @@ def train_one_epoch(
         # (with alpha 0.001 lam is ~0 or ~1, so scoring only against y would be ~50% wrong).
         pred = logits.argmax(1)
         correct = lam * (pred == y).sum() + (1 - lam) * (pred == y_b).sum()
-        totals += torch.stack([loss.detach().double() * n, correct.double()])
+        totals[:2] += torch.stack([loss.detach().double() * n, correct.double()])
     count = torch.tensor([float(samples)], dtype=torch.float64, device=rt.device)
-    loss_sum, correct, samples = _all_reduce(torch.cat([totals, count]), rt).tolist()
+    loss_sum, correct, skipped, samples = _all_reduce(torch.cat([totals, count]), rt).tolist()
     mean_loss = loss_sum / max(samples, 1)
     if not math.isfinite(mean_loss):
         raise DivergenceError(f"training loss is {mean_loss} in epoch {epoch}")
-    return EpochStats(loss=mean_loss, acc=correct / max(samples, 1), samples=int(samples))
+    # every rank takes every step: the all-reduced count is world_size times the steps skipped
+    steps_skipped = round(skipped / rt.world_size)
+    return EpochStats(mean_loss, correct / max(samples, 1), int(samples), steps_skipped)
 
 
 def nll(probs: np.ndarray, labels: np.ndarray) -> float:

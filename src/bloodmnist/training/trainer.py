@@ -250,6 +250,14 @@ class Trainer:
             sam=self.sam,
             scaler=self.scaler,
         )
+        if stats.skipped:  # fp16 only: the scale adapts, but a user should know it happened
+            log.warning(
+                "epoch %d: %d of %d optimiser steps skipped: fp16 gradients overflowed (the loss "
+                "scale was lowered; many skips: try --precision bf16 or fp32)",
+                epoch,
+                stats.skipped,
+                len(self.batches),
+            )
         self.progress.validating()
         return stats, self.validate()
 
