@@ -261,6 +261,9 @@ def test_numbers_are_decimal_as_typed(override: str, message: str) -> None:
         build_config(overrides=[override])
     cfg = build_config(overrides=["runtime.name=010", "data.path=0777", "train.seed=42"])
     assert (cfg.runtime.name, cfg.data.path, cfg.train.seed) == ("010", "0777", 42)
+    # a text key keeps a number as typed (1e-3 is a float in YAML 1.2, "0.001" as text)
+    cfg = build_config(overrides=["runtime.name=1e-3", "train.teacher=1.50", "optim.lr=1e-3"])
+    assert (cfg.runtime.name, cfg.train.teacher, cfg.optim.lr) == ("1e-3", "1.50", 1e-3)
 
 
 def test_a_key_given_twice_in_a_config_file_is_refused(tmp_path: Path) -> None:

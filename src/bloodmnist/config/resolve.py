@@ -222,9 +222,22 @@ def build_config(
 def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
     """Merge `--set key=value` texts into `cfg` (in place) and validate the result."""
     if overrides:
-        _merge(cfg, nest(dict(parse_override(o) for o in overrides)))
+        _merge(cfg, nest(dict(_as_typed(cfg, o) for o in overrides)))
     validate(cfg)
     return cfg
+
+
+def _as_typed(cfg: Config, text: str) -> tuple[str, Any]:
+    """parse_override, but a text key (a run name, a path) keeps a number as it was typed:
+    `runtime.name=1e-3` is "1e-3", not "0.001"."""
+    key, value = parse_override(text)
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        section, _, name = key.partition(".")
+        owner = getattr(cfg, section, None)
+        hint = _hints(type(owner)).get(name) if dataclasses.is_dataclass(owner) else None
+        if hint in (str, str | None):
+            return key, text.split("=", 1)[1].strip()
+    return key, value
 
 
 def from_dict(data: dict[str, Any]) -> Config:
