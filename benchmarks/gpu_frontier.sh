@@ -6,7 +6,8 @@
 #       DATA28=.gpudata/bloodmnist_pbc_28.npz OUT=$OUT DEADLINE=480 bash benchmarks/gpu_frontier.sh
 #                      # the device call (`run`, carry [".gpudata"], timeout_s 560; gpu_prepare.sh)
 #   SMOKE=1 OUT=/tmp/smoke BM=.venv/bin/bloodmnist PY=.venv/bin/python \
-#       bash benchmarks/gpu_frontier.sh                          # tiny dry run on a CPU
+#       DATA28=../shared/data/bloodmnist_pbc_28.npz bash benchmarks/gpu_frontier.sh
+#                      # tiny dry run on a CPU (DATA28: the .gpudata copy is not made here)
 #
 # STEPS picks and orders the steps (default: the two a 15-minute lease has room for):
 #   fastspeed    the default recipe's wall time, alone on the GPU  -> $OUT/fastspeed/speed.tsv

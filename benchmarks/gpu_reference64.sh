@@ -5,7 +5,8 @@
 # DEADLINE seconds so that the script ends inside a 10-minute device call.
 #
 #   DATA64=.gpudata/p64.npz OUT=$OUT bash benchmarks/gpu_reference64.sh
-#   SMOKE=1 OUT=/tmp/smoke bash benchmarks/gpu_reference64.sh     # tiny dry run on a CPU
+#   SMOKE=1 OUT=/tmp/smoke DATA64=../shared/data/bloodmnist_pbc_64.npz \
+#       bash benchmarks/gpu_reference64.sh                       # tiny dry run on a CPU
 #
 # Writes $OUT/reference64-<stem>.log per study and $OUT/reference64-runs.tar.gz: every run folder
 # without its checkpoints (summary.json, history.csv, predictions, resolved config), from which

@@ -31,6 +31,7 @@ fi
 printf 'recipe\tdata\trc\tstatus\twall_s\ttrain_seconds\ttrain_pflop\ttest_acc_tta\n' \
   >"$OUT/speed.tsv"
 i=0
+failed=0
 for item in $RUNS; do
   i=$((i + 1))
   IFS=: read -r recipe data sets <<<"$item"
@@ -44,6 +45,7 @@ for item in $RUNS; do
     --seed "$SEED" --out "$out" --set runtime.reports=false --set runtime.tensorboard=false \
     "${setargs[@]}" "${EXTRA[@]}" >"$OUT/$i-$name.log" 2>&1
   rc=$?
+  [ "$rc" -eq 0 ] || failed=$((failed + 1))
   t1=$EPOCHREALTIME
   "$PY" - "$out/summary.json" "$recipe${sets:+:$sets}" "$data" "$t0" "$t1" "$rc" \
     >>"$OUT/speed.tsv" <<'PYEOF'
@@ -61,3 +63,4 @@ done
 nvidia-smi >"$OUT/gpu-speed.txt" 2>&1 || true
 tar --exclude='*.pt' -czf "$OUT/speed-runs.tar.gz" -C "$WORK" .
 cat "$OUT/speed.tsv"
+exit $((failed > 0))  # a failed training is not a successful step (its row says why)

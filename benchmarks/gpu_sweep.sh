@@ -4,7 +4,8 @@
 # bounded by DEADLINE seconds (default 540: inside a 10-minute call).
 #
 #   DATA28=.gpudata/bloodmnist_pbc_28.npz OUT=$OUT bash benchmarks/gpu_sweep.sh
-#   SMOKE=1 OUT=/tmp/sweep BM=.venv/bin/bloodmnist bash benchmarks/gpu_sweep.sh   # CPU dry run
+#   SMOKE=1 OUT=/tmp/sweep BM=.venv/bin/bloodmnist DATA28=../shared/data/bloodmnist_pbc_28.npz \
+#       bash benchmarks/gpu_sweep.sh                                            # CPU dry run
 #
 # 1. `bloodmnist tune` over SPACE (default configs/search/fast.yaml: two seeds per trial, pruning
 #    by progress), JOBS trials side by side on the GPU; no trial starts after SWEEP_S seconds and
@@ -32,6 +33,15 @@ for d in "$OUT" "$WORK"; do  # a second run would mix its results with the first
     exit 2
   fi
 done
+# tune needs Optuna, which the GPU image lacks (gpu_prepare.sh lists what it has): say so at
+# once rather than after the data is copied and a lease is spent
+PYBM=${PY:-python3}
+if [ "${SMOKE:-0}" != 1 ] && ! "$PYBM" -c 'import optuna' 2>/dev/null; then
+  echo "gpu_sweep.sh: $PYBM has no optuna (bloodmnist tune needs it); carry its wheels and" \
+    "those of alembic, colorlog, sqlalchemy, Mako and greenlet in .gpudata/wheels, built for" \
+    "the machine's Python (pip download --only-binary=:all: --python-version X.Y)" >&2
+  exit 2
+fi
 mkdir -p "$OUT" "$WORK"
 LEAN=(--set runtime.reports=false --set runtime.tensorboard=false)
 if [ "${SMOKE:-0}" = 1 ]; then  # every trial on 64 images, whatever epochs the space draws

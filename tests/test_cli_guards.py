@@ -194,7 +194,8 @@ def test_two_probes_of_a_stale_lock_never_take_each_other_for_its_owner(tmp_path
     one probe's microsecond flock made the other report the folder "in use" (hundreds of times
     in 20,000 probes). A probe now waits the other out, as acquire() does."""
     (tmp_path / "run.lock").write_text(json.dumps({"pid": 2**22 + 7, "flock": True}))
-    assert _refusals_beside_a_prober(tmp_path, RunLock(tmp_path).check_free, 3000) == 0
+    lock = RunLock(tmp_path)
+    assert _refusals_beside_a_prober(tmp_path, lambda: lock.check_free(wait=True), 3000) == 0
 
 
 def test_resume_refuses_a_last_pt_saved_again_while_it_loaded(tmp_path: Path) -> None:
@@ -309,6 +310,12 @@ def test_a_folder_left_by_a_failed_setup_takes_the_same_command_again(
         assert sorted(p.name for p in out.iterdir()) == ["checkpoints", "figures", "train.log"]
         log = (out / "train.log").read_text()
         assert log.count("run folder:") == attempt  # appended, not replaced
+    fixed = [*args, "--recipe", "fast", "--epochs", "1", "--set", "eval.tta=false"]
+    fixed += ["--set", "runtime.reports=false", "--set", "runtime.tensorboard=false"]
+    result = run_cli(fixed, cwd=tmp_path)  # the corrected command, into the same folder
+    assert result.returncode == 0, describe(result)
+    assert json.loads((out / "summary.json").read_text())["status"] == "completed"
+    assert (out / "train.log").read_text().count("run folder:") == 3
 
 
 def test_a_used_out_folder_is_refused_with_what_it_holds(tmp_path: Path) -> None:

@@ -242,6 +242,16 @@ def test_a_part_of_a_changed_remote_file_restarts_at_once(server, tmp_path, capl
     assert server.if_ranges[PATH] == [None, old_version]
     assert server.range_starts[PATH] == [0, 0]  # one request for the new file, whole
     assert "the remote file changed since" in caplog.text
+    # a server that ignores Range (200) with an unchanged file is not said to have changed it
+    caplog.clear()
+    (tmp_path / NAME).unlink()
+    (tmp_path / f"{NAME}.part").write_bytes(PAYLOAD[:1000])
+    (tmp_path / f"{NAME}.part.version").write_text(f'"{PAYLOAD_MD5[:16]}"\n')
+    server.honour_ranges = False
+    with caplog.at_level(logging.INFO):
+        assert fetch(server, tmp_path).read_bytes() == PAYLOAD
+    assert "the server does not resume downloads" in caplog.text
+    assert "the remote file changed" not in caplog.text
     assert sorted(p.name for p in tmp_path.iterdir()) == [NAME]
 
 

@@ -270,6 +270,8 @@ def test_preprocess_options_and_limits(tmp_path: Path) -> None:
     with pytest.raises(ImageReadError) as info:
         load_image(bomb, 28)
     assert str(info.value) == "image is 200 Mpx, above the 179.0 Mpx limit; downscale it first"
+    with pytest.raises(ImageReadError, match="image is 200 Mpx, above the 0.1 Mpx limit"):
+        load_image(bomb, 28, "auto", max_pixels=100_000)  # the lower limit is the one said
     cmyk = tmp_path / "cmyk.tif"
     Image.open(raw).convert("CMYK").save(cmyk)
     assert load_image(cmyk, 28).pixels.shape == (28, 28, 3)

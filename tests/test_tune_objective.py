@@ -146,6 +146,17 @@ def test_a_trial_is_not_pruned_after_its_last_epoch(tmp_path: Path, fake_trainin
     assert fake_training == [(1, 20, 20)]  # seed 2 never started
 
 
+def test_the_last_epoch_is_also_the_one_early_stopping_ends_on() -> None:
+    from bloodmnist.config import Config
+    from bloodmnist.tuning.objective import _last_epoch
+
+    cfg = Config()  # 60 epochs, early stop after 15 without a better validation accuracy
+    assert _last_epoch(cfg, 60, 60) and not _last_epoch(cfg, 59, 59)
+    assert _last_epoch(cfg, 40, 25) and not _last_epoch(cfg, 39, 25)  # stopped early at 40
+    cfg.train.select = "last"  # ships the last epoch: never stops early
+    assert not _last_epoch(cfg, 40, 25)
+
+
 def test_a_diverged_second_seed_scores_the_trial_zero(tmp_path: Path, fake_training) -> None:
     setup, study = setup_and_study(tmp_path)
     run_trial(study, setup, DIVERGES, 20)

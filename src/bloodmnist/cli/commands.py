@@ -89,11 +89,21 @@ def _resume_state(args: argparse.Namespace) -> tuple[Path, ResumeFrom, Config]:
         )
     last = run_dir / "checkpoints" / "last.pt"
     if not last.is_file():
+        from bloodmnist.training.rundir import failed_setup_only
+
+        fresh = (
+            f"run train again without --resume: --out {run_dir} may be used again (it holds only "
+            "the log of a start that failed)"
+            if failed_setup_only(run_dir)
+            else "start a new run with another --out (or delete that folder)"
+        )
         raise BloodMNISTError(
             f"--resume: {last} does not exist, so no epoch finished in {run_dir} and there is "
-            "nothing to resume; start a new run with another --out (or delete that folder)"
+            f"nothing to resume; {fresh}"
         )
-    RunLock(run_dir).check_free()  # a run still training: say so before loading its state
+    # a run still training: say so before loading its state (waiting out the other ranks'
+    # probes of the same lock)
+    RunLock(run_dir).check_free(wait=True)
     stamp = file_stamp(last)  # train_run checks it again once it holds the lock
     state = load_checkpoint(last)
     _refuse_finished(run_dir, state, args.epochs)

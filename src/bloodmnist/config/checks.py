@@ -66,12 +66,12 @@ def _data_augment_checks(cfg: Config) -> list[Check]:
             "data.mean and data.std need 3 values (R, G, B), each std > 0",
         ),
         (0 <= cfg.augment.hflip <= 1 and 0 <= cfg.augment.vflip <= 1, "flip p must be in [0,1]"),
-        # ranges: a negative one would be read as off (or, for the zoom, as a turn) silently
+        # a negative strength was read as off without a word (rotation's range is symmetric,
+        # so a negative angle works there as its absolute value)
         (
             min(cfg.augment.brightness, cfg.augment.contrast, cfg.augment.saturation) >= 0,
             "augment.brightness, contrast and saturation must be >= 0 (0: off)",
         ),
-        (cfg.augment.rotation >= 0, "augment.rotation must be >= 0 (degrees either way)"),
         (cfg.augment.translate >= 0, "augment.translate must be >= 0 (pixels either way)"),
         (cfg.augment.mixup_alpha >= 0, "augment.mixup_alpha must be >= 0"),
         (0 < cfg.augment.crop_scale[0] <= cfg.augment.crop_scale[1] <= 1, "bad augment.crop_scale"),
@@ -129,7 +129,7 @@ def _run_checks(cfg: Config) -> list[Check]:
             "eval.tta_mode: reference7|dihedral8|dihedral16|dihedral24",
         ),
         (cfg.eval.tta_blur_sigma > 0, "eval.tta_blur_sigma must be > 0"),
-        (cfg.eval.tta_scale > 0, "eval.tta_scale must be > 0 (a zoom factor)"),
+        (cfg.eval.tta_scale > 0, "eval.tta_scale must be > 0 (a zoom factor; < 0 turned it)"),
         (cfg.eval.tta_noise_std >= 0, "eval.tta_noise_std must be >= 0"),
         (0 <= cfg.train.distill_alpha <= 1, "train.distill_alpha must be in [0,1]"),
         (cfg.train.distill_temperature > 0, "train.distill_temperature must be > 0"),

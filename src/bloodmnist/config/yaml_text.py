@@ -1,11 +1,14 @@
-"""The YAML reader of config files and `--set` values: PyYAML's safe loader with YAML 1.2's
-numbers and no duplicate keys.
+"""The YAML reader of config files and `--set` values: PyYAML's safe loader with decimal numbers
+only and no duplicate keys.
 
-PyYAML follows YAML 1.1, where `042` is octal (34), `1:30` is base 60 (90) and `1_000` is 1000,
-and where a key given twice keeps its last value without a word. A seed typed as `042` would
-train seed 34, and a second `optim:` section would drop the first one's settings. Here numbers
-are decimal (`042` and `1:30` stay text, which a numeric key then refuses and a text key keeps as
-typed), `1e-4` is a number (YAML 1.1 reads it as text), and a repeated key is an error.
+PyYAML follows YAML 1.1, where `042` is octal (34), `1:30` is base 60 (90), `0x40` is 64 and
+`1_000` is 1000, and where a key given twice keeps its last value without a word. A seed typed as
+`042` would train seed 34, and a second `optim:` section would drop the first one's settings.
+Here a number is written in decimal (`42`, `-3`, `0.5`, `1.0e-05`, `.inf`); anything else stays
+text, which a numeric key then refuses and a text key keeps as typed, and a repeated key is an
+error. What reads as a number here also does in YAML 1.1, so PyYAML's dumper (`save_yaml`) quotes
+every text that would read as one, and saved configs read back as they were written. (`1e-4`,
+text in YAML 1.1, stays text here too; a number key converts it.)
 """
 
 from __future__ import annotations
@@ -47,11 +50,13 @@ _Loader.yaml_implicit_resolvers = {
     first: [(tag, rx) for tag, rx in resolvers if tag not in (_INT, _FLOAT)]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
+# Each a subset of YAML 1.1's pattern for the type (see the module docstring)
 _Loader.add_implicit_resolver(_INT, re.compile(r"^[-+]?(?:0|[1-9][0-9]*)$"), list("-+0123456789"))
 _Loader.add_implicit_resolver(
     _FLOAT,
     re.compile(
-        r"^(?:[-+]?(?:\.[0-9]+|(?:0|[1-9][0-9]*)(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?"
+        r"^(?:[-+]?(?:0|[1-9][0-9]*)\.[0-9]*(?:[eE][-+][0-9]+)?"
+        r"|\.[0-9]+(?:[eE][-+][0-9]+)?"
         r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"
     ),
     list("-+.0123456789"),

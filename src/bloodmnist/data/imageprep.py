@@ -144,7 +144,7 @@ def _open(path: Path, max_pixels: int) -> Image.Image:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img = Image.open(path)
     except Image.DecompressionBombError as exc:  # Pillow refuses 2x its limit at open already
-        raise ImageReadError(_bomb_reason(str(exc))) from None
+        raise ImageReadError(_bomb_reason(str(exc), max_pixels)) from None
     except UnidentifiedImageError:
         raise ImageReadError("not an image Pillow can read (JPEG, PNG, BMP, TIFF)") from None
     except OSError as exc:
@@ -162,13 +162,15 @@ def _open(path: Path, max_pixels: int) -> Image.Image:
     return img
 
 
-def _bomb_reason(text: str) -> str:
+def _bomb_reason(text: str, max_pixels: int) -> str:
     """Pillow's refusal ("Image size (N pixels) exceeds limit of M pixels, could be
-    decompression bomb DOS attack.") in the words of our own size check."""
+    decompression bomb DOS attack.") in the words of our own size check, with the lower of the
+    two limits (Pillow does not say the width and height)."""
     found = re.search(r"\((\d+) pixels\) exceeds limit of (\d+) pixels", text)
     if not found:
         return f"{text} Downscale it first."
     n, limit = (int(v) for v in found.groups())
+    limit = min(limit, max_pixels)
     return f"image is {n / 1e6:.0f} Mpx, above the {limit / 1e6:.1f} Mpx limit; downscale it first"
 
 

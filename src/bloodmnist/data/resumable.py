@@ -208,12 +208,16 @@ class ResumableDownloader:
         headers = response.headers
         encoded = headers.get("Content-Encoding", "identity").lower() not in ("", "identity")
         if response.status_code == 200:  # the whole file follows (new, changed or no Range)
+            version = _validator(headers)
             if start:
                 sent = response.request.headers.get("If-Range") if response.request else None
-                why = "the remote file changed" if sent else "the server does not resume"
-                log.info("%s since %s was started; starting again from zero", why, self.part)
+                if sent and sent != version:
+                    log.info("the remote file changed since %s was started", self.part)
+                else:  # no validator, or the same one: the server ignores Range
+                    log.info("the server does not resume downloads")
+                log.info("starting the download again from zero")
                 fh.truncate(0)  # append mode: the next write goes to offset 0
-            _write_version(self.version, _validator(headers))
+            _write_version(self.version, version)
         elif response.status_code == 206:  # an encoded body's offsets are not the file's
             match = _CONTENT_RANGE.match(headers.get("Content-Range", ""))
             if encoded or not match or int(match.group(1)) != start:

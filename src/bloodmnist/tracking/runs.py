@@ -11,6 +11,7 @@ from typing import Any
 import yaml
 
 from bloodmnist.config import DEFAULT_RECIPE
+from bloodmnist.config.yaml_text import load_text
 
 COLUMNS = (
     ("name", "run"),
@@ -112,7 +113,7 @@ def _numbers(rows: list[dict[str, str]], key: str) -> list[float]:
 
 def describe_run(run_dir: Path, root: Path) -> dict[str, Any]:
     """The table's fields for one run folder; what a file does not say stays None."""
-    cfg = _mapping(_read(run_dir / "config.yaml", yaml.safe_load))
+    cfg = _mapping(_read(run_dir / "config.yaml", lambda fh: load_text(fh.read())))
     summary = _mapping(_read(run_dir / "summary.json", json.load))
     manifest = _mapping(_read(run_dir / "manifest.json", json.load))
     history = _history(run_dir)

@@ -65,18 +65,19 @@ def _scaled(loss: torch.Tensor, scaler: torch.amp.GradScaler | None) -> torch.Te
 
 
 def _step(
-    optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None
-) -> torch.Tensor | None:
-    """The optimiser step; with fp16's scaler, 1 on the device when it was skipped (the scale
-    drops only then), else 0: counted without a host sync of its own."""
+    optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None, totals: torch.Tensor
+) -> None:
+    """The optimiser step; with fp16's scaler, a skipped step (the scale drops only then) adds
+    1 to totals[2] on the device, without a host sync of its own."""
     if scaler is None:
         optimizer.step()
-        return None
+        return
     # skipped when a gradient overflowed; GradScaler reads that flag (one host sync)
     before = scaler._scale.clone() if scaler._scale is not None else None
     scaler.step(optimizer)
     scaler.update()
-    return None if before is None else (scaler._scale < before).double().reshape(())
+    if before is not None:
+        totals[2] += (scaler._scale < before).double().reshape(())
 
 
 def train_one_epoch(
@@ -126,9 +127,7 @@ def train_one_epoch(
         _scaled(loss, scaler).backward()
         if sam is not None:
             sam.replace_grad(lambda a=args: _scaled(batch_loss(*a)[0], scaler).backward())
-        skipped = _step(optimizer, scaler)
-        if skipped is not None:
-            totals[2] += skipped
+        _step(optimizer, scaler, totals)
         if after_step is not None:
             after_step()
         if check_stop is not None:

@@ -305,8 +305,7 @@ def _fit_guarded(
         status, code, msg = _stop_message(exc, trainer, run_dir, again)
     except OutputError as exc:  # disk full while saving: the last good last.pt is intact
         if (run_dir / "checkpoints" / "last.pt").is_file():
-            how = again or f"continue with: bloodmnist train --resume {run_dir}"
-            exc.args = (f"{exc}; then {how[:1].lower()}{how[1:]}",)
+            exc.args = (f"{exc}; then {_advice(again, run_dir, first=False)}",)
         raise
     if rt.is_main:
         write_json(
@@ -339,9 +338,14 @@ def _stop_message(
             if st.epoch >= trainer.cfg.train.epochs or st.stopped_early
             else f"epoch {st.epoch + 1} was abandoned"
         )
-        how = again or f"Continue with: bloodmnist train --resume {run_dir}"
-        msg = f"interrupted by {exc}; {where}. {how[:1].upper()}{how[1:]}"
+        msg = f"interrupted by {exc}; {where}. {_advice(again, run_dir, first=True)}"
     return "interrupted", 128 + exc.signum, msg
+
+
+def _advice(again: str | None, run_dir: Path, first: bool) -> str:
+    """How to continue, as a sentence's first words (`first`) or later in one."""
+    how = again or f"continue with: bloodmnist train --resume {run_dir}"
+    return (how[:1].upper() if first else how[:1].lower()) + how[1:]
 
 
 def _names(cfg: Config) -> tuple[str, ...]:

@@ -26,7 +26,7 @@ def new_run_dir(out: str | Path, name: str, explicit: bool) -> Path:
     path = base if explicit else base / f"{dt.datetime.now():%Y%m%d-%H%M%S}-{name}"
     if (path / LOCK_NAME).exists():
         RunLock(path).check_free()  # a live run there: say so (and by whom), not just "not empty"
-    if path.exists() and not _failed_setup_only(path):
+    if path.exists() and not failed_setup_only(path):
         raise BloodMNISTError(_not_empty(path))
     try:
         (path / "checkpoints").mkdir(parents=True, exist_ok=True)
@@ -55,7 +55,7 @@ def _not_empty(path: Path) -> str:
     return f"--out {path} is not empty and is not a run folder; pick a new or empty folder"
 
 
-def _failed_setup_only(path: Path) -> bool:
+def failed_setup_only(path: Path) -> bool:
     """Whether `path` holds at most what a run that failed during its setup leaves (train.log
     with the error, empty checkpoints/ and figures/): a new run may use it and appends to the
     log. Anything else (a config, a checkpoint, a user's file) keeps the folder refused."""

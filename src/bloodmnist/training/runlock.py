@@ -82,16 +82,16 @@ class RunLock:
             return
         raise RunLockedError(f"could not lock {self.path}; try again")
 
-    def check_free(self) -> None:
-        """Raise RunLockedError if another process holds the lock (nothing is changed)."""
+    def check_free(self, wait: bool = False) -> None:
+        """Raise RunLockedError if another process holds the lock (nothing is changed). `wait`
+        (up to 1 s) outlasts other processes' probes of a crashed run's lock, as when every
+        rank of a torchrun resume checks at once; a listing answers at once instead."""
         try:
             fd = os.open(self.path, os.O_RDONLY)
         except FileNotFoundError:
             return
         try:
-            # released again when fd closes; waits out another probe (every rank of a
-            # torchrun resume checks at once) as acquire() does
-            free = _try_flock(fd, tries=50)
+            free = _try_flock(fd, tries=50 if wait else 1)  # released again when fd closes
         finally:
             os.close(fd)
         if not free or self._legacy_owner(*self._owner()):

@@ -183,7 +183,7 @@ def _train_one(
         seen["step"] = step
         trial.report(acc, step)
         # after the last epoch a prune saves nothing unless other seeds are still to run
-        if (epoch < cfg.train.epochs or prune[1]) and trial.should_prune():
+        if (not _last_epoch(cfg, epoch, seen["best_epoch"]) or prune[1]) and trial.should_prune():
             raise optuna.TrialPruned(f"trial {trial.number} pruned after epoch {epoch}")
 
     try:
@@ -209,6 +209,13 @@ def _train_one(
         trial.set_user_attr("note", "interrupted (marked FAIL; the study runs another)")
         raise
     return float(summary["best_val_acc"]), int(summary["epochs_run"])
+
+
+def _last_epoch(cfg: Config, epoch: int, best_epoch: int) -> bool:
+    """Whether the training ends after `epoch`: its last, or early stopping's (the trainer's
+    rule: no strictly better validation accuracy for `early_stop_patience` epochs)."""
+    stops = cfg.train.select == "best" and epoch - best_epoch >= cfg.train.early_stop_patience
+    return epoch >= cfg.train.epochs or stops
 
 
 def _prune_plan(i: int, seeds: list[int | None]) -> tuple[bool, bool]:
