@@ -34,7 +34,8 @@ for d in "$OUT" "$WORK"; do  # a second run would mix its results with the first
   fi
 done
 # tune needs Optuna, which the GPU image lacks (gpu_prepare.sh lists what it has): say so at
-# once rather than after the data is copied and a lease is spent
+# once rather than after a lease is spent. PY must be the Python that runs $BM (python3 for
+# gpu_prepare.sh's wrapper, its default)
 PYBM=${PY:-python3}
 if [ "${SMOKE:-0}" != 1 ] && ! "$PYBM" -c 'import optuna' 2>/dev/null; then
   echo "gpu_sweep.sh: $PYBM has no optuna (bloodmnist tune needs it); carry its wheels and" \

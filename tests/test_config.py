@@ -191,7 +191,7 @@ def test_yaml_file_errors_name_the_file(tmp_path: Path) -> None:
         ("train.seed=1000000000000", "train.seed must be in [0, 2**32)"),
         ("data.std=[0, 0, 0]", "each std > 0"),
         ("train.early_stop_patience=0", "train.early_stop_patience must be >= 1"),
-        ("model.class_names=5", "config key 'model.class_names' must be a list, got 5"),
+        ("model.class_names=5", "config key 'model.class_names' must be a list, got '5'"),
         ("model.class_names=abcdefgh", "must be a list, got 'abcdefgh'"),
         # negative values were read as off (the zoom: as a half turn) without a word
         ("augment.brightness=-1", "augment.brightness, contrast and saturation must be >= 0"),
@@ -251,6 +251,7 @@ def test_parse_override_reads_values_as_yaml() -> None:
         ("train.epochs=1:30", "config key 'train.epochs' must be an integer, got '1:30'"),  # 90
         ("train.epochs=1_0", "must be an integer, got '1_0'"),
         ("optim.batch_size=0x40", "must be an integer, got '0x40'"),
+        ("optim.weight_decay=1_000", "'optim.weight_decay' must be a number, got '1_000'"),
     ],
 )
 def test_numbers_are_decimal_as_typed(override: str, message: str) -> None:
@@ -260,9 +261,14 @@ def test_numbers_are_decimal_as_typed(override: str, message: str) -> None:
         build_config(overrides=[override])
     cfg = build_config(overrides=["runtime.name=010", "data.path=0777", "train.seed=42"])
     assert (cfg.runtime.name, cfg.data.path, cfg.train.seed) == ("010", "0777", 42)
-    # a text key keeps a number as typed (1e-3 is a float in YAML 1.2, "0.001" as text)
-    cfg = build_config(overrides=["runtime.name=1e-3", "train.teacher=1.50", "optim.lr=1e-3"])
-    assert (cfg.runtime.name, cfg.train.teacher, cfg.optim.lr) == ("1e-3", "1.50", 1e-3)
+    # a text key keeps a number as typed (1.50 would be the number 1.5, then the text "1.5")
+    cfg = build_config(overrides=["runtime.name=1.50 # a comment", "train.teacher=1.0e-05"])
+    assert (cfg.runtime.name, cfg.train.teacher) == ("1.50", "1.0e-05")
+    names = build_config(overrides=["model.class_names=[1.50, b, c, d, e, f, g, h]"])
+    assert names.model.class_names[:2] == ["1.50", "b"]
+    # a number key reads a decimal written as text (YAML 1.1 reads 1e-4, 2e1 as text)
+    cfg = build_config(overrides=["optim.lr=1e-4", "train.epochs=2e1"])
+    assert (cfg.optim.lr, cfg.train.epochs) == (1e-4, 20)
 
 
 def test_a_key_given_twice_in_a_config_file_is_refused(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 import typing
 from dataclasses import fields
@@ -27,11 +28,13 @@ def _hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
+#: A decimal number written as text (YAML 1.1 reads `1e-4` without a dot as text): no leading
+#: zero (`042` stays refused), no underscores, no base 60
+_DECIMAL = re.compile(r"^[-+]?(?:(?:0|[1-9][0-9]*)(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?$")
+
+
 def _float_or_text(text: str) -> float | str:
-    try:
-        return float(text)
-    except ValueError:
-        return text
+    return float(text) if _DECIMAL.match(text.strip()) else text
 
 
 def _coerce(value: Any, hint: Any, key: str) -> Any:
@@ -58,6 +61,8 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
             return value
         raise ConfigError(f"config key '{key}' must be true or false, got {value!r}")
     if hint is int:
+        if isinstance(value, str):  # `2e1`: a whole number written with an exponent
+            value = _float_or_text(value)
         if isinstance(value, int) and not isinstance(value, bool):
             return value
         if isinstance(value, float) and value.is_integer():
@@ -228,15 +233,14 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
 
 
 def _as_typed(cfg: Config, text: str) -> tuple[str, Any]:
-    """parse_override, but a text key (a run name, a path) keeps a number as it was typed:
-    `runtime.name=1e-3` is "1e-3", not "0.001"."""
+    """parse_override, but a text key (a run name, a path, class names) keeps a number as it
+    was typed: `runtime.name=1.50` is "1.50", not "1.5"."""
     key, value = parse_override(text)
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        section, _, name = key.partition(".")
-        owner = getattr(cfg, section, None)
-        hint = _hints(type(owner)).get(name) if dataclasses.is_dataclass(owner) else None
-        if hint in (str, str | None):
-            return key, text.split("=", 1)[1].strip()
+    section, _, name = key.partition(".")
+    owner = getattr(cfg, section, None)
+    hint = _hints(type(owner)).get(name) if dataclasses.is_dataclass(owner) else None
+    if hint in (str, str | None, list[str], list[str] | None):
+        return key, load_text(text.split("=", 1)[1], numbers=False)
     return key, value
 
 

@@ -23,7 +23,7 @@ _FLOAT = "tag:yaml.org,2002:float"
 
 
 class _Loader(yaml.SafeLoader):
-    """SafeLoader with YAML 1.2 core-schema numbers and a duplicate-key check."""
+    """SafeLoader with decimal numbers only (see above) and a duplicate-key check."""
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: set[Any] = set()
@@ -63,6 +63,17 @@ _Loader.add_implicit_resolver(
 )
 
 
-def load_text(text: str) -> Any:
-    """Parse YAML text (a config file, or one `--set` value) as described above."""
-    return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
+class _TextLoader(_Loader):
+    """The same, reading every plain scalar but true/false/null as text (values of text keys)."""
+
+
+_TextLoader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag not in (_INT, _FLOAT)]
+    for first, resolvers in _Loader.yaml_implicit_resolvers.items()
+}
+
+
+def load_text(text: str, numbers: bool = True) -> Any:
+    """Parse YAML text (a config file, or one `--set` value) as described above; `numbers`
+    False keeps numbers as written (`1.50` stays "1.50")."""
+    return yaml.load(text, Loader=_Loader if numbers else _TextLoader)  # noqa: S506 (safe)

@@ -250,8 +250,10 @@ class Trainer:
             sam=self.sam,
             scaler=self.scaler,
         )
-        if stats.skipped:  # fp16 only: the scale adapts, but a user should know it happened
-            log.warning(
+        if stats.skipped and self.rt.is_main:  # fp16 only: the scale adapts, but say so;
+            # one skip is GradScaler probing a doubled scale (every 2000 good steps): INFO
+            log.log(
+                logging.WARNING if stats.skipped > 1 else logging.INFO,
                 "epoch %d: %d of %d optimiser steps skipped: fp16 gradients overflowed (the loss "
                 "scale was lowered; many skips: try --precision bf16 or fp32)",
                 epoch,
