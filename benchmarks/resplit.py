@@ -3,6 +3,8 @@
     python benchmarks/resplit.py ../shared/data/bloodmnist_pbc_28.npz DIR/resplit1_28.npz --seed 1
     python benchmarks/resplit.py ../shared/data/bloodmnist_pbc_28.npz DIR/fold1_28.npz --seed 1 \
         --keep-test
+    python benchmarks/resplit.py ../shared/data/bloodmnist_pbc_28.npz DIR/less_28.npz --seed 1 \
+        --train-keep 10247
 
 Pools a MedMNIST-layout npz's train, val and test images and draws them again, per class, into
 splits of the source's own per-class sizes (for the shared file, MedMNIST's rule: train
@@ -15,7 +17,12 @@ With --keep-test only train and val are pooled and drawn again; the test split i
 is, so no test image reaches a model's training or validation. Such files are for *choosing*:
 1,712 validation images resolve about 5 images between settings, and the same choice judged on
 several draws of train/val (the shared file plus --keep-test files) is judged on more images
-without ever looking at the test split. It never overwrites a file.
+without ever looking at the test split.
+
+With --train-keep N nothing is drawn again: val and test are copied as they are and N training
+images are kept, per class in proportion to the class's share of train. Such files give a
+learning curve on the validation split, e.g. what 1,712 more training images (as many as val)
+are worth before training on train + val. It never overwrites a file.
 """
 
 from __future__ import annotations
@@ -57,6 +64,25 @@ def resplit(
     return {f"{s}_{k}": out[f"{s}_{k}"] for s in SPLITS for k in ("images", "labels")}, moved
 
 
+def fewer_train(src: dict[str, np.ndarray], keep: int, seed: int) -> dict[str, np.ndarray]:
+    """`keep` of the source's training images (per class in proportion, largest remainders
+    first; order kept), val and test as they are."""
+    labels = src["train_labels"][:, 0]
+    if not 0 < keep <= len(labels):
+        raise ValueError(f"--train-keep must be in 1..{len(labels)}, got {keep}")
+    counts = np.bincount(labels)
+    share = counts * keep / len(labels)
+    take = np.floor(share).astype(int)
+    for c in np.argsort(-(share - take), kind="stable")[: keep - int(take.sum())]:
+        take[c] += 1
+    rng = np.random.default_rng(seed)
+    picked = [rng.choice(np.flatnonzero(labels == c), n, replace=False) for c, n in enumerate(take)]
+    rows = np.sort(np.concatenate(picked))
+    out = dict(src)
+    out["train_images"], out["train_labels"] = src["train_images"][rows], src["train_labels"][rows]
+    return {f"{s}_{k}": out[f"{s}_{k}"] for s in SPLITS for k in ("images", "labels")}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("src", type=Path)
@@ -67,7 +93,17 @@ def main() -> int:
         action="store_true",
         help="draw only train and val again; copy the test split unchanged (files for choosing)",
     )
+    ap.add_argument(
+        "--train-keep",
+        type=int,
+        metavar="N",
+        help="draw nothing again: keep N training images (per class in proportion), val and test"
+        " as they are (a learning curve)",
+    )
     args = ap.parse_args()
+    if args.train_keep is not None and args.keep_test:
+        print("error: --train-keep keeps val and test already; drop --keep-test", file=sys.stderr)
+        return 2
     if args.out.exists():
         print(f"error: {args.out} exists; choose a new file name", file=sys.stderr)
         return 2
@@ -76,11 +112,20 @@ def main() -> int:
         return 2
     with np.load(args.src) as f:
         src = {k: f[k] for k in f.files}
-    out, moved = resplit(src, args.seed, keep_test=args.keep_test)
+    if args.train_keep is not None:
+        try:
+            out = fewer_train(src, args.train_keep, args.seed)
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        done = f"{args.train_keep} of {len(src['train_labels'])} training images, val and test as"
+    else:
+        out, moved = resplit(src, args.seed, keep_test=args.keep_test)
+        done = f"{moved} in another split than"
     args.out.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(args.out, **out)
     total = sum(len(out[f"{s}_labels"]) for s in SPLITS)
-    print(f"{args.out}: {total} images, {moved} in another split than in {args.src.name}")
+    print(f"{args.out}: {total} images, {done} in {args.src.name}")
     return 0
 
 

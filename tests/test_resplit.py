@@ -96,3 +96,36 @@ def test_keep_test_draws_only_train_and_val(shared_data: Path, tmp_path: Path) -
     # of the 13,671 train+val images, each stays put with probability (7/8)^2 + (1/8)^2 = 0.78
     moved = int(proc.stdout.split(": ")[1].split()[2])
     assert 0.17 < moved / 13671 < 0.27, proc.stdout
+
+
+def test_train_keep_drops_training_images_in_proportion(shared_data: Path) -> None:
+    """--train-keep: a learning-curve file; val and test are the source's, train a subset."""
+    with np.load(shared_data) as f:
+        src = {k: f[k] for k in f.files}
+    out = _resplit().fewer_train(src, keep=10247, seed=1)
+    assert list(out) == [f"{s}_{k}" for s in SPLITS for k in ("images", "labels")]
+    for s in ("val", "test"):
+        assert out[f"{s}_images"] is src[f"{s}_images"]
+    counts = np.bincount(src["train_labels"][:, 0], minlength=8)
+    kept = np.bincount(out["train_labels"][:, 0], minlength=8)
+    assert kept.sum() == 10247 and len(out["train_images"]) == 10247
+    assert np.all(np.abs(kept - counts * 10247 / 11959) < 1)  # each class within one image
+    assert (_pairs(out, ("train",)) - _pairs(src, ("train",))).total() == 0  # a subset
+    again = _resplit().fewer_train(src, keep=10247, seed=1)
+    other = _resplit().fewer_train(src, keep=10247, seed=2)
+    assert np.array_equal(again["train_images"], out["train_images"])
+    assert not np.array_equal(other["train_images"], out["train_images"])
+
+
+def test_train_keep_refuses_bad_counts(shared_data: Path, tmp_path: Path) -> None:
+    for bad, args in (("11960", []), ("0", []), ("100", ["--keep-test"])):
+        target = tmp_path / f"less{bad}.npz"
+        proc = subprocess.run(
+            [sys.executable, str(BENCH), str(shared_data), str(target), "--train-keep", bad, *args],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+        assert ("1..11959" in proc.stderr) if not args else ("drop --keep-test" in proc.stderr)
+        assert not target.exists()

@@ -10,9 +10,33 @@ Check = tuple[bool, str]  # (holds, the message when it does not)
 
 def validate(cfg: Config) -> None:
     """Cross-field checks that types alone cannot express."""
-    for ok, msg in [*_model_optim_checks(cfg), *_data_augment_checks(cfg), *_run_checks(cfg)]:
+    checks = [*_model_optim_checks(cfg), *_data_augment_checks(cfg), *_run_checks(cfg)]
+    for ok, msg in [*checks, *_train_on_val_checks(cfg)]:
         if not ok:
             raise ConfigError(msg)
+
+
+def _train_on_val_checks(cfg: Config) -> list[Check]:
+    """data.train_on=train+val: the validation images are training images, so nothing in the
+    run may be chosen or steered on validation accuracy."""
+    if cfg.data.train_on != "train+val":
+        return [(cfg.data.train_on == "train", "data.train_on must be train|train+val")]
+    why = "with data.train_on=train+val validation is part of training"
+    plateau = cfg.schedule.kind == "two_phase" and cfg.train.epochs > cfg.schedule.cosine_epochs
+    teacher = cfg.train.teacher or ""
+    return [
+        (cfg.train.select == "last", f"{why}: set train.select=last (it cannot pick an epoch)"),
+        (
+            not plateau,
+            f"{why}: schedule.kind=two_phase lowers the LR on its plateaus after epoch "
+            f"{cfg.schedule.cosine_epochs}; use schedule.kind=onecycle",
+        ),
+        (
+            not teacher.endswith(".npz"),
+            f"{why}: a soft-label file has rows for the training split only; use a teacher run "
+            "or ensemble folder",
+        ),
+    ]
 
 
 def _model_optim_checks(cfg: Config) -> list[Check]:

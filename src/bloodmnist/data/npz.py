@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import zipfile
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +44,15 @@ class Dataset:
     @property
     def image_size(self) -> int:
         return int(self.train.images.shape[1])
+
+    def with_val_in_train(self) -> Dataset:
+        """The same data with the validation images appended to the training split (train
+        rows first, in file order); val itself stays, for numbers that are not held out."""
+        train = Split(
+            np.concatenate([self.train.images, self.val.images]),
+            np.concatenate([self.train.labels, self.val.labels]),
+        )
+        return replace(self, train=train)
 
 
 def _fail(path: Path, what: str) -> DataError:

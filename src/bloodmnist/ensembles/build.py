@@ -135,6 +135,10 @@ def _member_fields(members: list[Member]) -> dict[str, Any]:
         "member_test_acc_tta": [m.summary.get("test_acc_tta") for m in members],
         "member_seeds": [m.summary.get("seed") for m in members],
         "member_archs": [m.cfg.model.arch for m in members],
+        # one member trained on the validation images makes the ensemble's val numbers in-sample
+        "train_on": "train+val"
+        if any(m.cfg.data.train_on == "train+val" for m in members)
+        else "train",
         "train_pflop": round(sum(pflops), 6) if None not in pflops else None,
         "train_seconds": round(sum(m.summary.get("train_seconds") or 0.0 for m in members), 2),
         "pretrained": "none" if from_scratch else "imagenet",

@@ -123,6 +123,7 @@ def _run_info(summary: dict[str, Any]) -> str:
         ("precision", summary.get("precision")),
         ("pretrained", summary.get("pretrained")),
         ("seed", summary.get("seed")),
+        ("trained on", _trained_on(summary)),
         ("epochs run", summary.get("epochs_run")),
         ("best epoch", f"{fmt(best)} (val acc {fmt(best_acc)})"),
         ("train time", fmt_seconds(summary.get("train_seconds"))),
@@ -130,6 +131,12 @@ def _run_info(summary: dict[str, Any]) -> str:
         ("status", summary.get("status", "not recorded")),
     ]
     return table(["item", "value"], rows, left_cols=2)
+
+
+def _trained_on(summary: dict[str, Any]) -> str:
+    if summary.get("train_on") == "train+val":  # validation numbers are on training images
+        return "train + val (data.train_on): validation is not held out"
+    return "train (validation held out)"
 
 
 def _confusion(names: list[str], cm: list[list[int]]) -> str:

@@ -133,6 +133,9 @@ def describe_run(run_dir: Path, root: Path) -> dict[str, Any]:
         seconds += summary["test_eval_seconds"]
     epochs = _num(summary.get("epochs_run"))
     best = _num(summary.get("best_val_acc"))
+    # data.train_on=train+val: its validation images are training images, no score to rank by
+    train_on = _mapping(cfg.get("data")).get("train_on") or summary.get("train_on")
+    val_in_train = train_on == "train+val"  # summary.json: an ensemble with such a member
     return {
         "name": str(run_dir.relative_to(root)) if run_dir != root else root.absolute().name,
         "recipe": _recipe(manifest.get("command")),
@@ -140,7 +143,8 @@ def describe_run(run_dir: Path, root: Path) -> dict[str, Any]:
         "seed": _num(train.get("seed")),
         "epochs": epochs if epochs is not None else (len(history) if history else None),
         "epochs_max": _num(train.get("epochs")),
-        "val_acc": best if best is not None else (max(vals) if vals else None),
+        "val_acc": None if val_in_train else best if best is not None else max(vals, default=None),
+        "val_in_train": val_in_train,
         "test_acc": _num(summary.get("test_acc")),
         "test_acc_tta": _num(summary.get("test_acc_tta")),
         "pflop": _num(summary.get("train_pflop")),
@@ -188,6 +192,8 @@ def find_runs(root: Path, sort: str = "name") -> list[dict[str, Any]]:
 
 def _cell(key: str, row: dict[str, Any]) -> str:
     v = row[key]
+    if key == "val_acc" and row.get("val_in_train"):
+        return "in train"
     if v is None:
         return "-"
     if key == "epochs":

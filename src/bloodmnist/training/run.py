@@ -168,16 +168,21 @@ def _load_run_data(cfg: Config, rt: Runtime, progress: bool) -> tuple[Config, Da
         ),
     )
     cfg = fit_config(cfg, data)
+    if cfg.train.teacher:  # a teacher trained on another file could leak this run's test images
+        check_teacher_data(cfg.train.teacher, data_info.md5, data, cfg.data.subset)
+    if cfg.data.train_on == "train+val":
+        data = data.with_val_in_train()
     log.info(
-        "data: %s (MD5 %s) train/val/test = %d/%d/%d",
+        "data: %s (MD5 %s) train/val/test = %d/%d/%d%s",
         data_info.path,
         data_info.md5,
         len(data.train),
         len(data.val),
         len(data.test),
+        "; training on train + val: the validation numbers are not held out"
+        if cfg.data.train_on == "train+val"
+        else "",
     )
-    if cfg.train.teacher:  # a teacher trained on another file could leak this run's test images
-        check_teacher_data(cfg.train.teacher, data_info.md5, data, cfg.data.subset)
     return cfg, data, data_info
 
 
@@ -248,6 +253,7 @@ def _summary_base(
         "pretrained": "imagenet" if pretrained["used"] else "none",
         "trained_from_scratch": not pretrained["used"],
         "seed": cfg.train.seed,
+        "train_on": cfg.data.train_on,
         "image_size": cfg.data.size,
         "class_names": list(cfg.model.names()),
         "data_md5": data_info.md5,

@@ -268,6 +268,12 @@ def parse_space(data: dict[str, Any], base: Config) -> Space:
         )
     if "seeds" in data and "train.seed" in params:
         raise SpaceError("'seeds' trains every trial on each seed: drop train.seed from params")
+    # a search chooses on validation accuracy, which means nothing on images it trained on
+    if "data.train_on" in params or base.data.train_on != "train":
+        raise SpaceError(
+            "a search chooses on validation, so its trials train on train only: drop "
+            "data.train_on (train on train+val after choosing, with the chosen config)"
+        )
     parsed = [_param(str(k), v, base) for k, v in params.items()]
     sampler = _section(data, "sampler", SAMPLERS, "tpe")
     pruner = _pruner(data)

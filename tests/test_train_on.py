@@ -1,0 +1,124 @@
+"""data.train_on=train+val: the validation images join training after a recipe was chosen on
+them; the run is the same as one on a file whose train split holds both, and nothing in it may
+be chosen on validation."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from bloodmnist.config import Config, build_config
+from bloodmnist.errors import ConfigError
+from bloodmnist.reporting.html import _run_info
+from bloodmnist.tuning.space import SpaceError, parse_space
+from conftest import describe, run_cli
+
+N = 96  # images per split
+TINY = ["--set", "model.arch=resnet9", "--set", "model.width=0.125"]
+COMMON = ["--epochs", "1", "--precision", "fp32", "--pretrained", "none", "--quiet", "--seed", "3"]
+COMMON += ["--recipe", "fast", "--set", "runtime.threads=1", "--set", "runtime.reports=false"]
+COMMON += ["--set", "eval.compare_tta=false", *TINY]
+
+
+def _history(run: Path) -> list[dict[str, str]]:
+    with open(run / "history.csv", newline="") as f:
+        return [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(f)]
+
+
+def test_a_run_on_train_and_val_is_the_run_on_one_joined_file(
+    shared_data: Path, tmp_path: Path
+) -> None:
+    with np.load(shared_data) as f:
+        src = {k: f[k][:N] for k in f.files}
+    joined = dict(src)
+    for key in ("images", "labels"):  # train rows first, then val, as the option joins them
+        joined[f"train_{key}"] = np.concatenate([src[f"train_{key}"], src[f"val_{key}"]])
+    np.savez(tmp_path / "joined.npz", **joined)
+    ours, theirs = tmp_path / "train_on", tmp_path / "joined"
+    args = ["train", "--data", str(shared_data), "--out", str(ours), "--subset", str(N), *COMMON]
+    result = run_cli([*args, "--set", "data.train_on=train+val"], cwd=tmp_path)
+    assert result.returncode == 0, describe(result)
+    assert "training on train + val: the validation numbers are not held out" in result.stderr
+    other = ["train", "--data", str(tmp_path / "joined.npz"), "--out", str(theirs), *COMMON]
+    result = run_cli(other, cwd=tmp_path)
+    assert result.returncode == 0, describe(result)
+
+    summary = json.loads((ours / "summary.json").read_text())
+    assert summary["train_on"] == "train+val" and summary["train_images_seen"] == 2 * N
+    assert json.loads((theirs / "summary.json").read_text())["train_on"] == "train"
+    manifest = json.loads((ours / "manifest.json").read_text())
+    splits = manifest["data"]["splits"]
+    assert splits["train"]["n"] == 2 * N and splits["val"]["n"] == N, splits
+    assert _history(ours) == _history(theirs)  # the same steps on the same images
+    a = torch.load(ours / "checkpoints" / "best.pt", weights_only=False)["model"]
+    b = torch.load(theirs / "checkpoints" / "best.pt", weights_only=False)["model"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert "validation is not held out" in _run_info(summary)
+    assert "train (validation held out)" in _run_info({"seed": 1})  # runs from before the key
+
+
+@pytest.mark.parametrize(
+    ("recipe", "sets", "says"),
+    [
+        ("reference", [], "set train.select=last"),  # picks the best validation epoch
+        ("reference", ["train.select=last"], "use schedule.kind=onecycle"),  # plateau on val
+        ("fast", ["train.teacher=soft.npz"], "a soft-label file has rows for the training split"),
+        ("fast", ["data.train_on=all"], "data.train_on must be train|train+val"),
+    ],
+)
+def test_choices_on_validation_are_refused(recipe: str, sets: list[str], says: str) -> None:
+    named = any(s.startswith("data.train_on") for s in sets)
+    sets = sets if named else ["data.train_on=train+val", *sets]
+    with pytest.raises(ConfigError, match=says):
+        build_config(overrides=sets, recipe=recipe)
+
+
+def test_what_may_train_on_validation() -> None:
+    for recipe in ("fast", "best"):  # one-cycle, the last epoch shipped
+        assert build_config(overrides=["data.train_on=train+val"], recipe=recipe).data.train_on
+    # the reference's schedule without its plateau phase (cosine over every epoch)
+    sets = ["data.train_on=train+val", "train.select=last", "train.epochs=30"]
+    assert build_config(overrides=sets, recipe="reference").train.epochs == 30
+
+
+def test_a_search_refuses_to_train_on_validation() -> None:
+    space = {"params": {"optim.lr": {"type": "float", "low": 0.01, "high": 0.1}}}
+    base = build_config(overrides=["data.train_on=train+val"], recipe="fast")
+    with pytest.raises(SpaceError, match="a search chooses on validation"):
+        parse_space(space, base)
+    varied = {"params": {"data.train_on": {"type": "categorical", "choices": ["train"]}}}
+    with pytest.raises(SpaceError, match="drop data.train_on"):
+        parse_space(varied, Config())
+
+
+def test_runs_does_not_rank_by_validation_it_trained_on(tmp_path: Path) -> None:
+    from bloodmnist.tracking.runs import find_runs, format_table
+
+    for name, train_on, val in (("held", "train", 0.97), ("joined", "train+val", 0.999)):
+        run = tmp_path / name
+        run.mkdir()
+        (run / "config.yaml").write_text(json.dumps({"data": {"train_on": train_on}}))
+        (run / "summary.json").write_text(json.dumps({"best_val_acc": val, "test_acc": 0.9}))
+    rows = find_runs(tmp_path, sort="val_acc")
+    assert [r["name"] for r in rows] == ["held", "joined"]  # joined has no score to rank by
+    assert rows[1]["val_acc"] is None and rows[0]["val_acc"] == 0.97
+    table = format_table(rows, tmp_path)
+    assert "in train" in table and "0.9990" not in table and "0.9700" in table
+
+
+def test_an_ensemble_with_a_member_trained_on_val_says_so() -> None:
+    from types import SimpleNamespace
+
+    from bloodmnist.ensembles.build import _member_fields
+
+    def member(train_on: str) -> SimpleNamespace:
+        cfg = build_config(overrides=[f"data.train_on={train_on}"], recipe="fast")
+        return SimpleNamespace(run_dir=Path(train_on), cfg=cfg, summary={"train_pflop": 0.1})
+
+    assert _member_fields([member("train"), member("train")])["train_on"] == "train"
+    assert _member_fields([member("train"), member("train+val")])["train_on"] == "train+val"
