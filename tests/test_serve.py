@@ -246,6 +246,7 @@ def test_limits_and_bad_input_get_their_status_and_the_server_keeps_answering(
         for asset in ("app.js", "style.css"):
             assert requests.get(f"{url}/static/{asset}", timeout=10).status_code == 200
     tight = ["--timeout", "0.001", "--max-connections", "3", "--max-files", "1000"]
+    tight += ["--upload-timeout", "1"]
     with server(run_dir / "model.onnx", *tight, log=tmp_path / "t.log") as url:
         # past the form parser's own 1000 files, the limit's 413 (was Starlette's 400)
         many = [("files", (f"{i}.png", b"x", "image/png")) for i in range(1001)]
@@ -254,6 +255,7 @@ def test_limits_and_bad_input_get_their_status_and_the_server_keeps_answering(
         r = requests.post(url + "/v1/predict", files=[good] * 8, timeout=30)
         assert r.status_code == 503 and "per-request limit" in r.json()["detail"], r.text
         assert requests.get(url + "/healthz", timeout=10).status_code == 200
+        _a_stalled_upload_gets_408(url)
         # --max-connections: with 3 connections held open, a fourth gets 503 at once; closing
         # them frees the server again
         port = int(url.rsplit(":", 1)[1])
@@ -264,6 +266,28 @@ def test_limits_and_bad_input_get_their_status_and_the_server_keeps_answering(
             for sock in held:
                 sock.close()
         assert _status_soon(url, 200), "the server did not recover after the connections closed"
+
+
+def _a_stalled_upload_gets_408(url: str) -> None:
+    """A client that stops sending half-way through its body is answered 408 once
+    --upload-timeout (1 s) has passed, instead of holding the connection for as long as it
+    likes; the server answers again after it."""
+    port = int(url.rsplit(":", 1)[1])
+    head = (
+        "POST /v1/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; "
+        "boundary=b\r\nContent-Length: 1000\r\n\r\n--b\r\n"
+    )
+    t0 = time.monotonic()
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
+        sock.sendall(head.encode())
+        answer = b""
+        while b"did not arrive" not in answer and (chunk := sock.recv(4096)):
+            answer += chunk
+    waited = time.monotonic() - t0
+    assert answer.startswith(b"HTTP/1.1 408"), answer
+    assert b'"the request body did not arrive within 1 s; send it faster' in answer, answer
+    assert 1.0 <= waited < 15, waited
+    assert _status_soon(url, 200), "no answer after the stalled upload"
 
 
 def _status_soon(url: str, status: int, tries: int = 50) -> bool:

@@ -44,6 +44,7 @@ def test_a_run_on_train_and_val_is_the_run_on_one_joined_file(
     result = run_cli([*args, "--set", "data.train_on=train+val"], cwd=tmp_path)
     assert result.returncode == 0, describe(result)
     assert "training on train + val: the validation numbers are not held out" in result.stderr
+    assert "temperature fitted on validation images this model trained on" in result.stderr
     other = ["train", "--data", str(tmp_path / "joined.npz"), "--out", str(theirs), *COMMON]
     result = run_cli(other, cwd=tmp_path)
     assert result.returncode == 0, describe(result)

@@ -217,7 +217,16 @@ def serve_parser(sub) -> None:
     p.add_argument("--max-request-mb", type=float, default=32.0, metavar="MB")
     p.add_argument("--max-files", type=int, default=64, metavar="N", help="files per request")
     p.add_argument("--max-pixels", type=int, default=25_000_000, metavar="PX", help="per image")
-    p.add_argument("--timeout", type=float, default=30.0, metavar="S", help="seconds per request")
+    p.add_argument(
+        "--timeout", type=float, default=30.0, metavar="S", help="seconds per request's work"
+    )
+    p.add_argument(
+        "--upload-timeout",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="seconds for a request's body to arrive (else 408: a slow client holds a connection)",
+    )
     p.add_argument(
         "--max-connections",
         type=int,

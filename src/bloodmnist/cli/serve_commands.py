@@ -24,8 +24,8 @@ def _check_serve_args(args: argparse.Namespace) -> None:
     for name in ("workers", "max_batch", "max_files", "max_pixels", "max_connections"):
         if getattr(args, name) < 1:
             raise InferenceError(f"--{name.replace('_', '-')} must be >= 1")
-    if args.max_request_mb <= 0 or args.timeout <= 0:
-        raise InferenceError("--max-request-mb and --timeout must be > 0")
+    if min(args.max_request_mb, args.timeout, args.upload_timeout) <= 0:
+        raise InferenceError("--max-request-mb, --timeout and --upload-timeout must be > 0")
     if not 1 <= args.port <= 65535:
         raise InferenceError(f"--port {args.port}: choose a port between 1 and 65535")
     try:  # uvicorn would only log a bind failure; say it here, in one line, before loading
@@ -53,6 +53,7 @@ def serve(args: argparse.Namespace) -> int:
         max_files=args.max_files,
         max_pixels=args.max_pixels,
         timeout_s=args.timeout,
+        upload_timeout_s=args.upload_timeout,
     )
     calibrated = not args.uncalibrated
     service = ModelService.open(args.model, args.device, args.precision, args.threads, calibrated)

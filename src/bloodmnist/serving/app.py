@@ -86,7 +86,9 @@ def create_app(service: ModelService, limits: Limits, max_batch: int = 64) -> Fa
         # limit lets check_uploads answer 413 with the limit, however high --max-files is
         form_limits={"max_files": limits.max_files + 1},
     )
-    app.add_middleware(BodyLimitMiddleware, limit=limits.max_request_bytes)
+    app.add_middleware(
+        BodyLimitMiddleware, limit=limits.max_request_bytes, timeout=limits.upload_timeout_s
+    )
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.state.service, app.state.limits, app.state.batcher = service, limits, batcher
 

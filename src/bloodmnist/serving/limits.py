@@ -1,11 +1,13 @@
 """Request limits and the middleware that enforces the body size before anything is parsed.
 
 The whole body is read into memory (never to disk) up to `max_request_bytes`; a longer body,
-or a Content-Length above it, is answered 413 without reading further.
+or a Content-Length above it, is answered 413 without reading further, and a body that has not
+arrived within `upload_timeout_s` is answered 408.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 from dataclasses import asdict, dataclass
 
@@ -19,6 +21,9 @@ class Limits:
     max_files: int = 64
     max_pixels: int = 25_000_000  # per image, read from the header before decoding
     timeout_s: float = 30.0  # per request, decoding + inference + Grad-CAM
+    # for the whole body to arrive: a client sending slowly (or stalling) would otherwise hold
+    # a connection, and its buffered bytes, for as long as it likes
+    upload_timeout_s: float = 30.0
 
     def describe(self) -> dict:
         return asdict(self)
@@ -37,11 +42,13 @@ async def _send_json(send, status: int, detail: str) -> None:
 
 
 class BodyLimitMiddleware:
-    """ASGI middleware: buffer request bodies up to `limit` bytes, 413 above it."""
+    """ASGI middleware: buffer request bodies up to `limit` bytes, 413 above it; 408 for a body
+    that has not arrived within `timeout` seconds."""
 
-    def __init__(self, app, limit: int):
+    def __init__(self, app, limit: int, timeout: float = 30.0):
         self.app = app
         self.limit = limit
+        self.timeout = timeout
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
@@ -53,19 +60,15 @@ class BodyLimitMiddleware:
         declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.limit:
             return await _send_json(send, 413, too_big)
-        chunks, size = [], 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return None
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.limit:
-                return await _send_json(send, 413, too_big)
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
-        body = b"".join(chunks)
+        try:
+            body = await asyncio.wait_for(self._read(receive), self.timeout)
+        except asyncio.TimeoutError:
+            slow = f"the request body did not arrive within {self.timeout:g} s; send it faster"
+            return await _send_json(send, 408, slow + " or fewer files per request")
+        if body is None:  # the client left
+            return None
+        if len(body) > self.limit:
+            return await _send_json(send, 413, too_big)
         sent = False
 
         async def replay():
@@ -76,3 +79,16 @@ class BodyLimitMiddleware:
             return {"type": "http.request", "body": body, "more_body": False}
 
         return await self.app(scope, replay, send)
+
+    async def _read(self, receive) -> bytes | None:
+        """The whole body; None if the client disconnected; stops one chunk past the limit."""
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return None
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            chunks.append(chunk)
+            if size > self.limit or not message.get("more_body", False):
+                return b"".join(chunks)
