@@ -271,6 +271,22 @@ def test_numbers_are_decimal_as_typed(override: str, message: str) -> None:
     assert (cfg.optim.lr, cfg.train.epochs) == (1e-4, 20)
 
 
+def test_a_config_file_keeps_text_keys_as_written(tmp_path: Path) -> None:
+    """`name: 1.50` in a --config file was the text "1.5" (YAML read a number); now it is what
+    the file says, as with --set, while number keys still read numbers."""
+    path = tmp_path / "mine.yaml"
+    path.write_text(
+        "runtime: {name: 1.50, threads: 2}\noptim: {lr: 1.50}\ndata: {path: null, size: 28}\n"
+        "train: {teacher: 1.0e-05, seed: 7}\n"
+        "model: {class_names: [1.50, 2, c, d, e, f, g, h], width: 0.50}\n"
+    )
+    cfg = build_config(yaml_path=path)
+    assert (cfg.runtime.name, cfg.train.teacher) == ("1.50", "1.0e-05")
+    assert cfg.model.class_names[:3] == ["1.50", "2", "c"]
+    assert (cfg.optim.lr, cfg.model.width, cfg.runtime.threads, cfg.train.seed) == (1.5, 0.5, 2, 7)
+    assert cfg.data.path is None and cfg.data.size == 28
+
+
 def test_a_key_given_twice_in_a_config_file_is_refused(tmp_path: Path) -> None:
     """A second `optim:` section replaced the first (its lr dropped without a word)."""
     path = _yaml(tmp_path, "optim:\n  lr: 0.5\ntrain:\n  epochs: 3\noptim:\n  batch_size: 32\n")

@@ -131,13 +131,13 @@ def nest(dotted: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def load_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML config file into a dict, with one-line errors."""
+def load_yaml(path: str | Path, numbers: bool = True) -> dict[str, Any]:
+    """Read a YAML config file into a dict, with one-line errors (`numbers`: load_text's)."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config file not found: {p}")
     try:
-        data = load_text(p.read_text(encoding="utf-8"))
+        data = load_text(p.read_text(encoding="utf-8"), numbers=numbers)
     except yaml.YAMLError as exc:
         raise ConfigError(f"config file {p} is not valid YAML ({_yaml_reason(exc)})") from None
     if data is None:
@@ -214,7 +214,7 @@ def build_config(
     cfg = Config()
     _merge(cfg, recipe_dict(recipe))
     if yaml_path is not None:
-        data = load_yaml(yaml_path)
+        data = _text_as_written(cfg, load_yaml(yaml_path), load_yaml(yaml_path, numbers=False))
         try:
             _merge(cfg, data)
         except ConfigError as exc:  # name the file: the key alone may not say where it came from
@@ -232,16 +232,37 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
     return cfg
 
 
+#: The annotations of text keys (a run name, a path, class names): they keep numbers as typed.
+_TEXT_HINTS = (str, str | None, list[str], list[str] | None)
+
+
+def _is_text_key(cfg: Config, section: Any, name: Any) -> bool:
+    owner = getattr(cfg, section, None) if isinstance(section, str) else None
+    hint = _hints(type(owner)).get(name) if dataclasses.is_dataclass(owner) else None
+    return hint in _TEXT_HINTS
+
+
 def _as_typed(cfg: Config, text: str) -> tuple[str, Any]:
     """parse_override, but a text key (a run name, a path, class names) keeps a number as it
     was typed: `runtime.name=1.50` is "1.50", not "1.5"."""
     key, value = parse_override(text)
     section, _, name = key.partition(".")
-    owner = getattr(cfg, section, None)
-    hint = _hints(type(owner)).get(name) if dataclasses.is_dataclass(owner) else None
-    if hint in (str, str | None, list[str], list[str] | None):
+    if _is_text_key(cfg, section, name):
         return key, load_text(text.split("=", 1)[1], numbers=False)
     return key, value
+
+
+def _text_as_written(cfg: Config, data: dict[str, Any], text: dict[str, Any]) -> dict[str, Any]:
+    """A config file's `data` with each text key's value as `text` (the same file read
+    without numbers) has it: `name: 1.50` is "1.50", as `--set` keeps it, not "1.5"."""
+    out = dict(data)
+    for section, values in data.items():
+        raw = text.get(section)
+        if isinstance(values, dict) and isinstance(raw, dict):
+            out[section] = {
+                k: raw.get(k, v) if _is_text_key(cfg, section, k) else v for k, v in values.items()
+            }
+    return out
 
 
 def from_dict(data: dict[str, Any]) -> Config:
