@@ -245,6 +245,10 @@ def test_limits_and_bad_input_get_their_status_and_the_server_keeps_answering(
         )
         for asset in ("app.js", "style.css"):
             assert requests.get(f"{url}/static/{asset}", timeout=10).status_code == 200
+
+
+def test_time_and_connection_limits(run_dir: Path, tmp_path) -> None:
+    good = ("files", ("good.jpg", pbc_files()[0].read_bytes(), "image/jpeg"))
     tight = ["--timeout", "0.001", "--max-connections", "3", "--max-files", "1000"]
     tight += ["--upload-timeout", "1"]
     with server(run_dir / "model.onnx", *tight, log=tmp_path / "t.log") as url:

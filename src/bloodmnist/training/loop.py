@@ -132,15 +132,16 @@ def train_one_epoch(
             after_step()
         if check_stop is not None:
             check_stop()  # a flag test, no device sync
-        n = y.shape[0]
-        samples += n
+        samples += y.shape[0]
         if on_step is not None:
-            on_step(n)
-        # MixUp accuracy: credit each sample by the weight of the target it is scored against
-        # (with alpha 0.001 lam is ~0 or ~1, so scoring only against y would be ~50% wrong).
-        pred = logits.argmax(1)
-        correct = lam * (pred == y).sum() + (1 - lam) * (pred == y_b).sum()
-        totals[:2] += torch.stack([loss.detach().double() * n, correct.double()])
+            on_step(y.shape[0])
+        _add_batch(totals, loss, logits, (y, y_b, lam))
+    return _epoch_stats(totals, samples, rt, epoch)
+
+
+def _epoch_stats(totals: torch.Tensor, samples: int, rt: Runtime, epoch: int) -> EpochStats:
+    """The epoch's mean loss and accuracy over every rank (the one host sync of the epoch);
+    DivergenceError for a loss that is not finite."""
     count = torch.tensor([float(samples)], dtype=torch.float64, device=rt.device)
     loss_sum, correct, skipped, samples = _all_reduce(torch.cat([totals, count]), rt).tolist()
     mean_loss = loss_sum / max(samples, 1)
@@ -149,6 +150,16 @@ def train_one_epoch(
     # every rank takes every step: the all-reduced count is world_size times the steps skipped
     steps_skipped = round(skipped / rt.world_size)
     return EpochStats(mean_loss, correct / max(samples, 1), int(samples), steps_skipped)
+
+
+def _add_batch(totals: torch.Tensor, loss: torch.Tensor, logits: torch.Tensor, targets) -> None:
+    """Add a batch's loss sum and correct count to `totals` on the device (no sync). MixUp
+    accuracy credits each sample by the weight of the target it is scored against (with alpha
+    0.001 lam is ~0 or ~1, so scoring only against y would be ~50% wrong)."""
+    y, y_b, lam = targets
+    pred = logits.argmax(1)
+    correct = lam * (pred == y).sum() + (1 - lam) * (pred == y_b).sum()
+    totals[:2] += torch.stack([loss.detach().double() * y.shape[0], correct.double()])
 
 
 def nll(probs: np.ndarray, labels: np.ndarray) -> float:
