@@ -22,7 +22,7 @@ N = 96  # images per split
 TINY = ["--set", "model.arch=resnet9", "--set", "model.width=0.125"]
 COMMON = ["--epochs", "1", "--precision", "fp32", "--pretrained", "none", "--quiet", "--seed", "3"]
 COMMON += ["--recipe", "fast", "--set", "runtime.threads=1", "--set", "runtime.reports=false"]
-COMMON += ["--set", "eval.compare_tta=false", *TINY]
+COMMON += ["--set", "eval.compare_tta=false", "--set", "eval.temperature_scaling=false", *TINY]
 
 
 def _history(run: Path) -> list[dict[str, str]]:
@@ -44,7 +44,6 @@ def test_a_run_on_train_and_val_is_the_run_on_one_joined_file(
     result = run_cli([*args, "--set", "data.train_on=train+val"], cwd=tmp_path)
     assert result.returncode == 0, describe(result)
     assert "training on train + val: the validation numbers are not held out" in result.stderr
-    assert "temperature fitted on validation images this model trained on" in result.stderr
     other = ["train", "--data", str(tmp_path / "joined.npz"), "--out", str(theirs), *COMMON]
     result = run_cli(other, cwd=tmp_path)
     assert result.returncode == 0, describe(result)
@@ -61,6 +60,38 @@ def test_a_run_on_train_and_val_is_the_run_on_one_joined_file(
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert "validation is not held out" in _run_info(summary)
     assert "train (validation held out)" in _run_info({"seed": 1})  # runs from before the key
+    _val_of_such_a_run_is_marked(ours, tmp_path)
+    # a student whose validation is held out may not learn from it
+    student = [*args[:4], str(tmp_path / "student"), *args[5:], "--set", f"train.teacher={ours}"]
+    result = run_cli(student, cwd=tmp_path)
+    assert result.returncode != 0 and "teacher" in result.stderr, describe(result)
+    assert "trained on the validation images (data.train_on=train+val)" in result.stderr
+    assert not (tmp_path / "student" / "checkpoints" / "last.pt").exists()
+
+
+def _val_of_such_a_run_is_marked(run: Path, cwd: Path) -> None:
+    result = run_cli(["evaluate", str(run), "--split", "val", "--no-tta", "--threads", "1"], cwd)
+    assert result.returncode == 0, describe(result)
+    assert json.loads(result.stdout)["held_out"] is False
+    assert "these numbers are not held out" in result.stderr
+
+
+def test_resume_with_more_epochs_may_not_reach_a_plateau(shared_data: Path, tmp_path: Path) -> None:
+    """The reference schedule's plateau phase steers on validation: a train+val run that ends
+    before it is accepted, and `--resume --epochs` may not take it there (it was not
+    re-checked)."""
+    run = tmp_path / "ref"
+    args = ["train", "--data", str(shared_data), "--out", str(run), "--subset", "64"]
+    args += ["--recipe", "reference", "--epochs", "1", "--precision", "fp32", "--quiet"]
+    args += ["--pretrained", "none", "--set", "runtime.threads=1", "--set", "eval.tta=false"]
+    args += ["--set", "runtime.reports=false", *TINY, "--set", "data.train_on=train+val"]
+    args += ["--set", "train.select=last", "--set", "schedule.cosine_epochs=1"]
+    result = run_cli(args, cwd=tmp_path)
+    assert result.returncode == 0, describe(result)
+    result = run_cli(["train", "--resume", str(run), "--epochs", "3", "--quiet"], cwd=tmp_path)
+    assert result.returncode != 0, describe(result)
+    assert "use schedule.kind=onecycle" in result.stderr, describe(result)
+    assert len(_history(run)) == 1
 
 
 @pytest.mark.parametrize(
@@ -68,7 +99,8 @@ def test_a_run_on_train_and_val_is_the_run_on_one_joined_file(
     [
         ("reference", [], "set train.select=last"),  # picks the best validation epoch
         ("reference", ["train.select=last"], "use schedule.kind=onecycle"),  # plateau on val
-        ("fast", ["train.teacher=soft.npz"], "a soft-label file has rows for the training split"),
+        ("fast", ["train.teacher=soft.NPZ", "eval.temperature_scaling=false"], "a soft-label"),
+        ("fast", [], "set eval.temperature_scaling=false"),  # fitted on training images
         ("fast", ["data.train_on=all"], "data.train_on must be train|train+val"),
     ],
 )
@@ -80,8 +112,9 @@ def test_choices_on_validation_are_refused(recipe: str, sets: list[str], says: s
 
 
 def test_what_may_train_on_validation() -> None:
+    sets = ["data.train_on=train+val", "eval.temperature_scaling=false"]
     for recipe in ("fast", "best"):  # one-cycle, the last epoch shipped
-        assert build_config(overrides=["data.train_on=train+val"], recipe=recipe).data.train_on
+        assert build_config(overrides=sets, recipe=recipe).data.train_on == "train+val"
     # the reference's schedule without its plateau phase (cosine over every epoch)
     sets = ["data.train_on=train+val", "train.select=last", "train.epochs=30"]
     assert build_config(overrides=sets, recipe="reference").train.epochs == 30
@@ -89,7 +122,8 @@ def test_what_may_train_on_validation() -> None:
 
 def test_a_search_refuses_to_train_on_validation() -> None:
     space = {"params": {"optim.lr": {"type": "float", "low": 0.01, "high": 0.1}}}
-    base = build_config(overrides=["data.train_on=train+val"], recipe="fast")
+    sets = ["data.train_on=train+val", "eval.temperature_scaling=false"]
+    base = build_config(overrides=sets, recipe="fast")
     with pytest.raises(SpaceError, match="a search chooses on validation"):
         parse_space(space, base)
     varied = {"params": {"data.train_on": {"type": "categorical", "choices": ["train"]}}}
@@ -118,7 +152,8 @@ def test_an_ensemble_with_a_member_trained_on_val_says_so() -> None:
     from bloodmnist.ensembles.build import _member_fields
 
     def member(train_on: str) -> SimpleNamespace:
-        cfg = build_config(overrides=[f"data.train_on={train_on}"], recipe="fast")
+        sets = [f"data.train_on={train_on}", "eval.temperature_scaling=false"]
+        cfg = build_config(overrides=sets, recipe="fast")
         return SimpleNamespace(run_dir=Path(train_on), cfg=cfg, summary={"train_pflop": 0.1})
 
     assert _member_fields([member("train"), member("train")])["train_on"] == "train"

@@ -17,6 +17,7 @@ from bloodmnist.config import (
     apply_overrides,
     base_recipe,
     build_config,
+    check_train_on,
     lacking_keys,
     load_yaml,
     parse_override,
@@ -112,6 +113,7 @@ def _resume_state(args: argparse.Namespace) -> tuple[Path, ResumeFrom, Config]:
         cfg = apply_overrides(cfg, args.set)
     if args.epochs is not None:
         cfg.train.epochs = _resumed_epochs(state, args.epochs)
+        check_train_on(cfg)
     if args.device or args.precision:
         cfg.runtime.device = args.device or cfg.runtime.device
         cfg.runtime.precision = args.precision or cfg.runtime.precision
@@ -257,6 +259,12 @@ def evaluate(args: argparse.Namespace) -> int:
         "precision": rt.precision,
         **_metric_fields(result),
     }
+    if args.split == "val" and cfg.data.train_on == "train+val":
+        out["held_out"] = False
+        say(  # stderr: stdout stays the JSON
+            "note: this model trained on the validation images (data.train_on=train+val): "
+            "these numbers are not held out"
+        )
     text = json.dumps(out, indent=2)
     print(text)
     if args.json:

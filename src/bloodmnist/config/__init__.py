@@ -7,6 +7,7 @@ Precedence (lowest to highest): dataclass defaults, the recipe (`--recipe`; the 
 checkpoint, so a run can be repeated from its `config.yaml` alone.
 """
 
+from bloodmnist.config.checks import check_train_on
 from bloodmnist.config.resolve import (
     DEFAULT_RECIPE,
     HOW_TO_RUN,
@@ -41,6 +42,7 @@ from bloodmnist.config.schema import (
 )
 
 __all__ = [
+    "check_train_on",
     "DEFAULT_RECIPE",
     "HOW_TO_RUN",
     "IMAGENET_MEAN",

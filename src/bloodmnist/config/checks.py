@@ -16,6 +16,14 @@ def validate(cfg: Config) -> None:
             raise ConfigError(msg)
 
 
+def check_train_on(cfg: Config) -> None:
+    """The train+val checks alone: `train --resume --epochs` re-checks them (more epochs may
+    reach a two_phase schedule's plateau phase) without re-checking an old saved config."""
+    for ok, msg in _train_on_val_checks(cfg):
+        if not ok:
+            raise ConfigError(msg)
+
+
 def _train_on_val_checks(cfg: Config) -> list[Check]:
     """data.train_on=train+val: the validation images are training images, so nothing in the
     run may be chosen or steered on validation accuracy."""
@@ -23,13 +31,18 @@ def _train_on_val_checks(cfg: Config) -> list[Check]:
         return [(cfg.data.train_on == "train", "data.train_on must be train|train+val")]
     why = "with data.train_on=train+val validation is part of training"
     plateau = cfg.schedule.kind == "two_phase" and cfg.train.epochs > cfg.schedule.cosine_epochs
-    teacher = cfg.train.teacher or ""
+    teacher = (cfg.train.teacher or "").lower()
     return [
         (cfg.train.select == "last", f"{why}: set train.select=last (it cannot pick an epoch)"),
         (
             not plateau,
             f"{why}: schedule.kind=two_phase lowers the LR on its plateaus after epoch "
             f"{cfg.schedule.cosine_epochs}; use schedule.kind=onecycle",
+        ),
+        (
+            not cfg.eval.temperature_scaling,
+            f"{why}: set eval.temperature_scaling=false (a temperature fitted on images the model "
+            "trained on would miscalibrate it)",
         ),
         (
             not teacher.endswith(".npz"),

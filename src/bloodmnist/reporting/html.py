@@ -125,12 +125,16 @@ def _run_info(summary: dict[str, Any]) -> str:
         ("seed", summary.get("seed")),
         ("trained on", _trained_on(summary)),
         ("epochs run", summary.get("epochs_run")),
-        ("best epoch", f"{fmt(best)} (val acc {fmt(best_acc)})"),
+        ("best epoch", f"{fmt(best)} (val acc {fmt(best_acc)}{_in_training(summary)})"),
         ("train time", fmt_seconds(summary.get("train_seconds"))),
         ("data MD5", summary.get("data_md5")),
         ("status", summary.get("status", "not recorded")),
     ]
     return table(["item", "value"], rows, left_cols=2)
+
+
+def _in_training(summary: dict[str, Any]) -> str:
+    return ", on images it trained on" if summary.get("train_on") == "train+val" else ""
 
 
 def _trained_on(summary: dict[str, Any]) -> str:

@@ -67,11 +67,6 @@ def test_once(
         metrics.update(val_tta_fields(val))
         if cfg.eval.temperature_scaling:  # T from validation only; test calibration after it
             metrics.update(temperature_from_probs(val, result))
-            if cfg.data.train_on == "train+val" and rt.is_main:
-                log.warning(  # the model is surer of images it trained on: T corrects less
-                    "temperature fitted on validation images this model trained on "
-                    "(data.train_on=train+val): its test calibration is in summary.json"
-                )
     summary = {
         "status": "completed",
         **{k: v for k, v in metrics.items() if k not in ("test", "test_tta")},

@@ -169,7 +169,9 @@ def _load_run_data(cfg: Config, rt: Runtime, progress: bool) -> tuple[Config, Da
     )
     cfg = fit_config(cfg, data)
     if cfg.train.teacher:  # a teacher trained on another file could leak this run's test images
-        check_teacher_data(cfg.train.teacher, data_info.md5, data, cfg.data.subset)
+        check_teacher_data(
+            cfg.train.teacher, data_info.md5, data, cfg.data.subset, cfg.data.train_on
+        )
     if cfg.data.train_on == "train+val":
         data = data.with_val_in_train()
     log.info(

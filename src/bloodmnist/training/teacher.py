@@ -127,11 +127,17 @@ def _renormalizer(
 
 
 def check_teacher_data(
-    path: str | Path, data_md5: str, data: Dataset | None = None, subset: int | None = None
+    path: str | Path,
+    data_md5: str,
+    data: Dataset | None = None,
+    subset: int | None = None,
+    train_on: str = "train",
 ) -> None:
     """Refuse a teacher trained on another data file: its training split could hold the
     student's validation or test images, which would leak them into the student. A soft-label
-    file is checked row for row against the student's `data` instead (labels of every split)."""
+    file is checked row for row against the student's `data` instead (labels of every split).
+    A teacher (or ensemble member) trained on train + val is refused for a student whose
+    validation is held out (`train_on` "train"): it would pass on validation's labels."""
     if is_soft_label_file(path):
         if data is not None:
             check_soft_labels(path, data, subset)
@@ -142,7 +148,14 @@ def check_teacher_data(
             raise BloodMNISTError(
                 f"teacher {run} has no summary.json (so no data MD5 to check); use a finished run"
             )
-        md5 = read_json(summary).get("data_md5")
+        facts = read_json(summary)
+        if train_on == "train" and facts.get("train_on") == "train+val":
+            raise BloodMNISTError(
+                f"teacher {run} trained on the validation images (data.train_on=train+val): "
+                "a student would learn their labels from it, so its validation would not be "
+                "held out; use a teacher trained on train, or set data.train_on=train+val"
+            )
+        md5 = facts.get("data_md5")
         if md5 != data_md5:
             raise BloodMNISTError(
                 f"teacher {run} was trained on data with MD5 {md5}, this run's data has "
