@@ -17,7 +17,8 @@ class DataConfig:
     subset: int | None = None  # keep the first N samples of every split (smoke runs)
     # what the model trains on: train | train+val (the validation images too, after a recipe
     # was chosen on them: 14% more images; validation numbers are then not held out, so
-    # nothing may be chosen on them: train.select=last, no plateau phase, no tuning)
+    # nothing may be chosen or fitted on them: train.select=last, no plateau phase, no tuning,
+    # no temperature scaling)
     train_on: str = "train"
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
