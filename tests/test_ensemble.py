@@ -149,6 +149,7 @@ def test_members_that_do_not_fit_are_refused(
 def test_study_stats_give_both_tta_modes_over_members(members: list[Path]) -> None:
     """Seeds that ran different TTA modes still share both: each mode's seed-mean CI is there."""
     from bloodmnist.evaluation.study_stats import aggregate_runs, load_seed_run
+    from bloodmnist.reporting.study_report import held_out_note
 
     record = aggregate_runs([load_seed_run(i, m) for i, m in enumerate(members)], n_boot=50)
     preds = [np.load(m / "predictions.npz") for m in members]
@@ -163,6 +164,11 @@ def test_study_stats_give_both_tta_modes_over_members(members: list[Path]) -> No
         assert record["mean_std"][f"test_acc_tta_{mode}"]["n"] == 2
         assert record["mean_std"][f"test_acc_tta_{mode}"]["mean"] == pytest.approx(np.mean(accs))
         assert record["mean_std"][f"val_acc_tta_{mode}"]["n"] == 2
+    assert record["train_on"] == "train" and held_out_note(record) == ""
+    runs = [load_seed_run(i, m) for i, m in enumerate(members)]
+    runs[1].summary["train_on"] = "train+val"  # one seed trained on the validation images
+    record = aggregate_runs(runs, n_boot=10)
+    assert record["train_on"] == "train+val" and "not held out" in held_out_note(record)
 
 
 def test_aggregate_runs_script_takes_runs_of_mixed_tta_modes(

@@ -174,6 +174,10 @@ def aggregate_runs(
         "n_seeds": len(runs),
         "data_md5": md5,
         "test_n": int(labels.size),
+        # a seed trained on the validation images: the val numbers below are not held out
+        "train_on": "train+val"
+        if any(r.summary.get("train_on") == "train+val" for r in runs)
+        else "train",
         "variants": variants,
         "class_names": class_names(runs[0].preds),
         "mean_std": {k: mean_std([_value(r.summary, k) for r in runs]) for k in present},

@@ -109,6 +109,16 @@ def per_class_rows(record: dict[str, Any]) -> list[list[Any]]:
 PER_CLASS_HEADER = ["class", "support", "recall", "F1", "recall (TTA)", "F1 (TTA)"]
 
 
+def held_out_note(record: dict[str, Any]) -> str:
+    """A warning paragraph where seeds trained on the validation images, else nothing."""
+    if record.get("train_on") != "train+val":
+        return ""
+    return (
+        '<p class="note">Seeds trained on train + val (data.train_on): their validation '
+        "numbers and curves are on images they trained on, not held out.</p>"
+    )
+
+
 def _html_page(record: dict[str, Any], figure: Path, title: str) -> str:
     image = base64.b64encode(figure.read_bytes()).decode("ascii")
     failed = "".join(
@@ -125,6 +135,7 @@ def _html_page(record: dict[str, Any], figure: Path, title: str) -> str:
         f"test n={record['test_n']}, data MD5 {html.escape(str(record['data_md5']))}. "
         "Mean ± sample std (ddof=1) over seeds; 95% CIs are percentile bootstraps over test "
         f"images ({boot['n_boot']} resamples, seed {boot['seed']}).</p>",
+        held_out_note(record),
         "<h2>Test metrics over seeds</h2>",
         table(HEADLINE_HEADER, headline_rows(record), cls="headline"),
         "<h2>Calibration over seeds</h2>",
