@@ -154,7 +154,8 @@ def test_an_ensemble_with_a_member_trained_on_val_says_so() -> None:
     def member(train_on: str) -> SimpleNamespace:
         sets = [f"data.train_on={train_on}", "eval.temperature_scaling=false"]
         cfg = build_config(overrides=sets, recipe="fast")
-        return SimpleNamespace(run_dir=Path(train_on), cfg=cfg, summary={"train_pflop": 0.1})
+        summary = {"train_pflop": 0.1, "train_on": cfg.data.train_on}  # as train writes it
+        return SimpleNamespace(run_dir=Path(train_on), cfg=cfg, summary=summary)
 
     assert _member_fields([member("train"), member("train")])["train_on"] == "train"
     assert _member_fields([member("train"), member("train+val")])["train_on"] == "train+val"

@@ -11,15 +11,17 @@ Check = tuple[bool, str]  # (holds, the message when it does not)
 def validate(cfg: Config) -> None:
     """Cross-field checks that types alone cannot express."""
     checks = [*_model_optim_checks(cfg), *_data_augment_checks(cfg), *_run_checks(cfg)]
-    for ok, msg in [*checks, *_train_on_val_checks(cfg)]:
-        if not ok:
-            raise ConfigError(msg)
+    _raise_first([*checks, *_train_on_val_checks(cfg)])
 
 
 def check_train_on(cfg: Config) -> None:
     """The train+val checks alone: `train --resume --epochs` re-checks them (more epochs may
     reach a two_phase schedule's plateau phase) without re-checking an old saved config."""
-    for ok, msg in _train_on_val_checks(cfg):
+    _raise_first(_train_on_val_checks(cfg))
+
+
+def _raise_first(checks: list[Check]) -> None:
+    for ok, msg in checks:
         if not ok:
             raise ConfigError(msg)
 

@@ -30,6 +30,7 @@ from bloodmnist.evaluation.final import (
 )
 from bloodmnist.evaluation.medmnist_csv import write_run_csvs
 from bloodmnist.evaluation.metrics import compute_metrics
+from bloodmnist.evaluation.run_files import joint_train_on
 from bloodmnist.runtime import Runtime
 from bloodmnist.training.rundir import build_manifest, write_history, write_json
 from bloodmnist.training.teacher import ENSEMBLE_FILE, load_eval_model
@@ -136,9 +137,7 @@ def _member_fields(members: list[Member]) -> dict[str, Any]:
         "member_seeds": [m.summary.get("seed") for m in members],
         "member_archs": [m.cfg.model.arch for m in members],
         # one member trained on the validation images makes the ensemble's val numbers in-sample
-        "train_on": "train+val"
-        if any(m.cfg.data.train_on == "train+val" for m in members)
-        else "train",
+        "train_on": joint_train_on([m.summary for m in members]),
         "train_pflop": round(sum(pflops), 6) if None not in pflops else None,
         "train_seconds": round(sum(m.summary.get("train_seconds") or 0.0 for m in members), 2),
         "pretrained": "none" if from_scratch else "imagenet",

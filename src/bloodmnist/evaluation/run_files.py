@@ -60,6 +60,12 @@ def load_summary(run_dir: Path) -> dict[str, Any]:
     return read_json(require_file(run_dir, "summary.json"))
 
 
+def joint_train_on(summaries: list[dict[str, Any]]) -> str:
+    """ "train+val" when any of the runs trained on the validation images (their validation
+    numbers, and any mean of them, are then not held out), else "train"."""
+    return "train+val" if any(s.get("train_on") == "train+val" for s in summaries) else "train"
+
+
 def load_manifest(run_dir: Path) -> dict[str, Any]:
     """manifest.json as a dict; optional, so an empty dict when absent."""
     path = Path(run_dir) / "manifest.json"

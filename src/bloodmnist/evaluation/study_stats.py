@@ -16,6 +16,7 @@ from bloodmnist.errors import BloodMNISTError
 from bloodmnist.evaluation.run_files import (
     TTA_MODES,
     class_names,
+    joint_train_on,
     load_history,
     load_predictions,
     load_summary,
@@ -175,9 +176,7 @@ def aggregate_runs(
         "data_md5": md5,
         "test_n": int(labels.size),
         # a seed trained on the validation images: the val numbers below are not held out
-        "train_on": "train+val"
-        if any(r.summary.get("train_on") == "train+val" for r in runs)
-        else "train",
+        "train_on": joint_train_on([r.summary for r in runs]),
         "variants": variants,
         "class_names": class_names(runs[0].preds),
         "mean_std": {k: mean_std([_value(r.summary, k) for r in runs]) for k in present},
