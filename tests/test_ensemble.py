@@ -149,7 +149,7 @@ def test_members_that_do_not_fit_are_refused(
 def test_study_stats_give_both_tta_modes_over_members(members: list[Path]) -> None:
     """Seeds that ran different TTA modes still share both: each mode's seed-mean CI is there."""
     from bloodmnist.evaluation.study_stats import aggregate_runs, load_seed_run
-    from bloodmnist.reporting.study_report import held_out_note
+    from bloodmnist.reporting.study_report import calibration_rows, held_out_note
 
     record = aggregate_runs([load_seed_run(i, m) for i, m in enumerate(members)], n_boot=50)
     preds = [np.load(m / "predictions.npz") for m in members]
@@ -165,10 +165,35 @@ def test_study_stats_give_both_tta_modes_over_members(members: list[Path]) -> No
         assert record["mean_std"][f"test_acc_tta_{mode}"]["mean"] == pytest.approx(np.mean(accs))
         assert record["mean_std"][f"val_acc_tta_{mode}"]["n"] == 2
     assert record["train_on"] == "train" and held_out_note(record) == ""
+    assert record["temperature_source"] == ["validation"]
+    assert calibration_rows(record)[-1][0] == "temperature T (fitted on val)"
     runs = [load_seed_run(i, m) for i, m in enumerate(members)]
     runs[1].summary["train_on"] = "train+val"  # one seed trained on the validation images
+    runs[1].summary["temperature_source"] = "eval.temperature"  # ... with a fixed temperature
     record = aggregate_runs(runs, n_boot=10)
     assert record["train_on"] == "train+val" and "not held out" in held_out_note(record)
+    assert record["temperature_source"] == ["eval.temperature", "validation"]
+    label = "temperature T (fixed: eval.temperature; fitted on val)"
+    assert calibration_rows(record)[-1][0] == label
+
+
+def test_members_trained_on_val_get_no_temperature_fitted_there(
+    members: list[Path], ensemble_dir: Path, tmp_path: Path
+) -> None:
+    """A temperature fitted on validation images some member trained on would miscalibrate."""
+    assert json.loads((ensemble_dir / "summary.json").read_text())["temperature"] > 0
+    joint = tmp_path / "joint"
+    shutil.copytree(members[1], joint)
+    summary = json.loads((joint / "summary.json").read_text())
+    (joint / "summary.json").write_text(json.dumps({**summary, "train_on": "train+val"}))
+    out = tmp_path / "ens"
+    args = ["ensemble", str(members[0]), str(joint), "--out", str(out), "--threads", "1"]
+    result = run_cli([*args, "--precision", "fp32"], cwd=tmp_path)
+    assert result.returncode == 0, describe(result)
+    ens = json.loads((out / "summary.json").read_text())
+    assert ens["train_on"] == "train+val"
+    assert ens["temperature"] is None and ens["temperature_tta"] is None
+    assert ens["test_ece_ts"] is None and ens["test_ece"] > 0
 
 
 def test_aggregate_runs_script_takes_runs_of_mixed_tta_modes(

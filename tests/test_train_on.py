@@ -14,9 +14,15 @@ import torch
 
 from bloodmnist.config import Config, build_config
 from bloodmnist.errors import ConfigError
+from bloodmnist.evaluation.calibration import (
+    apply_temperature,
+    calibration_metrics,
+    logits_from_probs,
+)
 from bloodmnist.reporting.html import _run_info
 from bloodmnist.tuning.space import SpaceError, parse_space
 from conftest import describe, run_cli
+from test_predict import PBC
 
 N = 96  # images per split
 TINY = ["--set", "model.arch=resnet9", "--set", "model.width=0.125"]
@@ -41,7 +47,8 @@ def test_a_run_on_train_and_val_is_the_run_on_one_joined_file(
     np.savez(tmp_path / "joined.npz", **joined)
     ours, theirs = tmp_path / "train_on", tmp_path / "joined"
     args = ["train", "--data", str(shared_data), "--out", str(ours), "--subset", str(N), *COMMON]
-    result = run_cli([*args, "--set", "data.train_on=train+val"], cwd=tmp_path)
+    fixed_t = ["--set", "eval.temperature=0.5", "--set", "eval.temperature_tta=0.4"]
+    result = run_cli([*args, "--set", "data.train_on=train+val", *fixed_t], cwd=tmp_path)
     assert result.returncode == 0, describe(result)
     assert "training on train + val: the validation numbers are not held out" in result.stderr
     other = ["train", "--data", str(tmp_path / "joined.npz"), "--out", str(theirs), *COMMON]
@@ -61,12 +68,34 @@ def test_a_run_on_train_and_val_is_the_run_on_one_joined_file(
     assert "validation is not held out" in _run_info(summary)
     assert "train (validation held out)" in _run_info({"seed": 1})  # runs from before the key
     _val_of_such_a_run_is_marked(ours, tmp_path)
+    _the_fixed_temperature_is_stored_and_applied(ours, summary, tmp_path)
     # a student whose validation is held out may not learn from it
     student = [*args[:4], str(tmp_path / "student"), *args[5:], "--set", f"train.teacher={ours}"]
     result = run_cli(student, cwd=tmp_path)
     assert result.returncode != 0 and "teacher" in result.stderr, describe(result)
     assert "trained on the validation images (data.train_on=train+val)" in result.stderr
     assert not (tmp_path / "student" / "checkpoints" / "last.pt").exists()
+
+
+def _the_fixed_temperature_is_stored_and_applied(run: Path, summary: dict, cwd: Path) -> None:
+    """eval.temperature(_tta): stored as a fitted one would be, the test calibration after it
+    computed with it, and predict applies it."""
+    assert (summary["temperature"], summary["temperature_tta"]) == (0.5, 0.4)
+    assert summary["temperature_source"] == "eval.temperature"
+    state = torch.load(run / "checkpoints" / "best.pt", weights_only=False)
+    assert state["temperature"] == {"plain": 0.5, "tta": 0.4}
+    preds = np.load(run / "predictions.npz")
+    for key, suffix, t in (("test_probs", "", 0.5), ("test_probs_tta", "_tta", 0.4)):
+        scaled = apply_temperature(logits_from_probs(preds[key]), t)
+        ece = calibration_metrics(scaled, preds["test_labels"])["ece"]
+        assert summary[f"test_ece{suffix}_ts"] == pytest.approx(ece)
+        assert summary[f"test_ece{suffix}_ts"] != pytest.approx(summary[f"test_ece{suffix}"])
+    if not PBC.is_dir():  # the npz alone is enough for the rest
+        return
+    out = cwd / "pred.json"
+    result = run_cli(["predict", str(run), str(PBC / "basophil"), "--out", str(out)], cwd)
+    assert result.returncode == 0, describe(result)
+    assert json.loads(out.read_text())["temperature"] == 0.5
 
 
 def _val_of_such_a_run_is_marked(run: Path, cwd: Path) -> None:
@@ -159,3 +188,25 @@ def test_an_ensemble_with_a_member_trained_on_val_says_so() -> None:
 
     assert _member_fields([member("train"), member("train")])["train_on"] == "train"
     assert _member_fields([member("train"), member("train+val")])["train_on"] == "train+val"
+
+
+@pytest.mark.parametrize(
+    ("sets", "says"),
+    [
+        (["eval.temperature=0"], "eval.temperature must be > 0"),
+        (["eval.temperature=0.5", "eval.temperature_tta=-1"], "eval.temperature_tta must be > 0"),
+        (["eval.temperature_tta=0.4"], "needs eval.temperature"),
+        (["eval.temperature_scaling=true", "eval.temperature=0.5"], "set one of them"),
+    ],
+)
+def test_a_fixed_temperature_that_cannot_hold_is_refused(sets: list[str], says: str) -> None:
+    with pytest.raises(ConfigError, match=says):
+        build_config(overrides=sets, recipe="reference")
+
+
+def test_a_fixed_temperature_calibrates_a_run_on_train_and_val() -> None:
+    sets = ["data.train_on=train+val", "eval.temperature_scaling=false", "eval.temperature=0.5"]
+    cfg = build_config(overrides=sets, recipe="best")
+    assert (cfg.eval.temperature, cfg.eval.temperature_tta) == (0.5, None)
+    with pytest.raises(ConfigError, match=r"eval.temperature=T stores a fixed one"):
+        build_config(overrides=sets[:1], recipe="best")

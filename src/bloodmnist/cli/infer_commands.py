@@ -61,7 +61,7 @@ def predict(args: argparse.Namespace) -> int:
     failed = [r for r in rows if r["status"] != "ok"]
     where = f" -> {out}" if out else ""
     t = header["temperature"]
-    calib = f" (probabilities at the validation-fitted T={t:.3g})" if t is not None else ""
+    calib = f" (probabilities at the model's temperature T={t:.3g})" if t is not None else ""
     done = f"{len(rows) - len(failed)} of {len(rows)} files classified"
     say(f"bloodmnist predict: {done}{calib}{where}")
     for row in failed:

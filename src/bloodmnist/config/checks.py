@@ -11,6 +11,7 @@ Check = tuple[bool, str]  # (holds, the message when it does not)
 def validate(cfg: Config) -> None:
     """Cross-field checks that types alone cannot express."""
     checks = [*_model_optim_checks(cfg), *_data_augment_checks(cfg), *_run_checks(cfg)]
+    checks += _temperature_checks(cfg)
     _raise_first([*checks, *_train_on_val_checks(cfg)])
 
 
@@ -44,12 +45,32 @@ def _train_on_val_checks(cfg: Config) -> list[Check]:
         (
             not cfg.eval.temperature_scaling,
             f"{why}: set eval.temperature_scaling=false (a temperature fitted on images the model "
-            "trained on would miscalibrate it)",
+            "trained on would miscalibrate it; eval.temperature=T stores a fixed one, e.g. the "
+            "recipe's train-only runs' temperature)",
         ),
         (
             not teacher.endswith(".npz"),
             f"{why}: a soft-label file has rows for the training split only; use a teacher run "
             "or ensemble folder",
+        ),
+    ]
+
+
+def _temperature_checks(cfg: Config) -> list[Check]:
+    """A fixed temperature (eval.temperature) or one fitted on validation, not both."""
+    t, t_tta = cfg.eval.temperature, cfg.eval.temperature_tta
+    return [
+        (t is None or t > 0, "eval.temperature must be > 0 (or null: none fixed)"),
+        (t_tta is None or t_tta > 0, "eval.temperature_tta must be > 0 (or null)"),
+        (
+            t_tta is None or t is not None,
+            "eval.temperature_tta needs eval.temperature (the one-view T) as well",
+        ),
+        (
+            t is None or not cfg.eval.temperature_scaling,
+            "eval.temperature fixes the temperature and eval.temperature_scaling fits one on "
+            "validation: set one of them (eval.temperature_scaling=false or "
+            "eval.temperature=null)",
         ),
     ]
 

@@ -158,6 +158,11 @@ class EvalConfig:
     # fit a softmax temperature on validation (best.pt) and report test calibration before/after;
     # the temperatures are stored in best.pt, and predict/serve/export/explain apply them
     temperature_scaling: bool = False
+    # or fixed temperatures instead of fitting them (a run trained on train+val has no held-out
+    # images to fit on: take them from train-only runs of the same recipe); stored and applied
+    # as fitted ones; temperature_tta None: the one-view T for the TTA mean too
+    temperature: float | None = None
+    temperature_tta: float | None = None
     # false: no test evaluation at the end (hyper-parameter search trials see validation only)
     final_test: bool = True
 

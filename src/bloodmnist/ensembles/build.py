@@ -23,6 +23,7 @@ from bloodmnist.ensembles.members import Member
 from bloodmnist.errors import BloodMNISTError
 from bloodmnist.evaluation.final import (
     TTA_MODES,
+    calibration_at,
     evaluate_split,
     save_predictions,
     summary_metrics,
@@ -156,11 +157,14 @@ def write_ensemble(
     val = val_probs(members, data, rt, tta="probs_tta" in test)
     out.mkdir(parents=True, exist_ok=True)
     metrics = summary_metrics(test)
+    # members that trained on validation: a temperature fitted there would miscalibrate
+    held_out = joint_train_on([m.summary for m in members]) == "train"
+    temps = temperature_from_probs(val, test) if held_out else calibration_at(test, None, None)
     summary = {
         "status": "completed",
         "kind": "ensemble",
         **{k: v for k, v in metrics.items() if k not in ("test", "test_tta")},
-        **temperature_from_probs(val, test),
+        **temps,
         **_val_fields(val, names),
         **_member_fields(members),
         "seed": None,

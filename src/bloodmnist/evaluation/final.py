@@ -167,15 +167,25 @@ def calibration_summary(result: dict[str, Any]) -> dict[str, float | None]:
 def temperature_from_probs(val: dict[str, Any], test: dict[str, Any]) -> dict[str, Any]:
     """temperature(_tta) fitted on `val`'s probabilities and the test calibration after it
     (`val`/`test`: dicts with labels, probs and optionally probs_tta)."""
+    fitted = {
+        key: fit_temperature(logits_from_probs(val[key]), val["labels"])
+        for key in ("probs", "probs_tta")
+        if key in test
+    }
+    return calibration_at(test, fitted.get("probs"), fitted.get("probs_tta"))
+
+
+def calibration_at(test: dict[str, Any], t: float | None, t_tta: float | None) -> dict[str, Any]:
+    """temperature(_tta) = t (t_tta) and the test calibration after it; None where there is
+    no such temperature or `test` has no such probabilities (TTA off)."""
     out: dict[str, Any] = {}
-    for key, suffix in (("probs", ""), ("probs_tta", "_tta")):
-        if key not in test:
+    for key, suffix, temp in (("probs", "", t), ("probs_tta", "_tta", t_tta)):
+        if key not in test or temp is None:
             out.update({f"temperature{suffix}": None})
             out.update({f"test_{n}{suffix}_ts": None for n in ("ece", "nll", "brier")})
             continue
-        t = fit_temperature(logits_from_probs(val[key]), val["labels"])
-        scaled = apply_temperature(logits_from_probs(test[key]), t)
-        out[f"temperature{suffix}"] = t
+        scaled = apply_temperature(logits_from_probs(test[key]), temp)
+        out[f"temperature{suffix}"] = temp
         for name, value in calibration_metrics(scaled, test["labels"]).items():
             out[f"test_{name}{suffix}_ts"] = value
     return out

@@ -155,6 +155,13 @@ def _mean_cis(runs: list[SeedRun], variants: list[str], n_boot: int, boot_seed: 
     return out
 
 
+def temperature_sources(summaries: list[dict[str, Any]]) -> list[str]:
+    """Where the seeds' temperatures came from: validation (runs from before the key too)
+    or eval.temperature; [] where none has one."""
+    has_t = [s for s in summaries if s.get("temperature") is not None]
+    return sorted({s.get("temperature_source", "validation") for s in has_t})
+
+
 def aggregate_runs(
     runs: list[SeedRun], n_boot: int = DEFAULT_N_BOOT, boot_seed: int = DEFAULT_BOOT_SEED
 ) -> dict[str, Any]:
@@ -177,6 +184,7 @@ def aggregate_runs(
         "test_n": int(labels.size),
         # a seed trained on the validation images: the val numbers below are not held out
         "train_on": joint_train_on([r.summary for r in runs]),
+        "temperature_source": temperature_sources([r.summary for r in runs]),
         "variants": variants,
         "class_names": class_names(runs[0].preds),
         "mean_std": {k: mean_std([_value(r.summary, k) for r in runs]) for k in present},

@@ -67,7 +67,9 @@ def calibration_rows(record: dict[str, Any]) -> list[list[str]]:
         for key, label in CALIBRATION
     ]
     temps = [_ms(record, "temperature"), _ms(record, "temperature_tta")]
-    return [*rows, ["temperature T (fitted on val)", "—", "—", *temps]]
+    words = {"validation": "fitted on val", "eval.temperature": "fixed: eval.temperature"}
+    source = [words.get(s, s) for s in record.get("temperature_source", ["validation"])]
+    return [*rows, [f"temperature T ({'; '.join(source) or 'none'})", "—", "—", *temps]]
 
 
 def per_seed_rows(record: dict[str, Any]) -> list[list[Any]]:

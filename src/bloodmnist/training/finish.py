@@ -14,6 +14,7 @@ from torch import nn
 from bloodmnist.config import Config
 from bloodmnist.data.npz import Dataset
 from bloodmnist.evaluation.final import (
+    calibration_at,
     evaluate_split,
     save_predictions,
     summary_metrics,
@@ -66,7 +67,11 @@ def test_once(
         val = evaluate_split(model, data, "val", cfg, rt, cfg.eval.tta, cfg.eval.compare_tta)
         metrics.update(val_tta_fields(val))
         if cfg.eval.temperature_scaling:  # T from validation only; test calibration after it
-            metrics.update(temperature_from_probs(val, result))
+            metrics.update(temperature_from_probs(val, result), temperature_source="validation")
+    if cfg.eval.temperature is not None:  # fixed in the config (a train+val run has no held-out)
+        t, t_tta = cfg.eval.temperature, cfg.eval.temperature_tta
+        fixed = calibration_at(result, t, t if t_tta is None else t_tta)
+        metrics.update(fixed, temperature_source="eval.temperature")
     summary = {
         "status": "completed",
         **{k: v for k, v in metrics.items() if k not in ("test", "test_tta")},
@@ -76,7 +81,7 @@ def test_once(
         "test_tta": metrics["test_tta"],
     }
     if rt.is_main:
-        if cfg.eval.temperature_scaling:  # predict, serve and export apply it from now on
+        if "temperature_source" in metrics:  # predict, serve and export apply it from now on
             temps = {"plain": metrics["temperature"], "tta": metrics["temperature_tta"]}
             add_to_checkpoint(best_path, {"temperature": temps})
         save_predictions(run_dir / "predictions.npz", result, data)
