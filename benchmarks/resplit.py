@@ -122,6 +122,8 @@ def main() -> int:
     else:
         out, moved = resplit(src, args.seed, keep_test=args.keep_test)
         done = f"{moved} in another split than"
+    # what is not a split (class_names of a `bloodmnist data build` file) is the source's
+    out.update({k: v for k, v in src.items() if not k.startswith(tuple(f"{s}_" for s in SPLITS))})
     args.out.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(args.out, **out)
     total = sum(len(out[f"{s}_labels"]) for s in SPLITS)

@@ -129,3 +129,23 @@ def test_train_keep_refuses_bad_counts(shared_data: Path, tmp_path: Path) -> Non
         assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
         assert ("1..11959" in proc.stderr) if not args else ("drop --keep-test" in proc.stderr)
         assert not target.exists()
+
+
+def test_the_class_names_of_a_built_file_are_kept(shared_data: Path, tmp_path: Path) -> None:
+    """A `bloodmnist data build` file names its classes; every kind of output keeps them."""
+    with np.load(shared_data) as f:
+        src = {k: f[k][:400] for k in f.files}
+    names = np.array([f"cell type {i}" for i in range(8)])
+    np.savez(tmp_path / "built.npz", **src, class_names=names)
+    for i, args in enumerate((["--keep-test"], [], ["--train-keep", "300"])):
+        target = tmp_path / f"out{i}.npz"
+        proc = subprocess.run(
+            [sys.executable, str(BENCH), str(tmp_path / "built.npz"), str(target), *args],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert proc.returncode == 0, proc.stderr
+        with np.load(target) as f:
+            assert np.array_equal(f["class_names"], names)
+            assert len(f["train_labels"]) == (300 if "--train-keep" in args else 400)
