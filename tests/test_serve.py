@@ -260,16 +260,19 @@ def test_time_and_connection_limits(run_dir: Path, tmp_path) -> None:
         assert r.status_code == 503 and "per-request limit" in r.json()["detail"], r.text
         assert requests.get(url + "/healthz", timeout=10).status_code == 200
         _a_stalled_upload_gets_408(url)
-        # --max-connections: with 3 connections held open, a fourth gets 503 at once; closing
-        # them frees the server again
+        _a_late_head_gets_408(url)
+        # --max-connections: with 3 connections held open, a fourth gets 503 at once; the
+        # silent ones are dropped once --upload-timeout (1 s) passes without a request head
         port = int(url.rsplit(":", 1)[1])
         held = [socket.create_connection(("127.0.0.1", port)) for _ in range(3)]
         try:
-            assert _status_soon(url, 503), "a 4th connection was served"
+            assert requests.get(url + "/healthz", timeout=10).status_code == 503
+            time.sleep(1.5)
+            assert _status_soon(url, 200), "idle connections held the server past 1 s"
+            assert all(sock.recv(4096).startswith(b"HTTP/1.1 408") for sock in held)
         finally:
             for sock in held:
                 sock.close()
-        assert _status_soon(url, 200), "the server did not recover after the connections closed"
 
 
 def _a_stalled_upload_gets_408(url: str) -> None:
@@ -293,6 +296,42 @@ def _a_stalled_upload_gets_408(url: str) -> None:
     assert b"connection: close" in answer.lower(), answer  # not held open by a trickling client
     assert 1.0 <= waited < 15, waited
     assert _status_soon(url, 200), "no answer after the stalled upload"
+
+
+def _a_late_head_gets_408(url: str) -> None:
+    """A head trickled a byte at a time, first on a fresh connection and then after a
+    kept-alive request, is cut off at --upload-timeout (1 s): uvicorn alone would wait forever."""
+    port = int(url.rsplit(":", 1)[1])
+    head = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    for warm in (False, True):
+        with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
+            if warm:  # a whole request first: the deadline starts again after its answer
+                sock.sendall(head)
+                first = b""
+                while not first.endswith(b"}"):  # the JSON body ends the answer
+                    first += sock.recv(4096)
+                assert first.startswith(b"HTTP/1.1 200"), first
+            t0, answer = time.monotonic(), b""
+            for byte in head[:-2]:  # never the blank line that ends the head
+                try:
+                    sock.sendall(bytes([byte]))
+                except OSError:  # closed by the server: read its answer
+                    break
+                time.sleep(0.1)
+                if answer := sock.recv(4096) if _readable(sock) else b"":
+                    break
+            while chunk := sock.recv(4096):
+                answer += chunk
+            waited = time.monotonic() - t0
+        assert answer.startswith(b"HTTP/1.1 408"), (warm, answer)
+        assert b"connection: close" in answer and b"head did not arrive in time" in answer
+        assert 0.9 <= waited < 3.5, (warm, waited)
+
+
+def _readable(sock: socket.socket) -> bool:
+    import select
+
+    return bool(select.select([sock], [], [], 0)[0])
 
 
 def _status_soon(url: str, status: int, tries: int = 50) -> bool:

@@ -225,7 +225,8 @@ def serve_parser(sub) -> None:
         type=float,
         default=30.0,
         metavar="S",
-        help="seconds for a request's body to arrive (else 408: a slow client holds a connection)",
+        help="seconds for a request's head, and then its body, to arrive (else 408: a slow "
+        "client holds a connection)",
     )
     p.add_argument(
         "--max-connections",

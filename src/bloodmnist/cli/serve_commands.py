@@ -46,6 +46,7 @@ def serve(args: argparse.Namespace) -> int:
     from bloodmnist.serving.app import ENV_SETTINGS, create_app
     from bloodmnist.serving.limits import Limits
     from bloodmnist.serving.model_service import ModelService
+    from bloodmnist.serving.protocol import ENV_HEAD_TIMEOUT, HeadDeadlineProtocol
 
     _check_serve_args(args)
     limits = Limits(
@@ -65,6 +66,9 @@ def serve(args: argparse.Namespace) -> int:
     )
     common = {"host": args.host, "port": args.port, "log_level": args.log_level}
     common["limit_concurrency"] = args.max_connections  # uvicorn answers 503 beyond it
+    # the request head gets the body's deadline too (uvicorn itself times neither)
+    os.environ[ENV_HEAD_TIMEOUT] = str(args.upload_timeout)
+    common["http"] = HeadDeadlineProtocol
     if args.workers == 1:
         uvicorn.run(create_app(service, limits, args.max_batch), **common)
         return 0

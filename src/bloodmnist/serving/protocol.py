@@ -1,0 +1,60 @@
+"""uvicorn's h11 protocol with a deadline for each request's head.
+
+uvicorn times nothing before a request's headers are in: a client that connects and sends
+nothing, or trickles its headers a byte at a time, holds a connection (and a --max-connections
+slot) for as long as it likes, and its keep-alive timer is cancelled by any byte. Here the whole
+head must arrive within the deadline (`serve --upload-timeout`, which also bounds the body) from
+the connection's start or the previous response's end; a late one is answered 408 and closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+import h11
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+#: The deadline in seconds, from the environment so that `serve --workers N` processes see it.
+ENV_HEAD_TIMEOUT = "BLOODMNIST_HEAD_TIMEOUT"
+LATE_HEAD = (
+    b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain\r\nconnection: close\r\n"
+    b"content-length: 40\r\n\r\nthe request head did not arrive in time\n"
+)
+
+
+class HeadDeadlineProtocol(H11Protocol):
+    """H11Protocol whose connections wait at most `ENV_HEAD_TIMEOUT` seconds for a head."""
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._arm()
+
+    def handle_events(self) -> None:
+        super().handle_events()
+        if self.conn.their_state is not h11.IDLE and self._head_timer is not None:
+            self._head_timer.cancel()  # the head is in; the body has its own deadline
+            self._head_timer = None
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()  # may take a pipelined head already
+        if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+            self._arm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+        super().connection_lost(exc)
+
+    def _arm(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+        seconds = float(os.environ.get(ENV_HEAD_TIMEOUT, "30"))
+        self._head_timer = self.loop.call_later(seconds, self._late)
+
+    def _late(self) -> None:
+        self._head_timer = None
+        if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+            self.transport.write(LATE_HEAD)
+            self.transport.close()
