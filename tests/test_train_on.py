@@ -21,7 +21,7 @@ from bloodmnist.evaluation.calibration import (
 )
 from bloodmnist.reporting.html import _run_info
 from bloodmnist.tuning.space import SpaceError, parse_space
-from conftest import describe, run_cli
+from conftest import describe, load_bench, run_cli
 from test_predict import PBC
 
 N = 96  # images per split
@@ -90,6 +90,8 @@ def _the_fixed_temperature_is_stored_and_applied(run: Path, summary: dict, cwd: 
         ece = calibration_metrics(scaled, preds["test_labels"])["ece"]
         assert summary[f"test_ece{suffix}_ts"] == pytest.approx(ece)
         assert summary[f"test_ece{suffix}_ts"] != pytest.approx(summary[f"test_ece{suffix}"])
+    posthoc = load_bench("posthoc_temperature").at_fixed(run, 0.5, 0.4)  # the script's --fixed
+    assert all(posthoc[k] == summary[k] for k in ("test_ece_ts", "test_nll_tta_ts", "temperature"))
     if not PBC.is_dir():  # the npz alone is enough for the rest
         return
     out = cwd / "pred.json"
