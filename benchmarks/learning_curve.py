@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -37,8 +38,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import resplit  # noqa: E402  (the sibling script: its draws and fewer_train)
 
 RUN_SETS = ["runtime.threads=1", "runtime.reports=false", "runtime.tensorboard=false"]
+NOT_STARTED = -1  # run_one's code for a run the stop came before
 _children: list[subprocess.Popen] = []
 _stop = threading.Event()
+_lock = threading.Lock()  # a stop either sees a child or keeps it from starting
+
+
+def _save(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Write whole or not at all: a stop half-way must not leave a file the next start reuses."""
+    part = path.with_name(path.stem + ".part.npz")
+    np.savez_compressed(part, **arrays)
+    os.replace(part, path)
 
 
 def make_files(args: argparse.Namespace) -> list[tuple[str, Path, Path]]:
@@ -53,10 +63,10 @@ def make_files(args: argparse.Namespace) -> list[tuple[str, Path, Path]]:
         if arrays is None:
             arrays = resplit.resplit(src, int(name.removeprefix("resplit")))[0]
             if not path.exists():
-                np.savez_compressed(path, **arrays)
+                _save(path, arrays)
         less = args.out / f"{name}_keep{args.keep}.npz"
         if not less.exists():
-            np.savez_compressed(less, **resplit.fewer_train(arrays, args.keep, args.keep_seed))
+            _save(less, resplit.fewer_train(arrays, args.keep, args.keep_seed))
         files.append((name, path, less))
     return files
 
@@ -68,6 +78,9 @@ def train_cmd(args: argparse.Namespace, seed: int, data: Path, run: Path) -> lis
         return None
     if (run / "checkpoints" / "last.pt").is_file():
         return [args.bm, "train", "--resume", str(run), "--set", "runtime.threads=1"]
+    if run.exists():  # stopped before its first epoch ended: kept aside, started again
+        n = 1 + len(list(run.parent.glob(f"{run.name}.stopped*")))
+        run.rename(run.with_name(f"{run.name}.stopped{n}"))
     cmd = [args.bm, "train", "--recipe", args.recipe, "--seed", str(seed), "--data", str(data)]
     cmd += ["--out", str(run), "--quiet"]
     for item in RUN_SETS + args.set:
@@ -79,20 +92,22 @@ def run_one(cmd: list[str] | None, log: Path) -> int:
     """Run `cmd` with its output in `log`; 0 for a complete run, the exit status otherwise."""
     if cmd is None:
         return 0
-    if _stop.is_set():
-        return 130
     with open(log, "a") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
-        _children.append(proc)
+        with _lock:
+            if _stop.is_set():
+                return NOT_STARTED
+            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+            _children.append(proc)
         return proc.wait()
 
 
 def _forward(signum: int, _frame: object) -> None:
     """Stop: no new runs; the running ones get the signal and stop after their step."""
-    _stop.set()
-    for proc in _children:
-        if proc.poll() is None:
-            proc.send_signal(signum)
+    with _lock:
+        _stop.set()
+        for proc in _children:
+            if proc.poll() is None:
+                proc.send_signal(signum)
 
 
 def read_curve(args: argparse.Namespace, files: list[tuple[str, Path, Path]]) -> dict:
@@ -105,7 +120,9 @@ def read_curve(args: argparse.Namespace, files: list[tuple[str, Path, Path]]) ->
                 run = args.out / "runs" / f"{name}_{kind}_s{seed}"
                 summary = json.loads((run / "summary.json").read_text())
                 splits = json.loads((run / "manifest.json").read_text())["data"]["splits"]
-                got[kind], got[f"test_{kind}"] = summary[args.metric], summary.get("test_acc_tta")
+                got[kind] = summary[args.metric]
+                for key in ("test_acc", "test_acc_tta"):  # read once by the run; choose nothing
+                    got[f"{key}_{kind}"] = summary.get(key)
                 n["n_val"], n[f"train_{kind}"] = splits["val"]["n"], splits["train"]["n"]
             diff = round((got["fewer"] - got["all"]) * n["n_val"])
             pairs.append({"file": name, "seed": seed, **n, **got, "fewer_minus_all_images": diff})
@@ -120,7 +137,7 @@ def read_curve(args: argparse.Namespace, files: list[tuple[str, Path, Path]]) ->
         "verdict": "more images help"
         if drop >= args.min_drop and higher <= args.max_higher
         else "not shown",
-        "note": "test_all/test_fewer: each run's one test reading (TTA); they decide nothing",
+        "note": "test_acc(_tta)_all/_fewer: each run's one test reading; they decide nothing",
     }
 
 
@@ -147,6 +164,28 @@ def parse(argv: list[str]) -> argparse.Namespace:
     return args
 
 
+def check_args(args: argparse.Namespace) -> str | None:
+    """What would fail only after the runs: the file, --keep, --jobs, the config and --metric."""
+    from bloodmnist.config import build_config
+    from bloodmnist.errors import BloodMNISTError
+
+    if not args.src.is_file():
+        return f"{args.src} not found; pass a MedMNIST-layout .npz"
+    with np.load(args.src) as f:
+        n_train = len(f["train_labels"])
+    if not 0 < args.keep < n_train:
+        return f"--keep must be in 1..{n_train - 1} (the file has {n_train} training images)"
+    if args.jobs < 1:
+        return f"--jobs must be >= 1, got {args.jobs}"
+    try:
+        cfg = build_config(overrides=RUN_SETS + args.set, recipe=args.recipe)
+    except BloodMNISTError as e:
+        return str(e)
+    if args.metric.startswith("val_acc_tta") and not cfg.eval.tta:
+        return f"--metric {args.metric} needs TTA, which eval.tta=false turns off; use best_val_acc"
+    return None
+
+
 def check_plan(args: argparse.Namespace) -> str | None:
     """OUT/plan.json: the arguments OUT was started with; others are refused (why, or None)."""
     keys = ("src", "recipe", "seeds", "resplit_seeds", "keep", "keep_seed", "set", "train_args")
@@ -166,17 +205,10 @@ def check_plan(args: argparse.Namespace) -> str | None:
 
 def main(argv: list[str]) -> int:
     args = parse(argv)
-    if not args.src.is_file():
-        print(f"error: {args.src} not found; pass a MedMNIST-layout .npz", file=sys.stderr)
-        return 2
-    if (why := check_plan(args)) is not None:
+    if (why := check_args(args) or check_plan(args)) is not None:
         print(f"error: {why}", file=sys.stderr)
         return 2
-    try:
-        files = make_files(args)
-    except ValueError as e:  # --keep out of range
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    files = make_files(args)
     signal.signal(signal.SIGTERM, _forward)
     signal.signal(signal.SIGINT, _forward)
     jobs = []
@@ -188,10 +220,11 @@ def main(argv: list[str]) -> int:
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         codes = list(pool.map(lambda job: run_one(*job), jobs))
     if any(codes):
-        failed = [str(log) for (_, log), code in zip(jobs, codes, strict=True) if code]
+        failed = [str(log) for (_, log), code in zip(jobs, codes, strict=True) if code > 0]
+        waiting = codes.count(NOT_STARTED)
         print(
-            f"error: {len(failed)} run(s) did not complete; see {', '.join(failed)}; "
-            "the same command continues them",
+            f"error: {len(failed)} run(s) did not complete (see {', '.join(failed) or '-'}), "
+            f"{waiting} not started; the same command continues them",
             file=sys.stderr,
         )
         return 1

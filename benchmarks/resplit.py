@@ -61,7 +61,7 @@ def resplit(
         rows = rng.permutation(np.concatenate(picked[s]))  # classes interleaved, as in the source
         out[f"{s}_images"], out[f"{s}_labels"] = images[rows], labels[rows]
         moved += int((origin[rows] != i).sum())
-    return {f"{s}_{k}": out[f"{s}_{k}"] for s in SPLITS for k in ("images", "labels")}, moved
+    return _with_extras(out, src), moved
 
 
 def fewer_train(src: dict[str, np.ndarray], keep: int, seed: int) -> dict[str, np.ndarray]:
@@ -80,7 +80,15 @@ def fewer_train(src: dict[str, np.ndarray], keep: int, seed: int) -> dict[str, n
     rows = np.sort(np.concatenate(picked))
     out = dict(src)
     out["train_images"], out["train_labels"] = src["train_images"][rows], src["train_labels"][rows]
-    return {f"{s}_{k}": out[f"{s}_{k}"] for s in SPLITS for k in ("images", "labels")}
+    return _with_extras(out, src)
+
+
+def _with_extras(out: dict[str, np.ndarray], src: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The six split arrays of `out`, then what in `src` is not a split (the class_names of a
+    `bloodmnist data build` file) as it is."""
+    arrays = {f"{s}_{k}": out[f"{s}_{k}"] for s in SPLITS for k in ("images", "labels")}
+    prefixes = tuple(f"{s}_" for s in SPLITS)
+    return arrays | {k: v for k, v in src.items() if not k.startswith(prefixes)}
 
 
 def main() -> int:
@@ -122,8 +130,6 @@ def main() -> int:
     else:
         out, moved = resplit(src, args.seed, keep_test=args.keep_test)
         done = f"{moved} in another split than"
-    # what is not a split (class_names of a `bloodmnist data build` file) is the source's
-    out.update({k: v for k, v in src.items() if not k.startswith(tuple(f"{s}_" for s in SPLITS))})
     args.out.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(args.out, **out)
     total = sum(len(out[f"{s}_labels"]) for s in SPLITS)

@@ -37,6 +37,10 @@ def test_a_curve_is_stopped_continued_and_read(shared_data: Path, tmp_path: Path
     with np.load(shared_data) as f:
         np.savez(tmp_path / "small.npz", **{k: f[k][:N] for k in f.files})
     src, out = tmp_path / "small.npz", tmp_path / "lc"
+    _bad_arguments_are_refused_before_anything_is_written(src, tmp_path)
+    early = out / "runs" / "small_fewer_s1"  # a start stopped before its first epoch ended
+    early.mkdir(parents=True)
+    (early / "train.log").write_text("stopped\n")
     proc = subprocess.Popen(_cmd(src, out), stderr=subprocess.PIPE, text=True, cwd=tmp_path)
     _wait_for_a_checkpoint(out, proc)
     proc.send_signal(signal.SIGTERM)  # reaches the runs, which stop after their step
@@ -63,6 +67,7 @@ def test_a_curve_is_stopped_continued_and_read(shared_data: Path, tmp_path: Path
     drop = 100 * np.mean([p["all"] - p["fewer"] for p in curve["pairs"]])
     higher = sum(p["fewer"] > p["all"] for p in curve["pairs"])
     assert curve["mean_drop_points"] == round(drop, 4)
+    assert (out / "runs" / "small_fewer_s1.stopped1" / "train.log").read_text() == "stopped\n"
     assert curve["verdict"] == ("more images help" if drop >= 0.1 and higher <= 1 else "not shown")
     with np.load(out / "small_keep300.npz") as f:
         assert len(f["train_labels"]) == 300 and len(f["val_labels"]) == N
@@ -75,3 +80,19 @@ def test_a_curve_is_stopped_continued_and_read(shared_data: Path, tmp_path: Path
     other = subprocess.run(_cmd(src, out, keep=200), capture_output=True, text=True, timeout=60)
     assert other.returncode == 2 and other.stderr.count("\n") == 1, other.stderr
     assert "was started with other keep; use another --out" in other.stderr
+
+
+def _bad_arguments_are_refused_before_anything_is_written(src: Path, tmp_path: Path) -> None:
+    bad = {
+        "--keep must be in 1..399": ["--keep", "5000"],
+        "--jobs must be >= 1": ["--jobs", "0"],
+        "needs TTA, which eval.tta=false turns off": ["--metric", "val_acc_tta"],
+        "model.width": ["--set", "model.width=-1"],
+    }
+    for says, args in bad.items():
+        out = tmp_path / "refused"
+        cmd = _cmd(src, out)
+        cmd[cmd.index("--") : cmd.index("--")] = args  # after the defaults: argparse takes the last
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+        assert says in proc.stderr and not out.exists(), proc.stderr

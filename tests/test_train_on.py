@@ -199,6 +199,7 @@ def test_an_ensemble_with_a_member_trained_on_val_says_so() -> None:
         (["eval.temperature=0.5", "eval.temperature_tta=-1"], "eval.temperature_tta must be > 0"),
         (["eval.temperature_tta=0.4"], "needs eval.temperature"),
         (["eval.temperature_scaling=true", "eval.temperature=0.5"], "set one of them"),
+        (["eval.tta=false", "eval.temperature=0.5", "eval.temperature_tta=0.4"], "needs eval.tta"),
     ],
 )
 def test_a_fixed_temperature_that_cannot_hold_is_refused(sets: list[str], says: str) -> None:
@@ -212,3 +213,18 @@ def test_a_fixed_temperature_calibrates_a_run_on_train_and_val() -> None:
     assert (cfg.eval.temperature, cfg.eval.temperature_tta) == (0.5, None)
     with pytest.raises(ConfigError, match=r"eval.temperature=T stores a fixed one"):
         build_config(overrides=sets[:1], recipe="best")
+
+
+def test_a_fixed_temperature_needs_no_final_test(shared_data: Path, tmp_path: Path) -> None:
+    """eval.final_test=false skips the test split, not the fixed temperature; without TTA there
+    is no T_tta."""
+    run = tmp_path / "no_test"
+    args = ["train", "--data", str(shared_data), "--out", str(run), "--subset", "64", *COMMON]
+    args += ["--set", "eval.final_test=false", "--set", "eval.tta=false"]
+    result = run_cli([*args, "--set", "eval.temperature=0.7"], cwd=tmp_path)
+    assert result.returncode == 0, describe(result)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["test_evaluated"] is False and summary["temperature"] == 0.7
+    assert summary["temperature_tta"] is None
+    state = torch.load(run / "checkpoints" / "best.pt", weights_only=False)
+    assert state["temperature"] == {"plain": 0.7, "tta": None}

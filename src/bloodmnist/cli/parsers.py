@@ -127,7 +127,7 @@ def predict_parser(sub) -> None:
     p.add_argument(
         "--uncalibrated",
         action="store_true",
-        help="raw softmax: skip the temperature fitted on validation when the model was trained",
+        help="raw softmax: skip the model's temperature (fitted on validation, or fixed)",
     )
     p.add_argument("--top-k", type=int, default=3, metavar="K")
     p.add_argument(
@@ -225,8 +225,7 @@ def serve_parser(sub) -> None:
         type=float,
         default=30.0,
         metavar="S",
-        help="seconds for a request's head, and then its body, to arrive (else 408: a slow "
-        "client holds a connection)",
+        help="seconds for a request's head, then its body, to arrive (else 408 and closed)",
     )
     p.add_argument(
         "--max-connections",
@@ -243,7 +242,7 @@ def serve_parser(sub) -> None:
     p.add_argument(
         "--uncalibrated",
         action="store_true",
-        help="raw softmax: skip the temperature fitted on validation when the model was trained",
+        help="raw softmax: skip the model's temperature (fitted on validation, or fixed)",
     )
     add_runtime(p)
 

@@ -88,7 +88,7 @@ def serve(args: argparse.Namespace) -> int:
 
 
 def _calibration_note(info: ModelInfo) -> str:
-    """', probabilities at T=0.49' where a validation-fitted temperature is applied, and the
+    """', probabilities at T=0.49' where the model's temperature is applied, and the
     TTA mode inside an ONNX graph exported with --tta."""
     t = info.applied_temperature(False)
     baked = f", TTA inside ({info.tta_baked})" if info.tta_baked else ""

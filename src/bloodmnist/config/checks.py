@@ -66,6 +66,7 @@ def _temperature_checks(cfg: Config) -> list[Check]:
             t_tta is None or t is not None,
             "eval.temperature_tta needs eval.temperature (the one-view T) as well",
         ),
+        (t_tta is None or cfg.eval.tta, "eval.temperature_tta needs eval.tta=true (the TTA mean)"),
         (
             t is None or not cfg.eval.temperature_scaling,
             "eval.temperature fixes the temperature and eval.temperature_scaling fits one on "

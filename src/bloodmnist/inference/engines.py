@@ -39,7 +39,8 @@ class ModelInfo:
     kind: str  # pytorch | onnx
     extra: dict[str, Any] = field(default_factory=dict)
     precision: str = "fp32"  # what the forward pass runs in (ONNX Runtime here: fp32)
-    # Softmax temperatures fitted on validation at the end of training ({"plain": T, "tta": T});
+    # Softmax temperatures stored at the end of training ({"plain": T, "tta": T}: fitted on
+    # validation, or fixed by eval.temperature);
     # None: the model has none. `calibrated`: the engine applies them to every output.
     temperature: dict[str, float | None] | None = None
     calibrated: bool = False
@@ -137,7 +138,7 @@ def open_engine(
     calibrated: bool = True,
 ) -> Engine:
     """ONNX Runtime for .onnx files (no torch import); PyTorch for checkpoints and run folders.
-    `calibrated`: apply the model's validation-fitted temperature, where it has one."""
+    `calibrated`: apply the model's temperature (fitted on validation or fixed), if it has one."""
     path = resolve_model(model)
     if path.suffix.lower() == ".onnx":
         if (device or "cpu") not in ("cpu", "auto") or (precision or "fp32") not in (

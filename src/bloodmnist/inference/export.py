@@ -54,7 +54,7 @@ class ExportError(InferenceError):
 
 class _LogitsAndProbs(nn.Module):
     """The exported graph: both outputs, so deployments need no softmax of their own. `probs`
-    is softmax(logits / T) with the checkpoint's validation-fitted temperature, where it has one
+    is softmax(logits / T) with the checkpoint's temperature (fitted on validation or fixed), if any
     (the raw logits stay available, and T is in the metadata)."""
 
     def __init__(self, model: nn.Module, temperature: float | None = None):
@@ -149,8 +149,8 @@ def model_metadata(cfg: Config, ckpt: Path, state: dict, tta: bool = False) -> d
 
 
 def graph_temperature(state: dict, tta: bool = False) -> float | None:
-    """The checkpoint's validation-fitted temperature for the graph: the one-view T, or with
-    `tta` the T fitted on the mean of the TTA views."""
+    """The checkpoint's temperature for the graph: the one-view T, or with `tta` the T for the
+    mean of the TTA views."""
     return (state.get("temperature") or {}).get("tta" if tta else "plain")
 
 

@@ -4,7 +4,8 @@ uvicorn times nothing before a request's headers are in: a client that connects 
 nothing, or trickles its headers a byte at a time, holds a connection (and a --max-connections
 slot) for as long as it likes, and its keep-alive timer is cancelled by any byte. Here the whole
 head must arrive within the deadline (`serve --upload-timeout`, which also bounds the body) from
-the connection's start or the previous response's end; a late one is answered 408 and closed.
+the connection's start or the previous answer; a late one is answered 408 and closed (so is a
+connection still trickling the rest of a body its answer did not need, e.g. a GET's).
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import os
 
-import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 #: The deadline in seconds, from the environment so that `serve --workers N` processes see it.
@@ -24,7 +24,8 @@ LATE_HEAD = (
 
 
 class HeadDeadlineProtocol(H11Protocol):
-    """H11Protocol whose connections wait at most `ENV_HEAD_TIMEOUT` seconds for a head."""
+    """H11Protocol whose connections wait at most `ENV_HEAD_TIMEOUT` seconds for a head while
+    no request is being answered (before the first, and after each answer)."""
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -33,19 +34,23 @@ class HeadDeadlineProtocol(H11Protocol):
 
     def handle_events(self) -> None:
         super().handle_events()
-        if self.conn.their_state is not h11.IDLE and self._head_timer is not None:
-            self._head_timer.cancel()  # the head is in; the body has its own deadline
+        if not self._waiting() and self._head_timer is not None:
+            self._head_timer.cancel()  # a request is being answered; its body has its own deadline
             self._head_timer = None
 
     def on_response_complete(self) -> None:
         super().on_response_complete()  # may take a pipelined head already
-        if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
-            self._arm()
+        if self._waiting() and not self.transport.is_closing():
+            self._arm()  # also while the rest of an unread body still comes in
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._head_timer is not None:
             self._head_timer.cancel()
         super().connection_lost(exc)
+
+    def _waiting(self) -> bool:
+        """No request is being answered: the next thing due from the client is a head."""
+        return self.cycle is None or self.cycle.response_complete
 
     def _arm(self) -> None:
         if self._head_timer is not None:
@@ -55,6 +60,6 @@ class HeadDeadlineProtocol(H11Protocol):
 
     def _late(self) -> None:
         self._head_timer = None
-        if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+        if self._waiting() and not self.transport.is_closing():
             self.transport.write(LATE_HEAD)
             self.transport.close()

@@ -31,11 +31,17 @@ from bloodmnist.training.trainer import TrainState
 log = logging.getLogger("bloodmnist")
 
 
-def skip_test(run_dir: Path, rt: Runtime, fields: dict[str, Any]) -> dict[str, Any]:
-    """summary.json of a run with eval.final_test=false: training facts, no test metrics."""
+def skip_test(run_dir: Path, rt: Runtime, fields: dict[str, Any], cfg: Config) -> dict[str, Any]:
+    """summary.json of a run with eval.final_test=false: training facts, no test metrics (a
+    fixed temperature is stored all the same: it needs no evaluation)."""
     summary = {"status": "completed", "test_evaluated": False, **fields}
     summary.update(test_acc=None, test_acc_tta=None)
+    if (fixed := fixed_temperatures(cfg)) is not None:
+        temps = {"temperature": fixed[0], "temperature_tta": fixed[1]}
+        summary.update(temps, temperature_source="eval.temperature")
     if rt.is_main:
+        if fixed is not None:
+            add_to_checkpoint(run_dir / "checkpoints" / "best.pt", {"temperature": _temps(summary)})
         write_json(run_dir / "summary.json", summary)
         log.info("final test skipped (eval.final_test=false): the test split was not evaluated")
     return summary
@@ -68,10 +74,8 @@ def test_once(
         metrics.update(val_tta_fields(val))
         if cfg.eval.temperature_scaling:  # T from validation only; test calibration after it
             metrics.update(temperature_from_probs(val, result), temperature_source="validation")
-    if cfg.eval.temperature is not None:  # fixed in the config (a train+val run has no held-out)
-        t, t_tta = cfg.eval.temperature, cfg.eval.temperature_tta
-        fixed = calibration_at(result, t, t if t_tta is None else t_tta)
-        metrics.update(fixed, temperature_source="eval.temperature")
+    if (fixed := fixed_temperatures(cfg)) is not None:  # a train+val run has no held-out images
+        metrics.update(calibration_at(result, *fixed), temperature_source="eval.temperature")
     summary = {
         "status": "completed",
         **{k: v for k, v in metrics.items() if k not in ("test", "test_tta")},
@@ -82,8 +86,7 @@ def test_once(
     }
     if rt.is_main:
         if "temperature_source" in metrics:  # predict, serve and export apply it from now on
-            temps = {"plain": metrics["temperature"], "tta": metrics["temperature_tta"]}
-            add_to_checkpoint(best_path, {"temperature": temps})
+            add_to_checkpoint(best_path, {"temperature": _temps(metrics)})
         save_predictions(run_dir / "predictions.npz", result, data)
         write_run_csvs(run_dir, result, cfg.data.size)  # for the official MedMNIST evaluator
         write_json(run_dir / "summary.json", summary)
@@ -95,6 +98,20 @@ def test_once(
             why = "runtime.reports=false" if not cfg.runtime.reports else "not asked for"
             log.info("reports skipped (%s); build them with: bloodmnist report %s", why, run_dir)
     return summary
+
+
+def fixed_temperatures(cfg: Config) -> tuple[float, float | None] | None:
+    """(T, T_tta) from eval.temperature(_tta), the one-view T for the TTA mean where no T_tta
+    is given (None without TTA); None where no temperature is fixed."""
+    t, t_tta = cfg.eval.temperature, cfg.eval.temperature_tta
+    if t is None:
+        return None
+    return t, (t if t_tta is None else t_tta) if cfg.eval.tta else None
+
+
+def _temps(fields: dict[str, Any]) -> dict[str, float | None]:
+    """best.pt's temperature entry, which predict, serve and export read."""
+    return {"plain": fields["temperature"], "tta": fields["temperature_tta"]}
 
 
 def val_tta_fields(result: dict[str, Any]) -> dict[str, float]:

@@ -145,7 +145,7 @@ def _train_locked(
         work = compute_fields(model, teachers, cfg, len(data.train) * state.epoch, steps)
         fields = {**state_fields(state), **base, **work}
         if not cfg.eval.final_test:  # a search trial: validation only, the test split unseen
-            return skip_test(run_dir, rt, fields)
+            return skip_test(run_dir, rt, fields, cfg)
         summary = test_once(model, data, cfg, rt, run_dir, fields, progress, reports)
         tracker.final(summary, run_dir / "figures")
         return summary
